@@ -1,0 +1,288 @@
+// Package cloudtest starts a private S3 server (versitygw, built by
+// `make deps` into .cache/bin) for tests, or attaches to the one named by
+// FOREST_S3_ENDPOINT.
+//
+// The server listens on 127.0.0.1 on a free port with its data in a
+// temporary directory and known test credentials. Tests share one server per
+// test binary (Shared, stopped by Main) and isolate themselves with Bucket;
+// tests that stop and start the server use Start. When the CI environment
+// variable is set, a server that cannot be had is a test failure; otherwise
+// the test is skipped with the reason.
+package cloudtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+)
+
+// Test credentials of every harness server (or FOREST_S3_ACCESS_KEY and
+// FOREST_S3_SECRET_KEY for an attached one).
+const (
+	AccessKey = "forest-test-access"
+	SecretKey = "forest-test-secret-key"
+	Region    = "us-east-1"
+)
+
+// Server is an S3 server for tests.
+type Server struct {
+	// Endpoint is the server's base URL, e.g. http://127.0.0.1:41234.
+	Endpoint  string
+	AccessKey string
+	SecretKey string
+	Region    string
+
+	addr     string
+	dir      string
+	bin      string
+	external bool
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+var (
+	sharedMu  sync.Mutex
+	shared    *Server
+	sharedErr error
+)
+
+// Main runs the tests and then stops the shared server, if one was started.
+func Main(m *testing.M) {
+	code := m.Run()
+	sharedMu.Lock()
+	if shared != nil && !shared.external {
+		shared.stop()
+		_ = os.RemoveAll(shared.dir)
+	}
+	sharedMu.Unlock()
+	os.Exit(code)
+}
+
+// Unavailable fails the test when CI is set and skips it otherwise.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s (CI is set, so this is a failure; run `make deps`)", msg)
+	}
+	t.Skipf("%s; skipping (run `make deps`, or set CI=1 to make this a failure)", msg)
+}
+
+// Shared returns the server shared by every test of this test binary.
+func Shared(t testing.TB) *Server {
+	t.Helper()
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if shared == nil && sharedErr == nil {
+		if ep := os.Getenv("FOREST_S3_ENDPOINT"); ep != "" {
+			shared = &Server{
+				Endpoint:  ep,
+				AccessKey: envOr("FOREST_S3_ACCESS_KEY", AccessKey),
+				SecretKey: envOr("FOREST_S3_SECRET_KEY", SecretKey),
+				Region:    envOr("FOREST_S3_REGION", Region),
+				external:  true,
+			}
+		} else {
+			shared, sharedErr = start()
+		}
+	}
+	if sharedErr != nil {
+		Unavailable(t, "s3 server: %v", sharedErr)
+	}
+	return shared
+}
+
+// Start starts a private server for this test, stopped on cleanup.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s, err := start()
+	if err != nil {
+		Unavailable(t, "s3 server: %v", err)
+	}
+	t.Cleanup(func() {
+		s.stop()
+		_ = os.RemoveAll(s.dir)
+	})
+	return s
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// Binary finds versitygw: $FOREST_VERSITYGW, .cache/bin/versitygw above the
+// working directory, or $PATH.
+func Binary() (string, error) {
+	if p := os.Getenv("FOREST_VERSITYGW"); p != "" {
+		return p, nil
+	}
+	if dir, err := os.Getwd(); err == nil {
+		for {
+			p := filepath.Join(dir, ".cache", "bin", "versitygw")
+			if _, err := os.Stat(p); err == nil {
+				return p, nil
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				break
+			}
+			dir = parent
+		}
+	}
+	if p, err := exec.LookPath("versitygw"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("versitygw not found in $FOREST_VERSITYGW, .cache/bin or $PATH (run `make deps`)")
+}
+
+func start() (*Server, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "forest-s3-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	s := &Server{
+		Endpoint:  "http://" + addr,
+		AccessKey: AccessKey,
+		SecretKey: SecretKey,
+		Region:    Region,
+		addr:      addr,
+		dir:       dir,
+		bin:       bin,
+	}
+	if err := s.boot(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) boot() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	log, err := os.OpenFile(filepath.Join(s.dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd := exec.Command(s.bin,
+		"--port", s.addr, "--access", s.AccessKey, "--secret", s.SecretKey,
+		"--region", s.Region, "--keep-alive", "--quiet",
+		"posix", filepath.Join(s.dir, "data"))
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start versitygw: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.cmd, s.done = cmd, done
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			out, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+			return fmt.Errorf("versitygw exited during start-up: %s", strings.TrimSpace(string(out)))
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", s.addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return errors.New("versitygw did not listen within 30s")
+}
+
+func (s *Server) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.done
+	s.cmd = nil
+}
+
+// Stop stops the server (kill -9); its data stay for Start.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if s.external {
+		t.Skip("S3 server attached through FOREST_S3_ENDPOINT cannot be stopped by the test")
+	}
+	s.stop()
+}
+
+// Start starts a stopped server again on the same address with the same data.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	if err := s.boot(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Client returns an S3 client for this server (path-style, static
+// credentials).
+func (s *Server) Client() *s3.Client {
+	return s3.New(s3.Options{
+		BaseEndpoint: aws.String(s.Endpoint),
+		Region:       s.Region,
+		UsePathStyle: true,
+		Credentials:  credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+	})
+}
+
+var bucketSeq struct {
+	sync.Mutex
+	n int
+}
+
+// Bucket creates a fresh bucket for this test and returns its name. The
+// bucket is left in place on cleanup (the server's data directory is removed
+// with the server).
+func (s *Server) Bucket(t testing.TB) string {
+	t.Helper()
+	bucketSeq.Lock()
+	bucketSeq.n++
+	name := fmt.Sprintf("forest-test-%d-%d", os.Getpid(), bucketSeq.n)
+	bucketSeq.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
+		t.Fatalf("create bucket %s: %v", name, err)
+	}
+	return name
+}
+
+// Dir is the server's temporary directory.
+func (s *Server) Dir() string { return s.dir }
