@@ -1,0 +1,493 @@
+package segment
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"log/slog"
+	"math"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// Tiling selects how frames whose size differs from the model's input are handled.
+type Tiling int
+
+const (
+	// Resize scales the whole frame to the model's input size, runs the model once and
+	// scales the mask back. Cost is one inference per frame whatever its size. This is
+	// the default.
+	Resize Tiling = iota
+	// Tile runs the model on overlapping model-sized windows of the frame at full
+	// resolution and stitches the masks, each pixel taken from the window whose centre is
+	// nearest. Use it when frames are larger than the model input at the ground resolution
+	// the model was trained for. Frames smaller than the model input on either side are
+	// resized instead.
+	Tile
+)
+
+// String returns "resize" or "tile".
+func (t Tiling) String() string {
+	switch t {
+	case Resize:
+		return "resize"
+	case Tile:
+		return "tile"
+	}
+	return fmt.Sprintf("tiling(%d)", int(t))
+}
+
+// ParseTiling parses "resize" or "tile" (empty means Resize).
+func ParseTiling(s string) (Tiling, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "resize":
+		return Resize, nil
+	case "tile":
+		return Tile, nil
+	}
+	return Resize, fmt.Errorf("tiling %q: want resize or tile", s)
+}
+
+// Options configure Load. The zero value is usable.
+type Options struct {
+	// Threads is the number of intra-op threads ONNX Runtime uses; 0 lets it choose (one
+	// per physical core).
+	Threads int
+	// LibraryPath is the ONNX Runtime shared library; empty means LibraryPath("").
+	LibraryPath string
+	// Threshold is the forest probability above which a pixel is forest; 0 means the
+	// model's forest.threshold metadata, else 0.5.
+	Threshold float64
+	// Tiling selects Resize (default) or Tile for frames not at the model's input size.
+	Tiling Tiling
+	// TileOverlap is the overlap between neighbouring windows in Tile mode, in pixels;
+	// 0 means one eighth of the model's input side.
+	TileOverlap int
+	// Logger receives load and per-frame debug events; nil discards them.
+	Logger *slog.Logger
+}
+
+// Timings break down where Segment spent its time.
+type Timings struct {
+	// Preprocess covers pixel conversion, resizing and normalisation.
+	Preprocess time.Duration
+	// Inference covers ONNX Runtime Run calls.
+	Inference time.Duration
+	// Postprocess covers thresholding, mask resizing and stitching.
+	Postprocess time.Duration
+	// Total is the wall time of the Segment call.
+	Total time.Duration
+	// Runs is the number of inferences (1 in Resize mode, the window count in Tile mode).
+	Runs int
+}
+
+// Result is the outcome of segmenting one frame.
+type Result struct {
+	// Mask has the input frame's size (origin at 0,0); 255 is forest, 0 is not.
+	Mask *image.Gray
+	// Coverage is the fraction of mask pixels that are forest, in [0,1].
+	Coverage float64
+	// Timings break down the call's duration.
+	Timings
+}
+
+// Model is a loaded segmentation model with its input and output tensors allocated once.
+// Segment is safe for concurrent use: calls are serialised on the model's buffers (one
+// inference at a time per Model; ONNX Runtime itself uses Options.Threads threads). Load
+// one Model per worker for parallel inference.
+type Model struct {
+	mu     sync.Mutex
+	info   Info
+	opts   Options
+	log    *slog.Logger
+	closed bool
+
+	sess    *ort.AdvancedSession
+	sessOpt *ort.SessionOptions
+	in, out *ort.Tensor[float32]
+	planes  [3][]float32 // views into the input tensor
+	outData []float32
+	nclass  int
+
+	ch   [3]int // tensor plane p reads RGB channel ch[p]
+	lut  [3][256]float32
+	a, b [3]float32
+	tau  float32
+
+	rgb    []byte
+	tmp    []float32
+	score  []float32
+	row    []float32
+	kx, ky kernelCache // frame -> model
+	mx, my kernelCache // model -> frame
+}
+
+// Load opens an ONNX model, reads its contract from the metadata properties (see the
+// Key constants) and prepares a session with pre-allocated tensors. The ONNX Runtime
+// library is loaded on first use (see LibraryPath) and shared by all Models.
+func Load(modelPath string, opts Options) (*Model, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "segment")
+	if opts.Threshold < 0 || opts.Threshold >= 1 {
+		return nil, fmt.Errorf("load %s: threshold %v: must be in [0,1)", modelPath, opts.Threshold)
+	}
+	if opts.TileOverlap < 0 {
+		return nil, fmt.Errorf("load %s: tile overlap %d: must be >= 0", modelPath, opts.TileOverlap)
+	}
+	data, err := os.ReadFile(modelPath)
+	if err != nil {
+		return nil, fmt.Errorf("load model: %w", err)
+	}
+	lib := LibraryPath(opts.LibraryPath)
+	if err := acquireEnv(lib); err != nil {
+		return nil, fmt.Errorf("load %s: %w", modelPath, err)
+	}
+	m := &Model{opts: opts, log: log}
+	if err := m.init(modelPath, data); err != nil {
+		return nil, errors.Join(fmt.Errorf("load %s: %w", modelPath, err), m.destroy())
+	}
+	log.Info("model loaded", "model", modelPath, "model_id", m.info.ID, "version", m.info.Version,
+		"input_size", fmt.Sprintf("%dx%d", m.info.Height, m.info.Width), "threads", opts.Threads,
+		"tiling", opts.Tiling.String(), "library", lib)
+	return m, nil
+}
+
+func (m *Model) init(path string, data []byte) error {
+	md, err := readMetadata(data)
+	if err != nil {
+		return err
+	}
+	info, err := parseContract(path, md)
+	if err != nil {
+		return err
+	}
+	if m.opts.Threshold > 0 {
+		info.Threshold = m.opts.Threshold
+	}
+	m.info = info
+	ins, outs, err := ort.GetInputOutputInfoWithONNXData(data)
+	if err != nil {
+		return fmt.Errorf("read model inputs: %w", err)
+	}
+	inInfo, ok := findIO(ins, info.InputName)
+	if !ok {
+		return fmt.Errorf("%w: %s %q is not a graph input (have %s)", ErrMetadata, KeyInputName, info.InputName, ioNames(ins))
+	}
+	outInfo, ok := findIO(outs, info.OutputName)
+	if !ok {
+		return fmt.Errorf("%w: %s %q is not a graph output (have %s)", ErrMetadata, KeyOutputName, info.OutputName, ioNames(outs))
+	}
+	if inInfo.DataType != ort.TensorElementDataTypeFloat || outInfo.DataType != ort.TensorElementDataTypeFloat {
+		return fmt.Errorf("%w: input and output must be float32 tensors (have %s, %s)", ErrUnsupportedModel, inInfo.DataType, outInfo.DataType)
+	}
+	H, W := int64(info.Height), int64(info.Width)
+	if !dimsMatch(inInfo.Dimensions, []int64{1, 3, H, W}) {
+		return fmt.Errorf("%w: input %q has shape %v, metadata says [1 3 %d %d] (NCHW)", ErrUnsupportedModel, info.InputName, inInfo.Dimensions, H, W)
+	}
+	m.nclass = len(info.Classes)
+	if !dimsMatch(outInfo.Dimensions, []int64{1, int64(m.nclass), H, W}) {
+		return fmt.Errorf("%w: output %q has shape %v, want [1 %d %d %d] (one channel per class in %s, same size as the input)",
+			ErrUnsupportedModel, info.OutputName, outInfo.Dimensions, m.nclass, H, W, KeyClasses)
+	}
+	if m.in, err = ort.NewEmptyTensor[float32](ort.NewShape(1, 3, H, W)); err != nil {
+		return fmt.Errorf("allocate input tensor: %w", err)
+	}
+	if m.out, err = ort.NewEmptyTensor[float32](ort.NewShape(1, int64(m.nclass), H, W)); err != nil {
+		return fmt.Errorf("allocate output tensor: %w", err)
+	}
+	if m.sessOpt, err = ort.NewSessionOptions(); err != nil {
+		return fmt.Errorf("session options: %w", err)
+	}
+	if m.opts.Threads > 0 {
+		if err := m.sessOpt.SetIntraOpNumThreads(m.opts.Threads); err != nil {
+			return fmt.Errorf("set threads: %w", err)
+		}
+		if err := m.sessOpt.SetInterOpNumThreads(1); err != nil {
+			return fmt.Errorf("set threads: %w", err)
+		}
+	}
+	m.sess, err = ort.NewAdvancedSessionWithONNXData(data, []string{info.InputName}, []string{info.OutputName},
+		[]ort.Value{m.in}, []ort.Value{m.out}, m.sessOpt)
+	if err != nil {
+		return fmt.Errorf("create session: %w", err)
+	}
+	n := info.Width * info.Height
+	d := m.in.GetData()
+	m.planes = [3][]float32{d[:n], d[n : 2*n], d[2*n : 3*n]}
+	m.outData = m.out.GetData()
+	m.ch = [3]int{0, 1, 2}
+	if info.ChannelOrder == "BGR" {
+		m.ch = [3]int{2, 1, 0}
+	}
+	for p := 0; p < 3; p++ {
+		// Plane p is the model's channel p (reading RGB channel m.ch[p]); Mean and Std are
+		// listed in the model's channel order.
+		a := info.Scale / info.Std[p]
+		b := -info.Mean[p] / info.Std[p]
+		m.a[p], m.b[p] = float32(a), float32(b)
+		for v := 0; v < 256; v++ {
+			m.lut[p][v] = float32(float64(v)*a + b)
+		}
+	}
+	m.tau = scoreThreshold(info.Output, m.nclass, info.Threshold)
+	return nil
+}
+
+// scoreThreshold maps a probability threshold onto the score Segment compares against:
+// the logit for sigmoid outputs, the log-odds against the best other class's logit for
+// two-class logits, log p for more classes, p itself for probabilities.
+func scoreThreshold(output string, nclass int, t float64) float32 {
+	if output == "probabilities" {
+		return float32(t)
+	}
+	if nclass <= 2 {
+		return float32(math.Log(t / (1 - t)))
+	}
+	return float32(math.Log(t))
+}
+
+func readMetadata(data []byte) (map[string]string, error) {
+	meta, err := ort.GetModelMetadataWithONNXData(data)
+	if err != nil {
+		return nil, fmt.Errorf("read model metadata: %w", err)
+	}
+	defer meta.Destroy()
+	keys, err := meta.GetCustomMetadataMapKeys()
+	if err != nil {
+		return nil, fmt.Errorf("read model metadata keys: %w", err)
+	}
+	md := make(map[string]string, len(keys))
+	for _, k := range keys {
+		v, _, err := meta.LookupCustomMetadataMap(k)
+		if err != nil {
+			return nil, fmt.Errorf("read model metadata %q: %w", k, err)
+		}
+		md[k] = v
+	}
+	return md, nil
+}
+
+func findIO(list []ort.InputOutputInfo, name string) (ort.InputOutputInfo, bool) {
+	for _, io := range list {
+		if io.Name == name {
+			return io, true
+		}
+	}
+	return ort.InputOutputInfo{}, false
+}
+
+func ioNames(list []ort.InputOutputInfo) string {
+	names := make([]string, len(list))
+	for i, io := range list {
+		names[i] = fmt.Sprintf("%q", io.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// dimsMatch reports whether a graph shape fits want; dynamic (<=0) dimensions match anything.
+func dimsMatch(have ort.Shape, want []int64) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i, d := range have {
+		if d > 0 && d != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Info returns the model's contract and identity.
+func (m *Model) Info() Info { return m.info }
+
+// Close releases the session and tensors. It is safe to call more than once.
+func (m *Model) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	return m.destroy()
+}
+
+func (m *Model) destroy() error {
+	var errs []error
+	if m.sess != nil {
+		errs = append(errs, m.sess.Destroy())
+		m.sess = nil
+	}
+	if m.sessOpt != nil {
+		errs = append(errs, m.sessOpt.Destroy())
+		m.sessOpt = nil
+	}
+	if m.in != nil {
+		errs = append(errs, m.in.Destroy())
+		m.in = nil
+	}
+	if m.out != nil {
+		errs = append(errs, m.out.Destroy())
+		m.out = nil
+	}
+	errs = append(errs, releaseEnv())
+	return errors.Join(errs...)
+}
+
+// Segment classifies every pixel of img as forest or not. The mask has img's size. See
+// Options.Tiling for how frames of other sizes than the model's input are handled.
+func (m *Model) Segment(img image.Image) (*Result, error) {
+	if img == nil || img.Bounds().Empty() {
+		return nil, ErrEmptyImage
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	t0 := time.Now()
+	b := img.Bounds()
+	fw, fh := b.Dx(), b.Dy()
+	mw, mh := m.info.Width, m.info.Height
+	res := &Result{Mask: image.NewGray(image.Rect(0, 0, fw, fh))}
+	m.rgb = toRGB(img, m.rgb)
+	count := 0
+	if m.opts.Tiling == Tile && (fw > mw || fh > mh) && fw >= mw && fh >= mh {
+		var err error
+		count, err = m.segmentTiles(fw, fh, res)
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		if fw == mw && fh == mh {
+			copyRGB(m.rgb, fw, 0, 0, mw, mh, m.planes, m.ch, &m.lut)
+		} else {
+			m.tmp = resampleRGB(m.rgb, fw, fh, m.kx.get(fw, mw), m.ky.get(fh, mh), m.planes, m.ch, m.a, m.b, m.tmp)
+		}
+		t1 := time.Now()
+		res.Preprocess = t1.Sub(t0)
+		if err := m.sess.Run(); err != nil {
+			return nil, fmt.Errorf("segment: run model: %w", err)
+		}
+		t2 := time.Now()
+		res.Inference = t2.Sub(t1)
+		res.Runs = 1
+		score := m.scorePlane()
+		count, m.row = maskFromScore(score, mw, mh, m.tau, res.Mask.Pix, fw, fh, res.Mask.Stride,
+			m.mx.get(mw, fw), m.my.get(mh, fh), m.row)
+		res.Postprocess = time.Since(t2)
+	}
+	res.Coverage = float64(count) / float64(fw*fh)
+	res.Total = time.Since(t0)
+	m.log.Debug("frame segmented", "width", fw, "height", fh, "coverage", res.Coverage,
+		"runs", res.Runs, "ms", float64(res.Total.Microseconds())/1000)
+	return res, nil
+}
+
+// scorePlane returns one value per output pixel that is compared against m.tau: the
+// forest channel itself for one-class or probability outputs, else the forest logit minus
+// the best other logit (two classes) or log-softmax (more).
+func (m *Model) scorePlane() []float32 {
+	n := m.info.Width * m.info.Height
+	f := m.info.ForestChannel
+	if m.nclass == 1 || m.info.Output == "probabilities" {
+		return m.outData[f*n : (f+1)*n]
+	}
+	if cap(m.score) < n {
+		m.score = make([]float32, n)
+	}
+	s := m.score[:n]
+	fo := m.outData[f*n : (f+1)*n]
+	if m.nclass == 2 {
+		o := m.outData[(1-f)*n : (2-f)*n]
+		for i := range s {
+			s[i] = fo[i] - o[i]
+		}
+		return s
+	}
+	for i := range s {
+		mx := fo[i]
+		for c := 0; c < m.nclass; c++ {
+			mx = max(mx, m.outData[c*n+i])
+		}
+		var sum float64
+		for c := 0; c < m.nclass; c++ {
+			sum += math.Exp(float64(m.outData[c*n+i] - mx))
+		}
+		s[i] = fo[i] - mx - float32(math.Log(sum))
+	}
+	return s
+}
+
+// tilePositions returns window origins covering length l with windows of size t
+// overlapping by at least o, and the ownership boundaries between consecutive windows.
+func tilePositions(l, t, o int) (pos, cut []int) {
+	if l <= t {
+		return []int{0}, []int{l}
+	}
+	if o >= t {
+		o = t - 1
+	}
+	n := (l - o + (t - o) - 1) / (t - o)
+	if n < 2 {
+		n = 2
+	}
+	pos = make([]int, n)
+	for i := range pos {
+		pos[i] = int(math.Round(float64(i) * float64(l-t) / float64(n-1)))
+	}
+	cut = make([]int, n)
+	for i := 0; i < n-1; i++ {
+		cut[i] = (pos[i+1] + pos[i] + t) / 2
+	}
+	cut[n-1] = l
+	return pos, cut
+}
+
+func (m *Model) segmentTiles(fw, fh int, res *Result) (int, error) {
+	mw, mh := m.info.Width, m.info.Height
+	ov := m.opts.TileOverlap
+	if ov == 0 {
+		ov = min(mw, mh) / 8
+	}
+	xs, xcut := tilePositions(fw, mw, ov)
+	ys, ycut := tilePositions(fh, mh, ov)
+	count := 0
+	for j, y0 := range ys {
+		oy0 := 0
+		if j > 0 {
+			oy0 = ycut[j-1]
+		}
+		for i, x0 := range xs {
+			ox0 := 0
+			if i > 0 {
+				ox0 = xcut[i-1]
+			}
+			t0 := time.Now()
+			copyRGB(m.rgb, fw, x0, y0, mw, mh, m.planes, m.ch, &m.lut)
+			t1 := time.Now()
+			if err := m.sess.Run(); err != nil {
+				return 0, fmt.Errorf("segment: run model on window %d,%d: %w", x0, y0, err)
+			}
+			t2 := time.Now()
+			score := m.scorePlane()
+			// The window's owned region in window coordinates.
+			wx0, wy0 := ox0-x0, oy0-y0
+			w, h := xcut[i]-ox0, ycut[j]-oy0
+			dst := res.Mask.Pix[oy0*res.Mask.Stride+ox0:]
+			count += thresholdRect(score[wy0*mw+wx0:], mw, m.tau, dst, res.Mask.Stride, w, h)
+			t3 := time.Now()
+			res.Preprocess += t1.Sub(t0)
+			res.Inference += t2.Sub(t1)
+			res.Postprocess += t3.Sub(t2)
+			res.Runs++
+		}
+	}
+	return count, nil
+}
