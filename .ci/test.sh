@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# `make test`: installs what is missing (.ci/deps.sh), runs every Go test
+# (the test harnesses start private RabbitMQ and versitygw servers on
+# 127.0.0.1 and stop them), runs each fuzz target briefly, and makes sure no
+# server is left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/deps.sh
+
+arch=$( [[ $(uname -m) == aarch64 || $(uname -m) == arm64 ]] && echo arm64 || echo x64 )
+export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.cache/onnxruntime/linux-$arch/libonnxruntime.so.1}
+export FOREST_VERSITYGW=${FOREST_VERSITYGW:-$PWD/.cache/bin/versitygw}
+
+leftovers() {
+	# Servers of a test binary that died before its cleanup ran.
+	pkill -KILL -f -- '-forest_harness /' 2>/dev/null || true
+	pkill -KILL -f -- 'versitygw .*forest-s3-' 2>/dev/null || true
+	pkill -KILL -f -- 'epmd -port [0-9]+ -address 127.0.0.1' 2>/dev/null || true
+}
+trap leftovers EXIT
+
+start=$SECONDS
+go test -count=1 -timeout 45m ${GOTESTFLAGS:-} ./...
+
+# Each fuzz target for a few seconds: the seed corpus runs above already.
+FUZZTIME=${FUZZTIME:-5s}
+grep -rl --include='*_test.go' '^func Fuzz' . | while read -r f; do
+	pkg=./$(dirname "${f#./}")
+	for fn in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | cut -d' ' -f2); do
+		echo "fuzz $pkg $fn ($FUZZTIME)"
+		out=$(go test -run '^$' -fuzz "^$fn\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1) || { echo "$out"; exit 1; }
+	done
+done
+echo "make test: all passed in $((SECONDS - start))s"

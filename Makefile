@@ -1,0 +1,46 @@
+# Forest monitoring pipeline: forest-agent (device) and forest-cloud (cloud).
+# `make help` lists the targets.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+GO ?= go
+
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+ORT_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x64)
+export ONNXRUNTIME_LIB ?= $(CURDIR)/.cache/onnxruntime/linux-$(ORT_ARCH)/libonnxruntime.so.1
+export FOREST_VERSITYGW ?= $(CURDIR)/.cache/bin/versitygw
+
+# Benchmarks: -count 5 so that BENCHMARKS.md can quote medians.
+BENCH_COUNT ?= 5
+
+.PHONY: help build deps run test bench lint clean
+
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/forest-agent and bin/forest-cloud
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./agent/cmd/forest-agent ./cloud/cmd/forest-cloud
+
+deps: ## install RabbitMQ, versitygw, staticcheck and ONNX Runtime (cached in .cache/)
+	bash .ci/deps.sh
+
+run: deps build ## the main job: forest-agent --once on the bundled sample frames, offline
+	bash .ci/run-sample.sh
+
+test: ## install what is missing, start the servers, run every test, stop the servers
+	bash .ci/test.sh
+
+bench: deps ## benchmarks against the raw libraries (figures for BENCHMARKS.md)
+	bash .ci/bench.sh $(BENCH_COUNT)
+
+lint: deps ## gofmt, go vet, staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	.cache/bin/staticcheck ./...
+
+clean: ## remove build output and test caches (keeps .cache/)
+	rm -rf bin/ dist/
+	$(GO) clean -testcache
