@@ -64,13 +64,32 @@ var (
 // Main runs the tests and then stops the shared server, if one was started.
 func Main(m *testing.M) {
 	code := m.Run()
-	sharedMu.Lock()
-	if shared != nil && !shared.external {
-		shared.stop()
-		_ = os.RemoveAll(shared.dir)
-	}
-	sharedMu.Unlock()
+	StopShared()
 	os.Exit(code)
+}
+
+// StopShared stops the shared server, if one was started; for a TestMain
+// that combines several harnesses (Main calls it for you).
+func StopShared() {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if shared != nil {
+		_ = shared.Close()
+		shared = nil
+	}
+}
+
+// Launch starts a private server outside a test, for tools such as the demo.
+// The caller must Close it.
+func Launch() (*Server, error) { return start() }
+
+// Close stops a launched server and removes its data.
+func (s *Server) Close() error {
+	if s.external {
+		return nil
+	}
+	s.stop()
+	return os.RemoveAll(s.dir)
 }
 
 // Unavailable fails the test when CI is set and skips it otherwise.

@@ -73,12 +73,7 @@ var (
 // Use it from TestMain: func TestMain(m *testing.M) { uplinktest.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
-	sharedMu.Lock()
-	if shared != nil && !shared.external {
-		_ = shared.shutdown(syscall.SIGTERM)
-		_ = os.RemoveAll(shared.dir)
-	}
-	sharedMu.Unlock()
+	StopShared()
 	os.Exit(code)
 }
 
@@ -128,6 +123,30 @@ func Start(t testing.TB) *Broker {
 		_ = os.RemoveAll(b.dir)
 	})
 	return b
+}
+
+// Launch starts a private broker outside a test, for tools such as the demo.
+// The caller must Close it.
+func Launch() (*Broker, error) { return start() }
+
+// Close stops a launched broker and removes its data.
+func (b *Broker) Close() error {
+	if b.external {
+		return nil
+	}
+	err := b.shutdown(syscall.SIGTERM)
+	return errors.Join(err, os.RemoveAll(b.dir))
+}
+
+// StopShared stops the shared broker, if one was started; for a TestMain
+// that combines several harnesses (Main calls it for you).
+func StopShared() {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if shared != nil {
+		_ = shared.Close()
+		shared = nil
+	}
 }
 
 func attach(raw string) (*Broker, error) {
