@@ -1,0 +1,102 @@
+package spool
+
+import (
+	"fmt"
+	"os"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// maybeCompactLocked compacts the database file when it holds more than
+// CompactFreeBytes of free pages and either half the file is free or the
+// file exceeds MaxBytes+CompactFreeBytes. q.wmu must be held.
+func (q *Queue) maybeCompactLocked() {
+	if q.opts.CompactFreeBytes < 0 {
+		return
+	}
+	free, size := q.fileFacts()
+	if free < q.opts.CompactFreeBytes {
+		return
+	}
+	over := q.opts.MaxBytes > 0 && size > q.opts.MaxBytes+q.opts.CompactFreeBytes
+	if free*2 < size && !over {
+		return
+	}
+	if err := q.compactLocked(); err != nil {
+		q.log.Error("spool compaction failed", "error", err, "file_bytes", size, "free_bytes", free)
+		return
+	}
+	nfree, nsize := q.fileFacts()
+	q.log.Info("spool compacted", "file_bytes_before", size, "file_bytes_after", nsize,
+		"free_bytes_before", free, "free_bytes_after", nfree)
+}
+
+// fileFacts returns the free bytes inside the database file and the file's
+// high-water size in bytes.
+func (q *Queue) fileFacts() (free, size int64) {
+	q.dbmu.RLock()
+	defer q.dbmu.RUnlock()
+	if q.db == nil {
+		return 0, 0
+	}
+	free = int64(q.db.Stats().FreeAlloc)
+	_ = q.db.View(func(tx *bolt.Tx) error {
+		size = tx.Size()
+		return nil
+	})
+	return free, size
+}
+
+// compactLocked copies the live database into DBName+".compact", syncs it,
+// and renames it over the original. Crash states: before the rename the
+// original is intact and Open deletes the partial copy; after the rename the
+// copy is complete and synced, so either name resolution is consistent.
+// q.wmu must be held; readers are excluded by q.dbmu.
+func (q *Queue) compactLocked() error {
+	tmp := q.path + compactSuffix
+	_ = os.Remove(tmp)
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{NoSync: true, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
+	q.dbmu.Lock()
+	defer q.dbmu.Unlock()
+	err = guard("compact", func() error { return bolt.Compact(dst, q.db, 16<<20) })
+	if err == nil {
+		err = dst.Sync()
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("compact: %w", err)
+	}
+	if err := q.db.Close(); err != nil {
+		_ = os.Remove(tmp)
+		q.db = nil
+		return q.reopenLocked(fmt.Errorf("compact: close: %w", err))
+	}
+	q.db = nil
+	if err := os.Rename(tmp, q.path); err != nil {
+		_ = os.Remove(tmp)
+		return q.reopenLocked(fmt.Errorf("compact: %w", err))
+	}
+	if err := syncDir(q.dir); err != nil {
+		return q.reopenLocked(fmt.Errorf("compact: %w", err))
+	}
+	q.mu.Lock()
+	q.compactions++
+	q.mu.Unlock()
+	return q.reopenLocked(nil)
+}
+
+// reopenLocked reopens q.path after compaction; q.dbmu must be held.
+func (q *Queue) reopenLocked(cause error) error {
+	db, err := openBolt(q.path, false, q.opts.OpenTimeout)
+	if err != nil {
+		return fmt.Errorf("reopen spool after compaction: %w", err)
+	}
+	q.db = db
+	return cause
+}

@@ -1,0 +1,92 @@
+// Package spool is the agent's crash-safe, byte-bounded store-and-forward
+// queue for frames, built on bbolt.
+//
+// A spool is a directory. It holds one bbolt file, DBName, with the encoded
+// records (image, mask and caller-owned metadata behind a versioned,
+// checksummed header; see format.go, owned by this package), a small index
+// per record, a quarantine for damaged records and persistent counters. A
+// damaged file is renamed aside in the same directory as
+// DBName+".corrupt-<UTC time>"; nothing is ever deleted silently.
+//
+// # Durability contract
+//
+//   - When Put returns nil, the record is on stable storage: it was
+//     committed in a bbolt transaction that ended with fdatasync.
+//   - A record leaves the spool only through Ack, which deletes it in one
+//     durable transaction (call it after the broker confirmed the record),
+//     or through a counted eviction (MaxBytes, MinFreeBytes, MaxAge) or a
+//     counted quarantine. Each of these is logged once per burst.
+//   - After a crash at any instant (kill -9, power cut), reopening yields
+//     every record whose Put returned nil and that was not acknowledged,
+//     exactly once, under the same id; ids are unique and increasing and
+//     never reused (the last id is stored with every commit). A record whose
+//     Put did not return may or may not be present, whole or not at all.
+//     An Ack that did not return may or may not have taken effect.
+//   - In-flight marks (Next) live in memory only: after a restart every
+//     unacknowledged record is handed out again, so delivery downstream is
+//     at least once; consumers deduplicate by id.
+//
+// The crash test (crash_test.go) re-executes the test binary as a
+// writer/acker child, SIGKILLs it at random points and checks these
+// invariants after every kill.
+//
+// # Concurrency model
+//
+// All methods are safe for concurrent use. Put encodes and checksums the
+// record in the caller's goroutine and hands it to one committer goroutine
+// (started by Open, stopped and waited for by Close). The committer takes
+// every Put waiting at the time the previous commit ended, up to
+// Options.MaxBatch records, and commits them in one transaction with one
+// fsync (group commit without a timer: a lone Put is committed at once,
+// concurrent Puts share fsyncs). Ack, eviction, expiry, quarantine and
+// compaction are serialized with the committer by a write mutex; Next reads
+// in a read transaction concurrently with writes. An in-memory index (about
+// 100 bytes per record) holds ids, priorities, creation times and sizes, so
+// Next, eviction and Stats never scan the file.
+//
+// # Bounds and eviction
+//
+// MaxBytes bounds the accounted bytes of records (encoded record + 48 bytes
+// of keys and index) plus quarantined data. MinFreeBytes keeps a free-disk
+// reserve, checked with statfs(2) (Options.DiskFree for tests): a Put that
+// would grow the file while less than the reserve is available evicts or
+// rejects; a Put that fits in pages freed inside the file is always allowed,
+// so drop-oldest keeps working at constant disk use on a full disk. When a
+// record does not fit, eviction removes, in this order, quarantined
+// records, then records not in flight by (priority, id), then records in
+// flight. DropOldest never evicts a record of higher priority than the new
+// one and RejectNew only evicts records of strictly lower priority; when
+// that is not enough, Put fails with ErrFull. MaxAge expires records (not in
+// flight) on Put and Next. Evictions are counted by reason in Stats and in
+// the file, and logged at Warn once when a burst starts and once when it
+// ends.
+//
+// # Disk use
+//
+// bbolt files never shrink on their own. The spool keeps frames inside bbolt
+// and compacts online: after an Ack or eviction, when the file holds more
+// than CompactFreeBytes (default 32 MiB) of free pages and either half the
+// file is free or the file exceeds MaxBytes+CompactFreeBytes, the live data
+// is copied to DBName+".compact", synced, and renamed over the file. So the
+// file stays within max(2×live, live+CompactFreeBytes) after each Ack, and
+// within MaxBytes + CompactFreeBytes + one batch (≤ 32 MiB) overall; a
+// compaction briefly needs a second copy of the live data. Keeping blobs
+// as files beside a bbolt index was measured as the alternative
+// (BenchmarkAltBlobFiles): it costs a file fsync and a directory fsync on
+// top of the index commit, so sequential durable Put fell well short of raw
+// bbolt; see BENCHMARKS.md.
+//
+// # Damage
+//
+// Every record value carries a header checksum and a payload checksum
+// (CRC-32C). A record that fails to decode when Next reads it, or whose
+// index and data disagree at Open, is moved to the quarantine bucket with
+// its reason and raw bytes, logged at Error and counted. At Open the spool
+// runs bbolt's consistency check; a file bbolt cannot open, that fails the
+// check, or on which bbolt panics or faults (truncated mmap) is renamed
+// aside, sound records are salvaged into a fresh file, the event is logged
+// at Error and counted in Stats.CorruptRenames, and Open succeeds: the
+// agent never crash-loops on a damaged spool. Check and Inspect work on a
+// spool no process holds (bbolt's file lock makes them fail with ErrInUse
+// otherwise) for `forest-agent spool check` and `forest-agent spool stats`.
+package spool
