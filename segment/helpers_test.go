@@ -96,4 +96,3 @@ func greenRamp(w, h int, g func(x, y int) uint8) *image.NRGBA {
 	}
 	return img
 }
-

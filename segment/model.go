@@ -120,6 +120,7 @@ type Model struct {
 
 	rgb    []byte
 	tmp    []float32
+	acc    []float32
 	score  []float32
 	row    []float32
 	kx, ky kernelCache // frame -> model
@@ -356,19 +357,19 @@ func (m *Model) Segment(img image.Image) (*Result, error) {
 	fw, fh := b.Dx(), b.Dy()
 	mw, mh := m.info.Width, m.info.Height
 	res := &Result{Mask: image.NewGray(image.Rect(0, 0, fw, fh))}
-	m.rgb = toRGB(img, m.rgb)
+	src := m.pixels(img)
 	count := 0
 	if m.opts.Tiling == Tile && (fw > mw || fh > mh) && fw >= mw && fh >= mh {
 		var err error
-		count, err = m.segmentTiles(fw, fh, res)
+		count, err = m.segmentTiles(src, fw, fh, res)
 		if err != nil {
 			return nil, err
 		}
 	} else {
 		if fw == mw && fh == mh {
-			copyRGB(m.rgb, fw, 0, 0, mw, mh, m.planes, m.ch, &m.lut)
+			copyRGB(src, 0, 0, mw, mh, m.planes, m.ch, &m.lut)
 		} else {
-			m.tmp = resampleRGB(m.rgb, fw, fh, m.kx.get(fw, mw), m.ky.get(fh, mh), m.planes, m.ch, m.a, m.b, m.tmp)
+			m.tmp, m.acc = resampleRGB(src, m.kx.get(fw, mw), m.ky.get(fh, mh), m.planes, m.ch, m.a, m.b, m.tmp, m.acc)
 		}
 		t1 := time.Now()
 		res.Preprocess = t1.Sub(t0)
@@ -388,6 +389,20 @@ func (m *Model) Segment(img image.Image) (*Result, error) {
 	m.log.Debug("frame segmented", "width", fw, "height", fh, "coverage", res.Coverage,
 		"runs", res.Runs, "ms", float64(res.Total.Microseconds())/1000)
 	return res, nil
+}
+
+// pixels returns img's pixels for reading: RGBA and NRGBA images directly from their Pix
+// slices, anything else converted into the model's reusable packed RGB buffer.
+func (m *Model) pixels(img image.Image) pixels {
+	b := img.Bounds()
+	switch p := img.(type) {
+	case *image.RGBA:
+		return pixels{pix: p.Pix, off: p.PixOffset(b.Min.X, b.Min.Y), stride: p.Stride, bpp: 4}
+	case *image.NRGBA:
+		return pixels{pix: p.Pix, off: p.PixOffset(b.Min.X, b.Min.Y), stride: p.Stride, bpp: 4}
+	}
+	m.rgb = toRGB(img, m.rgb)
+	return pixels{pix: m.rgb, stride: b.Dx() * 3, bpp: 3}
 }
 
 // scorePlane returns one value per output pixel that is compared against m.tau: the
@@ -450,7 +465,7 @@ func tilePositions(l, t, o int) (pos, cut []int) {
 	return pos, cut
 }
 
-func (m *Model) segmentTiles(fw, fh int, res *Result) (int, error) {
+func (m *Model) segmentTiles(src pixels, fw, fh int, res *Result) (int, error) {
 	mw, mh := m.info.Width, m.info.Height
 	ov := m.opts.TileOverlap
 	if ov == 0 {
@@ -470,7 +485,7 @@ func (m *Model) segmentTiles(fw, fh int, res *Result) (int, error) {
 				ox0 = xcut[i-1]
 			}
 			t0 := time.Now()
-			copyRGB(m.rgb, fw, x0, y0, mw, mh, m.planes, m.ch, &m.lut)
+			copyRGB(src, x0, y0, mw, mh, m.planes, m.ch, &m.lut)
 			t1 := time.Now()
 			if err := m.sess.Run(); err != nil {
 				return 0, fmt.Errorf("segment: run model on window %d,%d: %w", x0, y0, err)

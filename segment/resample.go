@@ -17,7 +17,12 @@ func newKernel(src, dst int) *kernel {
 	kn := &kernel{src: src, dst: dst}
 	s := float64(src) / float64(dst)
 	if s > 1 {
-		kn.k = int(math.Ceil(s)) + 1
+		// Taps per output: the most source pixels any output interval touches.
+		kn.k = 1
+		for i := 0; i < dst; i++ {
+			lo, hi := float64(i)*s, float64(i+1)*s
+			kn.k = max(kn.k, int(math.Ceil(hi-1e-9))-int(math.Floor(lo)))
+		}
 		kn.idx = make([]int32, dst*kn.k)
 		kn.w = make([]float32, dst*kn.k)
 		for i := 0; i < dst; i++ {
@@ -64,70 +69,105 @@ func (c *kernelCache) get(src, dst int) *kernel {
 	return c.k
 }
 
-// resampleRGB resamples packed RGB (sw×sh) to dw×dh and writes normalised planes into
-// planes (3 planes of dw*dh, plane p reading source channel ch[p], value v*a[p]+b[p]).
-// tmp is scratch space, grown as needed and returned.
-func resampleRGB(rgb []byte, sw, sh int, kx, ky *kernel, planes [3][]float32, ch [3]int, a, b [3]float32, tmp []float32) []float32 {
+// pixels is a read-only view of 8-bit RGB pixels: pixel (x,y) has its red, green and
+// blue samples at pix[off+y*stride+x*bpp:], with bpp 3 (packed RGB) or 4 (RGBA/NRGBA).
+type pixels struct {
+	pix              []byte
+	off, stride, bpp int
+}
+
+// resampleRGB resamples src (kx.src×ky.src) to kx.dst×ky.dst and writes normalised
+// planes into planes (plane p reads RGB channel ch[p], value v*a[p]+b[p]). tmp and acc are
+// scratch space, grown as needed and returned.
+func resampleRGB(src pixels, kx, ky *kernel, planes [3][]float32, ch [3]int, a, b [3]float32, tmp, acc []float32) ([]float32, []float32) {
 	dw, dh := kx.dst, ky.dst
-	n := sh * dw * 3
+	n := ky.src * dw * 3
 	if cap(tmp) < n {
 		tmp = make([]float32, n)
 	}
 	tmp = tmp[:n]
+	if cap(acc) < dw*3 {
+		acc = make([]float32, dw*3)
+	}
+	acc = acc[:dw*3]
+	bpp := src.bpp
 	k := kx.k
-	for y := 0; y < sh; y++ {
-		src := rgb[y*sw*3 : (y+1)*sw*3]
+	// Horizontal pass: every source row to dw interleaved RGB floats.
+	for y := 0; y < ky.src; y++ {
+		row := src.pix[src.off+y*src.stride:]
 		dst := tmp[y*dw*3 : (y+1)*dw*3]
+		if k == 2 {
+			for x := 0; x < dw; x++ {
+				j0, j1 := int(kx.idx[2*x])*bpp, int(kx.idx[2*x+1])*bpp
+				w0, w1 := kx.w[2*x], kx.w[2*x+1]
+				s0, s1 := row[j0:j0+3], row[j1:j1+3]
+				d := dst[3*x : 3*x+3]
+				d[0] = w0*float32(s0[0]) + w1*float32(s1[0])
+				d[1] = w0*float32(s0[1]) + w1*float32(s1[1])
+				d[2] = w0*float32(s0[2]) + w1*float32(s1[2])
+			}
+			continue
+		}
 		for x := 0; x < dw; x++ {
 			var r, g, bb float32
 			idx := kx.idx[x*k : x*k+k]
 			w := kx.w[x*k : x*k+k]
 			for t, j := range idx {
-				s := src[3*int(j) : 3*int(j)+3]
+				s := row[int(j)*bpp : int(j)*bpp+3]
 				wt := w[t]
 				r += wt * float32(s[0])
 				g += wt * float32(s[1])
 				bb += wt * float32(s[2])
 			}
-			dst[3*x], dst[3*x+1], dst[3*x+2] = r, g, bb
+			d := dst[3*x : 3*x+3]
+			d[0], d[1], d[2] = r, g, bb
 		}
 	}
+	// Vertical pass: weighted sum of whole tmp rows, then de-interleave and normalise.
 	k = ky.k
-	p0, p1, p2 := planes[0], planes[1], planes[2]
 	c0, c1, c2 := ch[0], ch[1], ch[2]
 	for y := 0; y < dh; y++ {
 		idx := ky.idx[y*k : y*k+k]
 		w := ky.w[y*k : y*k+k]
-		o := y * dw
-		for x := 0; x < dw; x++ {
-			var acc [3]float32
-			for t, j := range idx {
-				s := tmp[(int(j)*dw+x)*3:]
-				wt := w[t]
-				acc[0] += wt * s[0]
-				acc[1] += wt * s[1]
-				acc[2] += wt * s[2]
+		r0 := tmp[int(idx[0])*dw*3:][:dw*3]
+		w0 := w[0]
+		for i, v := range r0 {
+			acc[i] = w0 * v
+		}
+		for t := 1; t < k; t++ {
+			if w[t] == 0 {
+				continue
 			}
-			p0[o+x] = acc[c0]*a[0] + b[0]
-			p1[o+x] = acc[c1]*a[1] + b[1]
-			p2[o+x] = acc[c2]*a[2] + b[2]
+			r := tmp[int(idx[t])*dw*3:][:dw*3]
+			wt := w[t]
+			for i, v := range r {
+				acc[i] += wt * v
+			}
+		}
+		o := y * dw
+		p0, p1, p2 := planes[0][o:o+dw], planes[1][o:o+dw], planes[2][o:o+dw]
+		for x := range p0 {
+			px := acc[3*x : 3*x+3]
+			p0[x] = px[c0]*a[0] + b[0]
+			p1[x] = px[c1]*a[1] + b[1]
+			p2[x] = px[c2]*a[2] + b[2]
 		}
 	}
-	return tmp
+	return tmp, acc
 }
 
-// copyRGB normalises a w×h window at (x0,y0) of packed RGB (stride sw pixels) into planes
-// through per-plane lookup tables.
-func copyRGB(rgb []byte, sw, x0, y0, w, h int, planes [3][]float32, ch [3]int, lut *[3][256]float32) {
-	p0, p1, p2 := planes[0], planes[1], planes[2]
+// copyRGB normalises a w×h window at (x0,y0) of src into planes through per-plane lookup
+// tables.
+func copyRGB(src pixels, x0, y0, w, h int, planes [3][]float32, ch [3]int, lut *[3][256]float32) {
 	l0, l1, l2 := &lut[0], &lut[1], &lut[2]
 	c0, c1, c2 := ch[0], ch[1], ch[2]
+	bpp := src.bpp
 	for y := 0; y < h; y++ {
-		src := rgb[((y0+y)*sw+x0)*3:][:w*3]
+		row := src.pix[src.off+(y0+y)*src.stride+x0*bpp:][:w*bpp]
 		o := y * w
-		d0, d1, d2 := p0[o:o+w], p1[o:o+w], p2[o:o+w]
+		d0, d1, d2 := planes[0][o:o+w], planes[1][o:o+w], planes[2][o:o+w]
 		for x := range d0 {
-			s := src[3*x : 3*x+3]
+			s := row[x*bpp : x*bpp+3]
 			d0[x] = l0[s[c0]]
 			d1[x] = l1[s[c1]]
 			d2[x] = l2[s[c2]]
@@ -166,6 +206,18 @@ func maskFromScore(score []float32, sw, sh int, tau float32, dst []byte, dw, dh,
 		}
 		d := dst[y*dstride : y*dstride+dw]
 		k := kx.k
+		if k == 2 {
+			for x := range d {
+				v := kx.w[2*x]*row[kx.idx[2*x]] + kx.w[2*x+1]*row[kx.idx[2*x+1]]
+				if v > tau {
+					d[x] = 255
+					count++
+				} else {
+					d[x] = 0
+				}
+			}
+			continue
+		}
 		for x := range d {
 			var v float32
 			for t, j := range kx.idx[x*k : x*k+k] {

@@ -1,0 +1,363 @@
+package segment
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"image"
+	"image/color"
+	"image/jpeg"
+	"image/png"
+	"math"
+	"os"
+	"testing"
+	"time"
+)
+
+func encodePNG(t testing.TB, img image.Image) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestDecodeNotImage(t *testing.T) {
+	for name, data := range map[string][]byte{
+		"empty":     nil,
+		"text":      []byte("hello, this is not an image"),
+		"gif":       []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;"),
+		"bad png":   []byte("\x89PNG\r\n\x1a\nxxxxxxxxxxxxxxxx"),
+		"bad jpeg":  []byte("\xff\xd8\xff\xe0garbage"),
+		"truncated": encodePNG(t, image.NewGray(image.Rect(0, 0, 8, 8)))[:60],
+	} {
+		if _, err := Decode(data, 0); !errors.Is(err, ErrNotImage) {
+			t.Errorf("%s: err %v, want ErrNotImage", name, err)
+		}
+	}
+}
+
+// bombPNG returns a PNG whose IHDR declares w×h pixels but holds no pixel data at all,
+// so decoding it (rather than refusing it from the header) would fail with ErrNotImage.
+func bombPNG(t testing.TB, w, h uint32) []byte {
+	data := encodePNG(t, image.NewGray(image.Rect(0, 0, 1, 1)))
+	binary.BigEndian.PutUint32(data[16:], w)
+	binary.BigEndian.PutUint32(data[20:], h)
+	binary.BigEndian.PutUint32(data[29:], crc32.ChecksumIEEE(data[12:29]))
+	return data[:33]
+}
+
+func TestDecodeTooLarge(t *testing.T) {
+	if _, err := Decode(bombPNG(t, 100000, 100000), 0); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("bomb: err %v, want ErrTooLarge", err)
+	}
+	data := encodePNG(t, image.NewGray(image.Rect(0, 0, 100, 100)))
+	if _, err := Decode(data, 9999); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("100x100 with limit 9999: %v", err)
+	}
+	if f, err := Decode(data, 10000); err != nil || f.Width != 100 || f.Height != 100 || f.Format != "png" {
+		t.Fatalf("100x100 with limit 10000: %v %+v", err, f)
+	}
+	if _, err := Decode(data, -1); err != nil {
+		t.Fatalf("no limit: %v", err)
+	}
+}
+
+// TestDecodePixelFormats decodes PNGs of every pixel format and checks the packed RGB the
+// model sees against the colour each pixel decodes to.
+func TestDecodePixelFormats(t *testing.T) {
+	const w, h = 13, 7
+	pal := color.Palette{color.NRGBA{10, 200, 30, 255}, color.NRGBA{250, 5, 90, 255}, color.NRGBA{0, 0, 0, 255}}
+	imgs := map[string]image.Image{}
+	gray := image.NewGray(image.Rect(0, 0, w, h))
+	gray16 := image.NewGray16(image.Rect(0, 0, w, h))
+	paletted := image.NewPaletted(image.Rect(0, 0, w, h), pal)
+	nrgba := image.NewNRGBA(image.Rect(0, 0, w, h))
+	nrgba64 := image.NewNRGBA64(image.Rect(0, 0, w, h))
+	rgb := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			v := uint8(x*19 + y*7)
+			gray.SetGray(x, y, color.Gray{v})
+			gray16.SetGray16(x, y, color.Gray16{uint16(v)<<8 | 0x7f})
+			paletted.SetColorIndex(x, y, uint8((x+y)%3))
+			nrgba.SetNRGBA(x, y, color.NRGBA{v, 255 - v, uint8(x), uint8(40 + y*30)}) // with alpha
+			nrgba64.SetNRGBA64(x, y, color.NRGBA64{uint16(v) << 8, 0xffff - uint16(v)<<8, 0x1234, 0xffff})
+			rgb.SetRGBA(x, y, color.RGBA{v, uint8(y), 255 - v, 255})
+		}
+	}
+	imgs["gray"], imgs["gray16"], imgs["paletted"], imgs["nrgba-alpha"], imgs["nrgba64"], imgs["rgb"] = gray, gray16, paletted, nrgba, nrgba64, rgb
+	for name, src := range imgs {
+		f, err := Decode(encodePNG(t, src), 0)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if f.Width != w || f.Height != h || f.Format != "png" || f.EXIF != nil {
+			t.Fatalf("%s: frame %+v", name, f)
+		}
+		got := toRGB(f.Image, nil)
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				want := straightRGB(f.Image.At(x, y))
+				i := (y*w + x) * 3
+				if [3]byte(got[i:i+3]) != want {
+					t.Fatalf("%s (%T) at %d,%d: %v, want %v", name, f.Image, x, y, got[i:i+3], want)
+				}
+			}
+		}
+	}
+}
+
+// straightRGB is the reference conversion: non-premultiplied colour, high byte.
+func straightRGB(c color.Color) [3]byte {
+	switch c := c.(type) {
+	case color.NRGBA:
+		return [3]byte{c.R, c.G, c.B}
+	case color.NRGBA64:
+		return [3]byte{byte(c.R >> 8), byte(c.G >> 8), byte(c.B >> 8)}
+	}
+	n := color.NRGBAModel.Convert(c).(color.NRGBA)
+	return [3]byte{n.R, n.G, n.B}
+}
+
+func TestToRGBSubImagesAndYCbCr(t *testing.T) {
+	for _, ratio := range []image.YCbCrSubsampleRatio{image.YCbCrSubsampleRatio444, image.YCbCrSubsampleRatio422, image.YCbCrSubsampleRatio420} {
+		m := image.NewYCbCr(image.Rect(0, 0, 21, 11), ratio)
+		for i := range m.Y {
+			m.Y[i] = uint8(i * 3)
+		}
+		for i := range m.Cb {
+			m.Cb[i], m.Cr[i] = uint8(i*5), uint8(255-i*2)
+		}
+		checkToRGB(t, m)
+		checkToRGB(t, m.SubImage(image.Rect(3, 2, 17, 9)))
+	}
+	n := image.NewNRGBA(image.Rect(0, 0, 9, 9))
+	for i := range n.Pix {
+		n.Pix[i] = uint8(i)
+		if i%4 == 3 {
+			n.Pix[i] = 255
+		}
+	}
+	checkToRGB(t, n.SubImage(image.Rect(2, 3, 7, 8)))
+	checkToRGB(t, image.NewCMYK(image.Rect(0, 0, 3, 3))) // generic path
+}
+
+func checkToRGB(t *testing.T, img image.Image) {
+	t.Helper()
+	got := toRGB(img, nil)
+	b := img.Bounds()
+	i := 0
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			if want := straightRGB(img.At(x, y)); [3]byte(got[i:i+3]) != want {
+				t.Fatalf("%T %v at %d,%d: %v, want %v", img, b, x, y, got[i:i+3], want)
+			}
+			i += 3
+		}
+	}
+}
+
+func TestDecodeWebP(t *testing.T) {
+	data, err := os.ReadFile("testdata/blue-purple-pink.lossy.webp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := Decode(data, 0)
+	if err != nil || f.Format != "webp" || f.Width == 0 {
+		t.Fatalf("webp: %v %+v", err, f)
+	}
+	if _, err := Decode(data, 10); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("webp over limit: %v", err)
+	}
+}
+
+// tiffBuilder writes a big- or little-endian TIFF/EXIF block for tests.
+type tiffBuilder struct {
+	bo byteOrder
+}
+
+type byteOrder interface {
+	binary.ByteOrder
+	binary.AppendByteOrder
+}
+
+type tEntry struct {
+	tag, typ uint16
+	count    uint32
+	data     []byte // raw value bytes in the builder's byte order
+}
+
+func (tb tiffBuilder) ascii(tag uint16, s string) tEntry {
+	return tEntry{tag, 2, uint32(len(s) + 1), append([]byte(s), 0)}
+}
+func (tb tiffBuilder) short(tag uint16, v uint16) tEntry {
+	b := make([]byte, 2)
+	tb.bo.PutUint16(b, v)
+	return tEntry{tag, 3, 1, b}
+}
+func (tb tiffBuilder) long(tag uint16, v uint32) tEntry {
+	b := make([]byte, 4)
+	tb.bo.PutUint32(b, v)
+	return tEntry{tag, 4, 1, b}
+}
+func (tb tiffBuilder) rationals(tag uint16, v ...[2]uint32) tEntry {
+	var b []byte
+	for _, r := range v {
+		b = tb.bo.AppendUint32(b, r[0])
+		b = tb.bo.AppendUint32(b, r[1])
+	}
+	return tEntry{tag, 5, uint32(len(v)), b}
+}
+
+// ifd serialises entries at offset off; values longer than 4 bytes follow the IFD.
+// It returns the bytes (to be placed at off).
+func (tb tiffBuilder) ifd(off uint32, entries []tEntry) []byte {
+	head := 2 + 12*len(entries) + 4
+	var out, extra []byte
+	out = tb.bo.AppendUint16(out, uint16(len(entries)))
+	for _, e := range entries {
+		out = tb.bo.AppendUint16(out, e.tag)
+		out = tb.bo.AppendUint16(out, e.typ)
+		out = tb.bo.AppendUint32(out, e.count)
+		if len(e.data) <= 4 {
+			v := make([]byte, 4)
+			copy(v, e.data)
+			out = append(out, v...)
+		} else {
+			out = tb.bo.AppendUint32(out, off+uint32(head+len(extra)))
+			extra = append(extra, e.data...)
+		}
+	}
+	out = tb.bo.AppendUint32(out, 0)
+	return append(out, extra...)
+}
+
+func exifBlock(bo byteOrder, orientation uint16) []byte {
+	tb := tiffBuilder{bo}
+	hdr := []byte("II*\x00\x08\x00\x00\x00")
+	if bo == byteOrder(binary.BigEndian) {
+		hdr = []byte("MM\x00*\x00\x00\x00\x08")
+	}
+	// Lay out: IFD0 at 8, Exif IFD at 400, GPS IFD at 600.
+	ifd0 := tb.ifd(8, []tEntry{
+		tb.ascii(0x010F, "Forestwatch"), tb.ascii(0x0110, "Drone X1"), tb.short(0x0112, orientation),
+		tb.long(0x8769, 400), tb.long(0x8825, 600),
+	})
+	exif := tb.ifd(400, []tEntry{tb.ascii(0x9003, "2024:06:11 10:20:30"), tb.ascii(0x9011, "-04:00")})
+	gps := tb.ifd(600, []tEntry{
+		tb.ascii(1, "S"), tb.rationals(2, [2]uint32{9, 1}, [2]uint32{36, 1}, [2]uint32{1800, 100}),
+		tb.ascii(3, "W"), tb.rationals(4, [2]uint32{59, 1}, [2]uint32{42, 1}, [2]uint32{0, 1}),
+		{5, 1, 1, []byte{0}}, tb.rationals(6, [2]uint32{2505, 10}),
+	})
+	b := make([]byte, 800)
+	copy(b, hdr)
+	copy(b[8:], ifd0)
+	copy(b[400:], exif)
+	copy(b[600:], gps)
+	return b
+}
+
+// jpegWithEXIF encodes img as JPEG and inserts an APP1 Exif segment after SOI.
+func jpegWithEXIF(t testing.TB, img image.Image, exif []byte) []byte {
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: 95}); err != nil {
+		t.Fatal(err)
+	}
+	j := buf.Bytes()
+	seg := append([]byte("Exif\x00\x00"), exif...)
+	app1 := []byte{0xFF, 0xE1, 0, 0}
+	binary.BigEndian.PutUint16(app1[2:], uint16(len(seg)+2))
+	out := append([]byte{}, j[:2]...)
+	out = append(out, app1...)
+	out = append(out, seg...)
+	return append(out, j[2:]...)
+}
+
+func TestDecodeEXIF(t *testing.T) {
+	// 32 wide, 16 tall: left half red, right half blue.
+	img := image.NewNRGBA(image.Rect(0, 0, 32, 16))
+	for y := 0; y < 16; y++ {
+		for x := 0; x < 32; x++ {
+			c := color.NRGBA{220, 20, 20, 255}
+			if x >= 16 {
+				c = color.NRGBA{20, 20, 220, 255}
+			}
+			img.SetNRGBA(x, y, c)
+		}
+	}
+	for _, bo := range []byteOrder{binary.BigEndian, binary.LittleEndian} {
+		f, err := Decode(jpegWithEXIF(t, img, exifBlock(bo, 6)), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := f.EXIF
+		if e == nil {
+			t.Fatalf("%v: no EXIF", bo)
+		}
+		wantTime := time.Date(2024, 6, 11, 14, 20, 30, 0, time.UTC)
+		if e.Make != "Forestwatch" || e.Model != "Drone X1" || e.Orientation != 6 || !e.HasOffset || !e.DateTimeOriginal.Equal(wantTime) {
+			t.Fatalf("%v: EXIF %+v", bo, e)
+		}
+		if e.GPS == nil || math.Abs(e.GPS.Latitude-(-(9+36/60.0+18/3600.0))) > 1e-9 || math.Abs(e.GPS.Longitude-(-(59+42/60.0))) > 1e-9 ||
+			!e.GPS.HasAltitude || e.GPS.Altitude != 250.5 {
+			t.Fatalf("%v: GPS %+v", bo, e.GPS)
+		}
+		// Orientation 6: stored pixels need a 90° clockwise turn; left (red) ends up on top.
+		if f.Width != 16 || f.Height != 32 {
+			t.Fatalf("%v: upright size %dx%d, want 16x32", bo, f.Width, f.Height)
+		}
+		top, bottom := straightRGB(f.Image.At(8, 4)), straightRGB(f.Image.At(8, 28))
+		if top[0] < 150 || top[2] > 80 || bottom[2] < 150 || bottom[0] > 80 {
+			t.Fatalf("%v: top %v bottom %v, want red on top, blue at the bottom", bo, top, bottom)
+		}
+	}
+	// A JPEG without EXIF has none; a broken EXIF block is ignored, not fatal.
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := Decode(buf.Bytes(), 0); err != nil || f.EXIF != nil || f.Format != "jpeg" || f.Width != 32 {
+		t.Fatalf("plain jpeg: %v %+v", err, f)
+	}
+	broken := exifBlock(binary.BigEndian, 6)[:20]
+	if f, err := Decode(jpegWithEXIF(t, img, broken), 0); err != nil || f.EXIF != nil || f.Width != 32 {
+		t.Fatalf("broken exif: %v %+v", err, f)
+	}
+}
+
+// TestOrient checks every EXIF orientation against its definition: the stored pixel at
+// (x,y) must appear where the orientation's transform puts it.
+func TestOrient(t *testing.T) {
+	const w, h = 3, 2
+	src := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			src.SetNRGBA(x, y, color.NRGBA{uint8(x), uint8(y), 0, 255})
+		}
+	}
+	// dest(x,y) for stored pixel (x,y), per the EXIF specification.
+	maps := map[int]func(x, y int) (int, int){
+		1: func(x, y int) (int, int) { return x, y },
+		2: func(x, y int) (int, int) { return w - 1 - x, y },
+		3: func(x, y int) (int, int) { return w - 1 - x, h - 1 - y },
+		4: func(x, y int) (int, int) { return x, h - 1 - y },
+		5: func(x, y int) (int, int) { return y, x },
+		6: func(x, y int) (int, int) { return h - 1 - y, x },
+		7: func(x, y int) (int, int) { return h - 1 - y, w - 1 - x },
+		8: func(x, y int) (int, int) { return y, w - 1 - x },
+	}
+	for o, f := range maps {
+		out := orient(src, o)
+		for y := 0; y < h; y++ {
+			for x := 0; x < w; x++ {
+				dx, dy := f(x, y)
+				if c := straightRGB(out.At(dx, dy)); c[0] != uint8(x) || c[1] != uint8(y) {
+					t.Fatalf("orientation %d: stored (%d,%d) found %v at (%d,%d)", o, x, y, c, dx, dy)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,192 @@
+package segment
+
+import (
+	"bytes"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+	"slices"
+	"testing"
+)
+
+func TestKernelGolden(t *testing.T) {
+	// 4 → 2: area average of pairs.
+	k := newKernel(4, 2)
+	if k.k != 2 || !slices.Equal(k.idx, []int32{0, 1, 2, 3}) || !slices.Equal(k.w, []float32{0.5, 0.5, 0.5, 0.5}) {
+		t.Fatalf("4→2: %+v", k)
+	}
+	// 3 → 2: output 0 covers [0,1.5): 1/1.5 of pixel 0, 0.5/1.5 of pixel 1.
+	k = newKernel(3, 2)
+	want := []float32{2.0 / 3, 1.0 / 3, 1.0 / 3, 2.0 / 3}
+	for i, w := range k.w {
+		if math.Abs(float64(w-want[i])) > 1e-6 {
+			t.Fatalf("3→2 weights %v, want %v", k.w, want)
+		}
+	}
+	// 2 → 4: bilinear between centres, clamped at the edges.
+	k = newKernel(2, 4)
+	if !slices.Equal(k.idx, []int32{0, 1, 0, 1, 0, 1, 1, 1}) || !slices.Equal(k.w, []float32{1, 0, 0.75, 0.25, 0.25, 0.75, 1, 0}) {
+		t.Fatalf("2→4: idx %v w %v", k.idx, k.w)
+	}
+	// Any ratio: weights of every output sum to 1.
+	for _, c := range [][2]int{{1000, 256}, {256, 1000}, {513, 256}, {7, 3}, {1, 5}, {5, 1}} {
+		k := newKernel(c[0], c[1])
+		for i := 0; i < c[1]; i++ {
+			var s float32
+			for _, w := range k.w[i*k.k : (i+1)*k.k] {
+				s += w
+			}
+			if math.Abs(float64(s-1)) > 1e-5 {
+				t.Fatalf("%d→%d output %d weights sum to %v", c[0], c[1], i, s)
+			}
+		}
+	}
+}
+
+func TestResampleRGBGolden(t *testing.T) {
+	// 4×2 → 2×1, identity normalisation: each output is the mean of a 2×2 block.
+	rgb := []byte{
+		0, 10, 20, 4, 14, 24, 100, 0, 0, 200, 0, 0,
+		8, 18, 28, 12, 22, 32, 100, 50, 0, 100, 50, 0,
+	}
+	planes := [3][]float32{make([]float32, 2), make([]float32, 2), make([]float32, 2)}
+	src := pixels{pix: rgb, stride: 12, bpp: 3}
+	resampleRGB(src, newKernel(4, 2), newKernel(2, 1), planes, [3]int{0, 1, 2}, [3]float32{1, 1, 1}, [3]float32{}, nil, nil)
+	want := [3][]float32{{6, 125}, {16, 25}, {26, 0}}
+	for p := range planes {
+		if !slices.Equal(planes[p], want[p]) {
+			t.Fatalf("planes %v, want %v", planes, want)
+		}
+	}
+	// Normalisation a*v+b and BGR order.
+	resampleRGB(src, newKernel(4, 2), newKernel(2, 1), planes, [3]int{2, 1, 0}, [3]float32{2, 2, 2}, [3]float32{-1, -1, -1}, nil, nil)
+	if !slices.Equal(planes[0], []float32{51, -1}) || !slices.Equal(planes[2], []float32{11, 249}) {
+		t.Fatalf("BGR planes %v", planes)
+	}
+}
+
+func TestCopyRGBGolden(t *testing.T) {
+	// 3×2 packed RGB, window 2×1 at (1,1), LUT v → v/2.
+	rgb := []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18}
+	var lut [3][256]float32
+	for p := range lut {
+		for v := range lut[p] {
+			lut[p][v] = float32(v)/2 + float32(p)*1000
+		}
+	}
+	planes := [3][]float32{make([]float32, 2), make([]float32, 2), make([]float32, 2)}
+	copyRGB(pixels{pix: rgb, stride: 9, bpp: 3}, 1, 1, 2, 1, planes, [3]int{0, 1, 2}, &lut)
+	want := [3][]float32{{6.5, 8}, {1007, 1008.5}, {2007.5, 2009}}
+	for p := range planes {
+		if !slices.Equal(planes[p], want[p]) {
+			t.Fatalf("planes %v, want %v", planes, want)
+		}
+	}
+}
+
+func TestMaskFromScoreGolden(t *testing.T) {
+	score := []float32{-1, 1, 2, -2}
+	dst := make([]byte, 4)
+	n, _ := maskFromScore(score, 2, 2, 0, dst, 2, 2, 2, nil, nil, nil)
+	if n != 2 || !slices.Equal(dst, []byte{0, 255, 255, 0}) {
+		t.Fatalf("same size: %d %v", n, dst)
+	}
+	// 2×1 → 4×1 bilinear: scores -1, -0.5, 0.5, 1 → 0 0 255 255.
+	dst = make([]byte, 4)
+	n, _ = maskFromScore([]float32{-1, 1}, 2, 1, 0, dst, 4, 1, 4, newKernel(2, 4), newKernel(1, 1), nil)
+	if n != 2 || !slices.Equal(dst, []byte{0, 0, 255, 255}) {
+		t.Fatalf("upscaled: %d %v", n, dst)
+	}
+	// Threshold is strict: score == tau is not forest.
+	if n := thresholdRect([]float32{0.5, 0.50001}, 2, 0.5, dst, 2, 2, 1); n != 1 || dst[0] != 0 || dst[1] != 255 {
+		t.Fatalf("strict threshold: %v", dst[:2])
+	}
+}
+
+func TestTilePositions(t *testing.T) {
+	for _, c := range []struct {
+		l, t, o   int
+		pos, cuts []int
+	}{
+		{256, 256, 32, []int{0}, []int{256}},
+		{512, 256, 32, []int{0, 128, 256}, []int{192, 320, 512}},
+		{480, 256, 32, []int{0, 224}, []int{240, 480}},
+		{300, 256, 0, []int{0, 44}, []int{150, 300}},
+	} {
+		pos, cut := tilePositions(c.l, c.t, c.o)
+		if !slices.Equal(pos, c.pos) || !slices.Equal(cut, c.cuts) {
+			t.Errorf("tilePositions(%d,%d,%d) = %v %v, want %v %v", c.l, c.t, c.o, pos, cut, c.pos, c.cuts)
+		}
+	}
+	// Invariants over many sizes: windows inside the frame, overlap ≥ o, each window owns
+	// a non-empty region inside itself, regions tile the axis.
+	for l := 33; l < 700; l += 17 {
+		pos, cut := tilePositions(l, 32, 4)
+		prev := 0
+		for i, p := range pos {
+			if p < 0 || p+32 > l || (i > 0 && pos[i-1]+32-p < 4) || cut[i] <= prev || prev < p || cut[i] > p+32 {
+				t.Fatalf("l=%d: pos %v cut %v", l, pos, cut)
+			}
+			prev = cut[i]
+		}
+		if prev != l {
+			t.Fatalf("l=%d: cuts end at %d", l, prev)
+		}
+	}
+}
+
+func TestScoreThreshold(t *testing.T) {
+	if v := scoreThreshold("logits", 1, 0.5); v != 0 {
+		t.Fatalf("logit(0.5) = %v", v)
+	}
+	if v := scoreThreshold("logits", 2, 0.7); math.Abs(float64(v)-math.Log(0.7/0.3)) > 1e-6 {
+		t.Fatalf("two-class logits: %v", v)
+	}
+	if v := scoreThreshold("logits", 3, 0.5); math.Abs(float64(v)-math.Log(0.5)) > 1e-6 {
+		t.Fatalf("three-class logits: %v", v)
+	}
+	if v := scoreThreshold("probabilities", 3, 0.6); v != 0.6 {
+		t.Fatalf("probabilities: %v", v)
+	}
+}
+
+func TestMaskPNGAndOverlay(t *testing.T) {
+	mask := image.NewGray(image.Rect(0, 0, 64, 48))
+	for y := 0; y < 48; y++ {
+		for x := 32; x < 64; x++ {
+			mask.SetGray(x, y, color.Gray{255})
+		}
+	}
+	data, err := MaskPNG(mask)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := png.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, ok := back.(*image.Gray)
+	if !ok || !slices.Equal(g.Pix, mask.Pix) || len(data) > 200 {
+		t.Fatalf("mask png round trip: %T, %d bytes", back, len(data))
+	}
+	if _, err := MaskPNG(nil); err == nil {
+		t.Fatal("MaskPNG(nil) succeeded")
+	}
+
+	img := image.NewNRGBA(image.Rect(10, 10, 74, 58)) // non-zero origin
+	for i := range img.Pix {
+		img.Pix[i] = 100
+	}
+	ov := Overlay(img, mask)
+	if ov.Bounds() != mask.Bounds() {
+		t.Fatalf("overlay bounds %v", ov.Bounds())
+	}
+	forest, other := straightRGB(ov.At(40, 5)), straightRGB(ov.At(5, 5))
+	if forest != [3]byte{70, 150, 80} || other != [3]byte{40, 40, 40} {
+		t.Fatalf("overlay forest %v other %v", forest, other)
+	}
+	if Overlay(img, image.NewGray(image.Rect(0, 0, 3, 3))) != nil {
+		t.Fatal("Overlay with mismatched sizes is not nil")
+	}
+}

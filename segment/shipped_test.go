@@ -1,0 +1,181 @@
+package segment
+
+import (
+	"image"
+	"image/draw"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+type tile struct {
+	name string
+	img  image.Image
+	mask *image.Gray
+}
+
+// realTiles loads the Sentinel-2 tiles and masks in testdata/tiles (see SOURCE.md there).
+func realTiles(tb testing.TB) []tile {
+	tb.Helper()
+	paths, err := filepath.Glob("testdata/tiles/*.mask.png")
+	if err != nil || len(paths) == 0 {
+		tb.Fatalf("no tiles in testdata/tiles: %v", err)
+	}
+	var out []tile
+	for _, mp := range paths {
+		name := strings.TrimSuffix(filepath.Base(mp), ".mask.png")
+		img := decodeFile(tb, filepath.Join("testdata/tiles", name+".png"))
+		mimg := decodeFile(tb, mp)
+		mask := image.NewGray(mimg.Bounds())
+		draw.Draw(mask, mask.Bounds(), mimg, mimg.Bounds().Min, draw.Src)
+		out = append(out, tile{name, img, mask})
+	}
+	return out
+}
+
+func decodeFile(tb testing.TB, path string) image.Image {
+	tb.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f, err := Decode(data, 0)
+	if err != nil {
+		tb.Fatalf("decode %s: %v", path, err)
+	}
+	return f.Image
+}
+
+// scores returns forest IoU, pixel accuracy and true coverage of pred against truth.
+func scores(pred, truth *image.Gray) (iou, acc, cov float64) {
+	var tp, fp, fn, tn int
+	for i, p := range pred.Pix {
+		g := truth.Pix[i] >= 128
+		switch {
+		case p == 255 && g:
+			tp++
+		case p == 255:
+			fp++
+		case g:
+			fn++
+		default:
+			tn++
+		}
+	}
+	n := float64(tp + fp + fn + tn)
+	if tp+fp+fn == 0 {
+		iou = 1
+	} else {
+		iou = float64(tp) / float64(tp+fp+fn)
+	}
+	return iou, float64(tp+tn) / n, float64(tp+fn) / n
+}
+
+// scene assembles the four 256×256 tiles of a scene into its 512×512 original.
+func scene(tb testing.TB, tiles []tile, stem string) (*image.NRGBA, *image.Gray) {
+	img := image.NewNRGBA(image.Rect(0, 0, 512, 512))
+	mask := image.NewGray(image.Rect(0, 0, 512, 512))
+	n := 0
+	for _, t := range tiles {
+		if !strings.HasPrefix(t.name, stem+"_r") {
+			continue
+		}
+		r, c := int(t.name[len(stem)+2]-'0'), int(t.name[len(stem)+4]-'0')
+		at := image.Pt(c*256, r*256)
+		draw.Draw(img, image.Rectangle{at, at.Add(image.Pt(256, 256))}, t.img, t.img.Bounds().Min, draw.Src)
+		draw.Draw(mask, image.Rectangle{at, at.Add(image.Pt(256, 256))}, t.mask, image.Point{}, draw.Src)
+		n++
+	}
+	if n != 4 {
+		tb.Fatalf("scene %s: %d tiles, want 4", stem, n)
+	}
+	return img, mask
+}
+
+// Tolerances for the shipped model on the held-out tiles in testdata/tiles.
+const (
+	minPooledIoU     = 0.85 // forest IoU pooled over all test tiles
+	minTileAccuracy  = 0.90
+	maxCoverageError = 0.06 // |predicted - true coverage| per tile
+)
+
+func d(a, b float64) float64 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}
+
+// TestShippedModelOnRealTiles runs the shipped model through the real runtime on held-out
+// Sentinel-2 tiles and checks IoU, accuracy and coverage against the hand-made masks.
+func TestShippedModelOnRealTiles(t *testing.T) {
+	m := loadModel(t, shippedModel, Options{Threads: 1})
+	info := m.Info()
+	if info.ID != "forest-unet" || info.Width != 256 || info.Height != 256 || info.Output != "logits" ||
+		len(info.Classes) != 1 || info.Classes[0] != "forest" {
+		t.Fatalf("shipped model info %+v", info)
+	}
+	pooled := &confusion{}
+	for _, tl := range realTiles(t) {
+		res, err := m.Segment(tl.img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		iou, acc, cov := scores(res.Mask, tl.mask)
+		pooled.add(res.Mask, tl.mask)
+		t.Logf("%s: IoU %.3f accuracy %.3f coverage %.3f (truth %.3f) in %v", tl.name, iou, acc, res.Coverage, cov, res.Total)
+		if acc < minTileAccuracy || d(res.Coverage, cov) > maxCoverageError {
+			t.Errorf("%s: accuracy %.3f (want ≥ %.2f), coverage %.3f vs truth %.3f (want within %.2f)",
+				tl.name, acc, minTileAccuracy, res.Coverage, cov, maxCoverageError)
+		}
+	}
+	t.Logf("pooled IoU %.3f accuracy %.3f", pooled.iou(), pooled.accuracy())
+	if pooled.iou() < minPooledIoU {
+		t.Errorf("pooled IoU %.3f, want ≥ %.2f", pooled.iou(), minPooledIoU)
+	}
+}
+
+// TestShippedModelScene runs a whole 512×512 held-out scene in both Tiling modes.
+func TestShippedModelScene(t *testing.T) {
+	img, truth := scene(t, realTiles(t), "Amazon_720_40")
+	for _, c := range []struct {
+		mode   Tiling
+		runs   int
+		minIoU float64
+	}{{Tile, 9, minPooledIoU}, {Resize, 1, minPooledIoU - 0.10}} {
+		m := loadModel(t, shippedModel, Options{Threads: 2, Tiling: c.mode})
+		res, err := m.Segment(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		iou, acc, cov := scores(res.Mask, truth)
+		t.Logf("%v: IoU %.3f accuracy %.3f coverage %.3f (truth %.3f), %d runs in %v", c.mode, iou, acc, res.Coverage, cov, res.Runs, res.Total)
+		if res.Mask.Bounds().Dx() != 512 || res.Runs != c.runs || iou < c.minIoU || d(res.Coverage, cov) > maxCoverageError {
+			t.Errorf("%v: %d runs (want %d), IoU %.3f (want ≥ %.2f), coverage %.3f vs %.3f", c.mode, res.Runs, c.runs, iou, c.minIoU, res.Coverage, cov)
+		}
+	}
+}
+
+type confusion struct{ tp, fp, fn, tn int }
+
+func (c *confusion) add(pred, truth *image.Gray) {
+	for i, p := range pred.Pix {
+		g := truth.Pix[i] >= 128
+		switch {
+		case p == 255 && g:
+			c.tp++
+		case p == 255:
+			c.fp++
+		case g:
+			c.fn++
+		default:
+			c.tn++
+		}
+	}
+}
+
+func (c *confusion) iou() float64 { return float64(c.tp) / float64(max(1, c.tp+c.fp+c.fn)) }
+func (c *confusion) accuracy() float64 {
+	return float64(c.tp+c.tn) / float64(max(1, c.tp+c.fp+c.fn+c.tn))
+}
