@@ -60,6 +60,62 @@ func openBolt(path string, readOnly bool, timeout time.Duration) (db *bolt.DB, e
 	return nil, &CorruptError{Bucket: "file", Reason: err.Error()}
 }
 
+// preflight opens an existing database read-only (no freelist rebuild, a
+// shared lock) and walks every page reachable from the root with cursors in
+// the calling goroutine under guard, so that damage surfaces as a
+// *CorruptError here rather than as a panic in a goroutine bbolt starts
+// while rebuilding the freelist of a read-write open. It also rejects a
+// file shorter than its high-water mark. A missing or empty file passes:
+// bbolt initialises it.
+func preflight(path string, timeout time.Duration) error {
+	fi, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) || err == nil && fi.Size() == 0 {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	db, err := openBolt(path, true, timeout)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return guard("walk", func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			if hw := tx.Size(); hw > fi.Size() {
+				return &CorruptError{Bucket: "file", Reason: fmt.Sprintf("file truncated: %d bytes, high-water mark %d", fi.Size(), hw)}
+			}
+			return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walkBucket(b, 0) })
+		})
+	})
+}
+
+func walkBucket(b *bolt.Bucket, depth int) error {
+	if depth > 4 {
+		return &CorruptError{Bucket: "file", Reason: "buckets nested too deep"}
+	}
+	c := b.Cursor()
+	var prev []byte
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if prev != nil && bytes.Compare(prev, k) >= 0 {
+			return &CorruptError{Bucket: "file", Reason: "keys out of order"}
+		}
+		prev = k
+		if v == nil {
+			if nb := b.Bucket(k); nb != nil {
+				if err := walkBucket(nb, depth+1); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if len(v) > 0 {
+			_ = v[0] + v[len(v)-1] // touch the first and last byte: faults surface here
+		}
+	}
+	return nil
+}
+
 // guard runs fn, turning a panic or a memory fault (a truncated mmap) into a
 // *CorruptError so that a damaged file never crashes the process.
 func guard(what string, fn func() error) (err error) {

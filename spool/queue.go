@@ -163,7 +163,11 @@ func Open(dir string, opts Options) (*Queue, error) {
 // openAndLoad opens the bbolt file, checks and loads it, and handles a
 // corrupt file by renaming it aside, salvaging and starting fresh.
 func (q *Queue) openAndLoad() (*loadResult, error) {
-	db, err := openBolt(q.path, false, q.opts.OpenTimeout)
+	err := preflight(q.path, q.opts.OpenTimeout)
+	var db *bolt.DB
+	if err == nil {
+		db, err = openBolt(q.path, false, q.opts.OpenTimeout)
+	}
 	var st *loadResult
 	if err == nil {
 		st, err = loadDB(db, true, q.now())

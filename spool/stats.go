@@ -2,7 +2,9 @@ package spool
 
 import (
 	"errors"
+
 	"fmt"
+	bolt "go.etcd.io/bbolt"
 	"maps"
 	"os"
 	"time"
@@ -92,6 +94,9 @@ func oldestCreated(ents []entry) int64 {
 func Inspect(dir string) (Stats, error) {
 	path := spoolPath(dir)
 	if _, err := os.Stat(path); err != nil {
+		return Stats{}, fmt.Errorf("inspect spool %s: %w", dir, err)
+	}
+	if err := preflight(path, defaultOpenTimeout); err != nil {
 		return Stats{}, fmt.Errorf("inspect spool %s: %w", dir, err)
 	}
 	db, err := openBolt(path, true, defaultOpenTimeout)
@@ -222,7 +227,11 @@ func checkQuarantine(path string, rep *Report) error {
 }
 
 func checkReadOnly(path string, rep *Report) error {
-	db, err := openBolt(path, true, defaultOpenTimeout)
+	err := preflight(path, defaultOpenTimeout)
+	var db *bolt.DB
+	if err == nil {
+		db, err = openBolt(path, true, defaultOpenTimeout)
+	}
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
 			rep.Problems = append(rep.Problems, Problem{Bucket: "file", Reason: reasonOf(err), Action: ActionRenameAside})
