@@ -1,0 +1,458 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/forestwatch/forest/segment"
+	"github.com/forestwatch/forest/spool"
+	"github.com/forestwatch/forest/uplink"
+)
+
+// Version and Commit identify the build; the Makefile sets them with
+// -ldflags "-X github.com/forestwatch/forest/agent.Version=... -X ...Commit=...".
+var (
+	Version = "dev"
+	Commit  = "unknown"
+)
+
+// Options configure an Agent beyond its Config. The zero value is usable.
+type Options struct {
+	// Logger receives the agent's logs; nil discards them.
+	Logger *slog.Logger
+	// Registry receives the metrics; nil creates a fresh registry with the
+	// Go and process collectors.
+	Registry *prometheus.Registry
+	// Listener, when set, serves HTTP instead of listening on
+	// Config.HTTP.Listen (tests pass a 127.0.0.1:0 listener).
+	Listener net.Listener
+	// Report, when set, is called after each processed capture.
+	Report func(FrameReport)
+
+	// trace, in tests, records shutdown steps in order.
+	trace func(step string)
+	// newPublisher, in tests, replaces uplink.New.
+	newPublisher func(uplink.Options) (linkPublisher, error)
+}
+
+// linkPublisher is the uplink as Run uses it: *uplink.Publisher.
+type linkPublisher interface {
+	publisher
+	Run(ctx context.Context) error
+	State() uplink.Status
+}
+
+// Agent is the on-device daemon: capture → segment → spool → drain. Create
+// it with New, start it with Run (or RunOnce) and it closes everything it
+// opened when Run returns.
+type Agent struct {
+	cfg     *Config
+	opts    Options
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	m       *metrics
+	status  *status
+	q       *spool.Queue
+	st      *state
+	model   *segment.Model
+	modelID string
+	pub     linkPublisher
+	src     Source
+	pipe    *pipeline
+	notify  *notifier
+
+	closeOnce sync.Once
+}
+
+// New opens what the agent needs — state directory, spool, model — and
+// prepares the source and (when uplink.url is set) the publisher. Nothing
+// runs until Run. Close releases it all if Run is not called.
+func New(cfg *Config, opts Options) (a *Agent, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a = &Agent{cfg: cfg, opts: opts, log: log.With("component", "agent"), status: newStatus(), notify: newNotifier()}
+	a.reg = opts.Registry
+	if a.reg == nil {
+		a.reg = prometheus.NewRegistry()
+		a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, a.Close())
+			a = nil
+		}
+	}()
+	if a.m, err = newMetrics(a.reg, a.spoolStats); err != nil {
+		return a, fmt.Errorf("register metrics: %w", err)
+	}
+	if a.st, err = openState(cfg.Device.StateDir); err != nil {
+		return a, err
+	}
+	var pol spool.Policy
+	var ord spool.Order
+	_ = pol.UnmarshalText([]byte(cfg.Spool.Policy))
+	_ = ord.UnmarshalText([]byte(cfg.Spool.Order))
+	a.q, err = spool.Open(cfg.Spool.Dir, spool.Options{
+		MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.MinFreeBytes, Policy: pol,
+		MaxAge: cfg.Spool.MaxAge.D(), Order: ord, Logger: log.With("component", "spool"),
+	})
+	if err != nil {
+		return a, fmt.Errorf("open spool %s: %w", cfg.Spool.Dir, err)
+	}
+	tiling, _ := segment.ParseTiling(cfg.Segment.Tiling)
+	a.model, err = segment.Load(cfg.Segment.Model, segment.Options{
+		Threads: cfg.Segment.Threads, LibraryPath: cfg.Segment.Library, Threshold: cfg.Segment.Threshold,
+		Tiling: tiling, Logger: log,
+	})
+	if err != nil {
+		return a, fmt.Errorf("load model: %w", err)
+	}
+	info := a.model.Info()
+	a.modelID = info.ID + "/" + info.Version
+	a.pipe = &pipeline{cfg: cfg, model: a.model, modelID: a.modelID, q: a.q, st: a.st, m: a.m,
+		status: a.status, log: a.log, report: opts.Report}
+	a.src = newSource(cfg.Source, sourceEnv{
+		log: log.With("component", "source", "source", cfg.Source.Type),
+		failed: func(source string, err error) {
+			a.m.captureErrors.WithLabelValues(source).Inc()
+			a.status.captureFailed(err)
+			a.log.Warn("capture failed", "source", source, "err", err)
+		},
+		ok: func(string) { a.status.captureOK() },
+	})
+	if cfg.Uplink.URL != "" {
+		u, err := cfg.brokerURL()
+		if err != nil {
+			return a, err
+		}
+		uo := uplink.Options{
+			URL: u, Exchange: cfg.Uplink.Exchange, DeclareExchange: cfg.Uplink.DeclareExchange,
+			TLS: uplink.TLSOptions{CAFile: cfg.Uplink.TLS.CAFile, CertFile: cfg.Uplink.TLS.CertFile,
+				KeyFile: cfg.Uplink.TLS.KeyFile, ServerName: cfg.Uplink.TLS.ServerName},
+			Window: cfg.Uplink.Window, ConfirmTimeout: cfg.Uplink.ConfirmTimeout.D(),
+			DialTimeout: cfg.Uplink.DialTimeout.D(), Heartbeat: cfg.Uplink.Heartbeat.D(),
+			BackoffMax: cfg.Uplink.BackoffMax.D(), RateLimit: cfg.Uplink.RateLimit,
+			CloseTimeout: cfg.ShutdownTimeout.D() / 3,
+			Name:         "forest-agent/" + cfg.Device.ID, Logger: log, Registerer: a.reg,
+		}
+		if uo.BackoffMin = uplink.DefaultBackoffMin; uo.BackoffMin > uo.BackoffMax {
+			uo.BackoffMin = uo.BackoffMax
+		}
+		newPub := opts.newPublisher
+		if newPub == nil {
+			newPub = func(o uplink.Options) (linkPublisher, error) { return uplink.New(o) }
+		}
+		if a.pub, err = newPub(uo); err != nil {
+			return a, fmt.Errorf("%w: uplink: %w", ErrConfig, err)
+		}
+		a.m.linkUp.Set(0)
+	} else {
+		a.m.linkUp.Set(-1)
+	}
+	return a, nil
+}
+
+// Registry returns the registry holding the agent's metrics.
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+func (a *Agent) spoolStats() (spool.Stats, bool) {
+	if a.q == nil {
+		return spool.Stats{}, false
+	}
+	return a.q.Stats(), true
+}
+
+func (a *Agent) link() linkInfo {
+	if a.pub == nil {
+		return linkInfo{Offline: true, State: "offline"}
+	}
+	s := a.pub.State()
+	li := linkInfo{State: s.State.String(), Since: s.Since, Connected: s.State == uplink.StateConnected}
+	if s.LastError != nil {
+		li.LastError = s.LastError.Error()
+	}
+	if li.Connected {
+		a.m.linkUp.Set(1)
+	} else {
+		a.m.linkUp.Set(0)
+	}
+	return li
+}
+
+func (a *Agent) trace(step string) {
+	a.log.Debug("shutdown step", "step", step)
+	if a.opts.trace != nil {
+		a.opts.trace(step)
+	}
+}
+
+// Close releases what New opened: the model and the spool (last). Run
+// calls it; call it yourself only when Run is not called.
+func (a *Agent) Close() error {
+	var err error
+	a.closeOnce.Do(func() {
+		if a.model != nil {
+			err = errors.Join(err, a.model.Close())
+		}
+		if a.q != nil {
+			a.trace("close spool")
+			err = errors.Join(err, a.q.Close())
+		}
+	})
+	return err
+}
+
+// Run runs the agent until ctx is cancelled, then shuts down in this order,
+// bounded by Config.ShutdownTimeout:
+//
+//  1. stop capture: the source takes no new capture;
+//  2. finish the frame in flight: the capture goroutine returns once the
+//     frame being processed is spooled;
+//  3. wait for outstanding confirms: the drain starts no new batch and
+//     waits for the confirms of the batch it published (until the
+//     deadline); unconfirmed frames are released and stay in the spool;
+//  4. close the connection to the broker;
+//  5. stop the HTTP server, close the model, close the spool.
+//
+// systemd is told READY=1 once everything runs, WATCHDOG=1 every half
+// $WATCHDOG_USEC, and STOPPING=1 when shutdown starts. Run returns nil on
+// a clean shutdown, or the first error that stopped a component.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, a.Close()) }()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	fail := func(what string, err error) {
+		if err != nil {
+			errc <- fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	// Contexts of the shutdown stages.
+	captureCtx, stopCapture := context.WithCancel(context.Background())
+	drainStop, stopDrain := context.WithCancel(context.Background())
+	hard, cancelHard := context.WithCancel(context.Background())
+	linkCtx, stopLink := context.WithCancel(context.Background())
+	defer func() { stopCapture(); stopDrain(); cancelHard(); stopLink() }()
+
+	// HTTP.
+	var srv *http.Server
+	var httpWG sync.WaitGroup
+	if ln, lerr := a.listen(); lerr != nil {
+		return lerr
+	} else if ln != nil {
+		srv = &http.Server{Handler: a.handler(a.reg), ReadHeaderTimeout: 5 * time.Second}
+		httpWG.Add(1)
+		go func() {
+			defer httpWG.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				fail("http", err)
+			}
+		}()
+		a.log.Info("status page", "url", "http://"+ln.Addr().String()+"/")
+	}
+
+	// Uplink connection supervisor and drain.
+	var linkWG, drainWG sync.WaitGroup
+	if a.pub != nil {
+		linkWG.Add(1)
+		go func() { defer linkWG.Done(); fail("uplink", a.pub.Run(linkCtx)) }()
+		user := a.cfg.Uplink.User
+		if user == "" {
+			if u, err := url.Parse(a.cfg.Uplink.URL); err == nil && u.User != nil {
+				user = u.User.Username()
+			}
+		}
+		d := &drain{q: a.q, pub: a.pub, batch: a.cfg.Uplink.Batch, agent: "forest-agent/" + Version, user: user,
+			m: a.m, status: a.status, log: a.log.With("component", "drain"),
+			backoffMin: 200 * time.Millisecond, backoffMax: 5 * time.Second}
+		drainWG.Add(1)
+		go func() { defer drainWG.Done(); fail("drain", d.Run(drainStop, hard)) }()
+		a.log.Info("agent started", "device", a.cfg.Device.ID, "source", a.cfg.Source.Type, "model", a.modelID,
+			"spool", a.cfg.Spool.Dir, "broker", redactURL(a.cfg.Uplink.URL))
+	} else {
+		a.log.Warn("no broker configured (uplink.url is empty): running offline, frames stay in the spool",
+			"device", a.cfg.Device.ID, "source", a.cfg.Source.Type, "model", a.modelID, "spool", a.cfg.Spool.Dir)
+	}
+
+	// Capture. The frame in flight is processed with a context that
+	// outlives the stop of capture, so it is finished, not abandoned.
+	a.status.setCapturing(true)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer a.status.setCapturing(false)
+		h := func(_ context.Context, c *Capture) error { return a.pipe.handle(hard, c) }
+		fail("capture", a.src.Run(captureCtx, h))
+	}()
+
+	// systemd.
+	if err := a.notify.send("READY=1\nSTATUS=capturing"); err != nil {
+		a.log.Warn("sd_notify", "err", err)
+	}
+	wd, werr := watchdogInterval()
+	if werr != nil {
+		a.log.Warn("systemd watchdog", "err", werr)
+	}
+	var tick <-chan time.Time
+	if wd > 0 {
+		t := time.NewTicker(wd)
+		defer t.Stop()
+		tick = t.C
+	}
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case runErr = <-errc:
+			a.log.Error("component failed, shutting down", "err", runErr)
+			break loop
+		case <-tick:
+			_ = a.notify.send("WATCHDOG=1")
+		}
+	}
+
+	// Shutdown, in order, bounded by the shutdown timeout.
+	_ = a.notify.send("STOPPING=1")
+	a.log.Info("shutting down", "timeout", a.cfg.ShutdownTimeout.D())
+	deadline := time.AfterFunc(a.cfg.ShutdownTimeout.D(), func() {
+		a.log.Warn("shutdown timeout reached; abandoning the frame in flight and outstanding confirms")
+		cancelHard()
+	})
+	defer deadline.Stop()
+	a.trace("stop capture")
+	stopCapture()
+	wg.Wait()
+	a.trace("capture stopped")
+	stopDrain()
+	drainWG.Wait()
+	a.trace("confirms settled")
+	stopLink()
+	linkWG.Wait()
+	if a.pub != nil {
+		a.trace("connection closed")
+	}
+	if srv != nil {
+		sctx, c := context.WithTimeout(context.Background(), time.Second)
+		_ = srv.Shutdown(sctx)
+		c()
+		httpWG.Wait()
+	}
+	for {
+		select {
+		case e := <-errc:
+			runErr = errors.Join(runErr, e)
+		default:
+			return runErr
+		}
+	}
+}
+
+func (a *Agent) listen() (net.Listener, error) {
+	if a.opts.Listener != nil {
+		return a.opts.Listener, nil
+	}
+	if a.cfg.HTTP.Listen == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.HTTP.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("http listen: %w", err)
+	}
+	return ln, nil
+}
+
+// OnceSummary is what RunOnce did.
+type OnceSummary struct {
+	Frames   int // captures processed
+	Spooled  int
+	Filtered int
+	Failed   int
+	Spool    spool.Stats
+}
+
+// RunOnce processes what the source has now (dir: the complete files
+// present; http and exec: one capture), waits for the spool writes, writes
+// one line per frame and a summary to w, and closes the agent. It does not
+// publish: frames stay in the spool for a later `run`.
+func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err error) {
+	defer func() { err = errors.Join(err, a.Close()) }()
+	if a.pub == nil {
+		fmt.Fprintln(w, "offline: no broker configured (uplink.url is empty); frames stay in the spool")
+	} else {
+		fmt.Fprintf(w, "--once does not publish; frames stay in the spool for `forest-agent run` (broker %s)\n", redactURL(a.cfg.Uplink.URL))
+	}
+	report := a.pipe.report
+	a.pipe.report = func(r FrameReport) {
+		sum.Frames++
+		switch {
+		case r.Filtered != "":
+			sum.Filtered++
+			fmt.Fprintf(w, "%-44s coverage %5.1f%%  %s (below segment.min_coverage %.2f)\n", r.Name, r.Coverage*100, r.Filtered, a.cfg.Segment.MinCoverage)
+		default:
+			sum.Spooled++
+			fmt.Fprintf(w, "%-44s coverage %5.1f%%  spooled id %d as %s (%dx%d, %s, %d ms)\n", r.Name, r.Coverage*100,
+				r.SpoolID, FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, humanBytes(int64(r.Bytes)), r.Duration.Milliseconds())
+		}
+		if report != nil {
+			report(r)
+		}
+	}
+	src := newSource(a.cfg.Source, sourceEnv{
+		log: a.log,
+		failed: func(source string, err error) {
+			sum.Failed++
+			a.m.captureErrors.WithLabelValues(source).Inc()
+			fmt.Fprintf(w, "capture failed: %v\n", err)
+		},
+		ok: func(string) {},
+	})
+	if err := src.Once(ctx, a.pipe.handle); err != nil {
+		return sum, err
+	}
+	sum.Spool = a.q.Stats()
+	abs := func(p string) string {
+		if q, err := filepath.Abs(p); err == nil {
+			return q
+		}
+		return p
+	}
+	fmt.Fprintf(w, "\n%d frame(s): %d spooled, %d filtered, %d failed\n", sum.Frames, sum.Spooled, sum.Filtered, sum.Failed)
+	fmt.Fprintf(w, "spool:    %s (%d frame(s), %s)\n", abs(a.cfg.Spool.Dir), sum.Spool.Frames, humanBytes(sum.Spool.Bytes))
+	if d := a.cfg.Segment.OverlayDir; d != "" {
+		fmt.Fprintf(w, "overlays: %s\n", abs(d))
+	}
+	if a.cfg.HTTP.Listen != "" {
+		fmt.Fprintf(w, "status:   http://%s/ (served while `forest-agent run --config FILE` runs)\n", a.cfg.HTTP.Listen)
+	}
+	fmt.Fprintf(w, "inspect:  forest-agent spool stats %s\n", abs(a.cfg.Spool.Dir))
+	return sum, nil
+}
+
+// BuildInfo describes the binary for `forest-agent version`.
+func BuildInfo() string {
+	ort, err := segment.RuntimeVersion()
+	if err != nil {
+		ort = "unavailable (" + err.Error() + ")"
+	}
+	return fmt.Sprintf("forest-agent %s\ncommit %s\ngo %s %s/%s\nonnxruntime %s (%s)\n", Version, Commit,
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, ort, segment.LibraryPath(""))
+}

@@ -1,0 +1,301 @@
+// Command forest-agent is the on-device daemon of the forest monitoring
+// pipeline: it captures frames, segments them, spools them and drains the
+// spool to RabbitMQ. All logic lives in package agent; this file parses
+// flags and calls it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/forestwatch/forest/agent"
+)
+
+const usage = `forest-agent — capture, segment, spool and send forest frames.
+
+Usage:
+  forest-agent <command> [flags] [args]
+
+Commands:
+  run        run the agent (daemon), or process what the source has now with --once
+  config     check a configuration file
+  segment    segment image files and print forest coverage
+  spool      check or inspect a spool directory (agent stopped)
+  version    print version, commit, Go and ONNX Runtime versions
+
+Examples:
+  forest-agent run --config /etc/forest-agent/agent.yaml
+  forest-agent run --config agent/testdata/run.yaml --once
+  forest-agent config check /etc/forest-agent/agent.yaml
+  forest-agent segment --model segment/models/forest-unet-v1.onnx --out /tmp/masks frame.jpg
+  forest-agent spool stats --json /var/lib/forest-agent/spool
+  forest-agent version
+
+Run "forest-agent <command> --help" for the flags of a command.
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "run":
+		return cmdRun(args[1:], stdout, stderr)
+	case "config":
+		return cmdConfig(args[1:], stdout, stderr)
+	case "segment":
+		return cmdSegment(args[1:], stdout, stderr)
+	case "spool":
+		return cmdSpool(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprint(stdout, agent.BuildInfo())
+		return 0
+	}
+	fmt.Fprintf(stderr, "forest-agent: unknown command %q\nRun \"forest-agent --help\" for the list of commands.\n", args[0])
+	return 2
+}
+
+// flags returns a FlagSet whose -help prints the given text and the flags.
+func flags(name, help string, stdout io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), help)
+		fmt.Fprintln(fs.Output(), "\nFlags:")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses args; it returns an exit code and false when the command
+// should stop (help requested: 0; bad flags: 2).
+func parse(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0, false
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "forest-agent %s: %v\n", fs.Name(), err)
+		return 2, false
+	}
+	return 0, true
+}
+
+func logger(cfg *agent.Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
+	o := &slog.HandlerOptions{Level: lvl}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, o))
+	}
+	return slog.New(slog.NewTextHandler(w, o))
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := flags("run", `Usage: forest-agent run --config FILE [--once]
+
+Runs the agent: captures frames from the configured source, segments them,
+spools them durably and sends them to the broker (uplink.url; empty means
+offline). SIGTERM or SIGINT shuts down in order (stop capture, finish the
+frame in flight, wait for confirms, close the connection, close the spool)
+within shutdown_timeout; a second signal exits at once.
+
+With --once it processes what the source has now (dir: the complete files
+present), prints one line per frame and a summary, and exits without
+publishing.
+
+Examples:
+  forest-agent run --config /etc/forest-agent/agent.yaml
+  forest-agent run --config agent/testdata/run.yaml --once
+`, stdout)
+	cfgPath := fs.String("config", "/etc/forest-agent/agent.yaml", "configuration `file`")
+	once := fs.Bool("once", false, "process what the source has now, print a summary and exit")
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "forest-agent run: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	cfg, err := agent.LoadConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "forest-agent run: %v\n", err)
+		return 1
+	}
+	log := logger(cfg, stderr)
+	a, err := agent.New(cfg, agent.Options{Logger: log})
+	if err != nil {
+		fmt.Fprintf(stderr, "forest-agent run: %v\n", err)
+		return 1
+	}
+	ctx, stop := signalContext(log)
+	defer stop()
+	if *once {
+		sum, err := a.RunOnce(ctx, stdout)
+		if err != nil {
+			fmt.Fprintf(stderr, "forest-agent run --once: %v\n", err)
+			return 1
+		}
+		if sum.Failed > 0 {
+			return 1
+		}
+		return 0
+	}
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// signalContext is cancelled by the first SIGTERM or SIGINT; a second one
+// exits the process at once.
+func signalContext(log *slog.Logger) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-ch:
+			log.Info("signal received, shutting down; send it again to exit at once", "signal", s.String())
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case s := <-ch:
+			log.Warn("second signal, exiting at once", "signal", s.String())
+			os.Exit(130)
+		case <-done:
+		}
+	}()
+	return ctx, func() { signal.Stop(ch); close(done); cancel() }
+}
+
+func cmdConfig(args []string, stdout, stderr io.Writer) int {
+	help := `Usage: forest-agent config check FILE
+
+Reads FILE, expands ${ENV} references, applies defaults and validates every
+field. Prints "ok" or the first problem, naming the field, e.g.
+  uplink.confirm_timeout: must be > 0 (got 0s)
+
+Example:
+  forest-agent config check /etc/forest-agent/agent.yaml
+`
+	fs := flags("config", help, stdout)
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	if fs.NArg() != 2 || fs.Arg(0) != "check" {
+		fmt.Fprint(stderr, help)
+		return 2
+	}
+	if _, err := agent.LoadConfig(fs.Arg(1)); err != nil {
+		fmt.Fprintf(stderr, "forest-agent config check: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", fs.Arg(1))
+	return 0
+}
+
+func cmdSegment(args []string, stdout, stderr io.Writer) int {
+	fs := flags("segment", `Usage: forest-agent segment [--model M] [--out DIR] [--json] IMAGE...
+
+Segments each image and prints its forest coverage, size and time. With
+--out it writes IMAGE.mask.png (0 = other, 255 = forest) and
+IMAGE.overlay.png (forest tinted green) into DIR. With --json it prints one
+JSON object per image: {"file","coverage","width","height","ms",...}.
+
+Examples:
+  forest-agent segment --model segment/models/forest-unet-v1.onnx agent/testdata/frames/*
+  forest-agent segment --json --out /tmp/masks frame.jpg
+`, stdout)
+	model := fs.String("model", agent.Default().Segment.Model, "ONNX model `file`")
+	out := fs.String("out", "", "write mask and overlay PNGs into `dir`")
+	asJSON := fs.Bool("json", false, "print JSON lines")
+	threads := fs.Int("threads", 0, "ONNX Runtime threads (0: one per core)")
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "forest-agent segment: no image given (see --help)")
+		return 2
+	}
+	failed, err := agent.SegmentFiles(fs.Args(), agent.SegmentOptions{Model: *model, Threads: *threads, OutDir: *out, JSON: *asJSON}, stdout)
+	if err != nil {
+		fmt.Fprintf(stderr, "forest-agent segment: %v\n", err)
+		return 1
+	}
+	if failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+func cmdSpool(args []string, stdout, stderr io.Writer) int {
+	help := `Usage: forest-agent spool check [--json] [--repair] DIR
+       forest-agent spool stats [--json] DIR
+
+Works on a spool no agent holds (stop the agent first; a held spool gives
+"spool in use"). check verifies every record and checksum and exits 1 when
+it finds problems; --repair quarantines damaged records and salvages a
+damaged file. stats prints frames, bytes, oldest frame and evictions.
+
+Examples:
+  forest-agent spool stats /var/lib/forest-agent/spool
+  forest-agent spool check --repair /var/lib/forest-agent/spool
+`
+	if len(args) == 0 || (args[0] != "check" && args[0] != "stats") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			fmt.Fprint(stdout, help)
+			return 0
+		}
+		fmt.Fprint(stderr, help)
+		return 2
+	}
+	sub := args[0]
+	fs := flags("spool "+sub, help, stdout)
+	asJSON := fs.Bool("json", false, "print JSON")
+	repair := false
+	if sub == "check" {
+		fs.BoolVar(&repair, "repair", false, "repair what the check finds")
+	}
+	if code, ok := parse(fs, args[1:], stderr); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprint(stderr, help)
+		return 2
+	}
+	dir := fs.Arg(0)
+	if sub == "stats" {
+		if err := agent.SpoolStats(dir, *asJSON, stdout); err != nil {
+			fmt.Fprintf(stderr, "forest-agent spool stats: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	ok, err := agent.SpoolCheck(dir, repair, *asJSON, stdout)
+	if err != nil {
+		fmt.Fprintf(stderr, "forest-agent spool check: %v\n", err)
+		return 1
+	}
+	if !ok && !repair {
+		return 1
+	}
+	return 0
+}

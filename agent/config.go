@@ -1,0 +1,600 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/forestwatch/forest/spool"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// Config is the agent's configuration, read from one YAML file by
+// LoadConfig. firmware/agent.yaml documents every key with its default.
+type Config struct {
+	Device  DeviceConfig  `yaml:"device"`
+	Source  SourceConfig  `yaml:"source"`
+	Segment SegmentConfig `yaml:"segment"`
+	Encode  EncodeConfig  `yaml:"encode"`
+	Spool   SpoolConfig   `yaml:"spool"`
+	Uplink  UplinkConfig  `yaml:"uplink"`
+	HTTP    HTTPConfig    `yaml:"http"`
+	Log     LogConfig     `yaml:"log"`
+	// ShutdownTimeout bounds the whole shutdown after SIGTERM.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+}
+
+// DeviceConfig names the device.
+type DeviceConfig struct {
+	// ID is the device id carried in every frame ([A-Za-z0-9._-]{1,128}).
+	ID string `yaml:"id"`
+	// StateDir holds the sequence counter and the capture journal.
+	StateDir string `yaml:"state_dir"`
+}
+
+// SourceConfig selects and configures the capture source.
+type SourceConfig struct {
+	// Type is "dir", "http" or "exec".
+	Type string     `yaml:"type"`
+	Dir  DirConfig  `yaml:"dir"`
+	HTTP HTTPSource `yaml:"http"`
+	Exec ExecConfig `yaml:"exec"`
+}
+
+// DirConfig configures the dir source.
+type DirConfig struct {
+	// Path is the watched directory.
+	Path string `yaml:"path"`
+	// Pattern is a filepath.Match pattern of file names to take.
+	Pattern string `yaml:"pattern"`
+	// Settle is how long a file's size and mtime must stay unchanged before
+	// it counts as complete (unless inotify reported it closed after write).
+	Settle Duration `yaml:"settle"`
+	// After is "delete" or "move" (to DoneDir) once the frame is spooled.
+	After string `yaml:"after"`
+	// DoneDir receives spooled files when After is "move"; default
+	// <path>/done.
+	DoneDir string `yaml:"done_dir"`
+	// MaxFileBytes skips larger files (counted as capture errors).
+	MaxFileBytes int64 `yaml:"max_file_bytes"`
+}
+
+// HTTPSource configures the http (snapshot URL) source.
+type HTTPSource struct {
+	// URL is the camera's snapshot URL.
+	URL string `yaml:"url"`
+	// Interval is the time between captures.
+	Interval Duration `yaml:"interval"`
+	// Timeout bounds one fetch, body included.
+	Timeout Duration `yaml:"timeout"`
+	// User and PasswordFile give basic auth; the password is read from the file.
+	User         string `yaml:"user"`
+	PasswordFile string `yaml:"password_file"`
+	// TokenFile holds a bearer token.
+	TokenFile string `yaml:"token_file"`
+	// MaxBytes bounds the snapshot body.
+	MaxBytes int64 `yaml:"max_bytes"`
+}
+
+// ExecConfig configures the exec source.
+type ExecConfig struct {
+	// Command is the program and its arguments; it must print one image on
+	// stdout and exit 0.
+	Command []string `yaml:"command"`
+	// Interval is the time between captures (from the start of one to the
+	// start of the next).
+	Interval Duration `yaml:"interval"`
+	// Timeout bounds one run; the process is killed after it.
+	Timeout Duration `yaml:"timeout"`
+	// MaxBytes bounds the captured output.
+	MaxBytes int64 `yaml:"max_bytes"`
+}
+
+// SegmentConfig configures segmentation and the coverage filter.
+type SegmentConfig struct {
+	// Model is the ONNX model file.
+	Model string `yaml:"model"`
+	// Library is the ONNX Runtime shared library; empty means search.
+	Library string `yaml:"library"`
+	// Threads is the ONNX Runtime intra-op thread count; 0 lets it choose.
+	Threads int `yaml:"threads"`
+	// Threshold is the forest probability threshold; 0 means the model's.
+	Threshold float64 `yaml:"threshold"`
+	// Tiling is "resize" or "tile".
+	Tiling string `yaml:"tiling"`
+	// MaxPixels refuses larger frames before decoding their pixels.
+	MaxPixels int `yaml:"max_pixels"`
+	// Filter says what happens to frames whose coverage is below MinCoverage:
+	// "keep", "thin" (keep one in ThinEvery) or "drop".
+	Filter      string  `yaml:"filter"`
+	MinCoverage float64 `yaml:"min_coverage"`
+	ThinEvery   int     `yaml:"thin_every"`
+	// OverlayDir, when set, receives a mask-overlay PNG per frame.
+	OverlayDir string `yaml:"overlay_dir"`
+}
+
+// EncodeConfig configures the transmitted image encoding.
+type EncodeConfig struct {
+	// Mode is "auto" (camera JPEG sent as is, anything else re-encoded as
+	// JPEG), "keep" (always the camera bytes) or "jpeg" (always re-encode).
+	Mode string `yaml:"mode"`
+	// Quality is the JPEG quality when re-encoding (1-100).
+	Quality int `yaml:"quality"`
+	// MaxDimension scales frames down so the longer side is at most this
+	// many pixels (forces a re-encode); 0 keeps the size.
+	MaxDimension int `yaml:"max_dimension"`
+	// Crop crops the frame (and mask) to the bounding box of forest pixels
+	// (forces a re-encode).
+	Crop bool `yaml:"crop"`
+}
+
+// SpoolConfig configures the store-and-forward spool.
+type SpoolConfig struct {
+	Dir          string   `yaml:"dir"`
+	MaxBytes     int64    `yaml:"max_bytes"`
+	MinFreeBytes int64    `yaml:"min_free_bytes"`
+	Policy       string   `yaml:"policy"`
+	MaxAge       Duration `yaml:"max_age"`
+	Order        string   `yaml:"order"`
+}
+
+// UplinkConfig configures the broker connection. An empty URL means offline.
+type UplinkConfig struct {
+	URL          string `yaml:"url"`
+	User         string `yaml:"user"`
+	PasswordFile string `yaml:"password_file"`
+	// PasswordEnv names an environment variable holding the password.
+	PasswordEnv    string    `yaml:"password_env"`
+	TLS            TLSConfig `yaml:"tls"`
+	Exchange       string    `yaml:"exchange"`
+	Window         int       `yaml:"window"`
+	Batch          int       `yaml:"batch"`
+	ConfirmTimeout Duration  `yaml:"confirm_timeout"`
+	DialTimeout    Duration  `yaml:"dial_timeout"`
+	Heartbeat      Duration  `yaml:"heartbeat"`
+	RateLimit      int64     `yaml:"rate_limit"`
+	BackoffMax     Duration  `yaml:"backoff_max"`
+	// DeclareExchange declares the exchange on connect.
+	DeclareExchange bool `yaml:"declare_exchange"`
+}
+
+// TLSConfig names certificate files for amqps://.
+type TLSConfig struct {
+	CAFile     string `yaml:"ca_file"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	ServerName string `yaml:"server_name"`
+}
+
+// HTTPConfig configures the local status server.
+type HTTPConfig struct {
+	// Listen is the address of /metrics, /healthz, /readyz and the status
+	// page; empty disables the server.
+	Listen string `yaml:"listen"`
+	// Refresh is the status page's auto-refresh interval.
+	Refresh Duration `yaml:"refresh"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is text or json.
+	Format string `yaml:"format"`
+}
+
+// Duration is a time.Duration that reads "30s" style YAML strings.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 30s or 5m", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Default returns the configuration used for keys a file leaves out.
+func Default() Config {
+	return Config{
+		Device: DeviceConfig{StateDir: "/var/lib/forest-agent"},
+		Source: SourceConfig{
+			Type: "dir",
+			Dir: DirConfig{
+				Path: "/var/lib/forest-agent/incoming", Pattern: "*", Settle: Duration(time.Second),
+				After: "move", MaxFileBytes: 64 << 20,
+			},
+			HTTP: HTTPSource{Interval: Duration(time.Minute), Timeout: Duration(10 * time.Second), MaxBytes: 64 << 20},
+			Exec: ExecConfig{Interval: Duration(time.Minute), Timeout: Duration(30 * time.Second), MaxBytes: 64 << 20},
+		},
+		Segment: SegmentConfig{
+			Model:     "/usr/share/forest-agent/models/forest-unet-v1.onnx",
+			Threads:   2,
+			Tiling:    "resize",
+			MaxPixels: 40_000_000,
+			Filter:    "keep",
+			ThinEvery: 10,
+		},
+		Encode: EncodeConfig{Mode: "auto", Quality: 85},
+		Spool: SpoolConfig{
+			Dir: "/var/lib/forest-agent/spool", MaxBytes: 2 << 30, MinFreeBytes: 256 << 20,
+			Policy: "drop-oldest", Order: "oldest-first",
+		},
+		Uplink: UplinkConfig{
+			Exchange: "forest.frames", Window: 32, Batch: 16,
+			ConfirmTimeout: Duration(30 * time.Second), DialTimeout: Duration(15 * time.Second),
+			Heartbeat: Duration(10 * time.Second), BackoffMax: Duration(time.Minute),
+		},
+		HTTP:            HTTPConfig{Listen: "127.0.0.1:9464", Refresh: Duration(5 * time.Second)},
+		Log:             LogConfig{Level: "info", Format: "text"},
+		ShutdownTimeout: Duration(30 * time.Second),
+	}
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+// expandEnv replaces ${NAME} and ${NAME:-default} with environment values.
+// An unset variable without a default is an error naming it and its line.
+func expandEnv(b []byte) ([]byte, error) {
+	var missing []string
+	lines := bytes.Split(b, []byte("\n"))
+	for i, ln := range lines {
+		if t := bytes.TrimSpace(ln); bytes.HasPrefix(t, []byte("#")) {
+			continue
+		}
+		lines[i] = envRef.ReplaceAllFunc(ln, func(m []byte) []byte {
+			sub := envRef.FindSubmatch(m)
+			name := string(sub[1])
+			if v, ok := os.LookupEnv(name); ok && (v != "" || sub[2] == nil) {
+				return []byte(v)
+			}
+			if sub[2] != nil {
+				return sub[3]
+			}
+			missing = append(missing, fmt.Sprintf("${%s} on line %d", name, i+1))
+			return nil
+		})
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%w: environment variable not set: %s", ErrConfig, strings.Join(missing, ", "))
+	}
+	return bytes.Join(lines, []byte("\n")), nil
+}
+
+// LoadConfig reads path, expands ${ENV} references (${NAME:-default} gives
+// a default), applies defaults for missing keys, resolves relative paths
+// against the file's directory and validates the result. Unknown keys are
+// errors. Errors wrap ErrConfig and name the field.
+func LoadConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := ParseConfig(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c.resolve(filepath.Dir(path))
+	return c, nil
+}
+
+// ParseConfig parses and validates YAML config text (see LoadConfig).
+// Relative paths are left as they are.
+func ParseConfig(raw []byte) (*Config, error) {
+	b, err := expandEnv(raw)
+	if err != nil {
+		return nil, err
+	}
+	c := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// resolve makes relative file paths relative to base (the config's directory)
+// — except when they exist relative to the working directory, so that
+// configs written for `make run` from the repository root keep working.
+func (c *Config) resolve(base string) {
+	for _, p := range []*string{
+		&c.Device.StateDir, &c.Source.Dir.Path, &c.Source.Dir.DoneDir, &c.Source.HTTP.PasswordFile,
+		&c.Source.HTTP.TokenFile, &c.Segment.Model, &c.Segment.Library, &c.Segment.OverlayDir, &c.Spool.Dir,
+		&c.Uplink.PasswordFile, &c.Uplink.TLS.CAFile, &c.Uplink.TLS.CertFile, &c.Uplink.TLS.KeyFile,
+	} {
+		if *p == "" || filepath.IsAbs(*p) {
+			continue
+		}
+		if _, err := os.Stat(*p); err == nil {
+			continue
+		}
+		// Paths that do not exist yet (state, spool) are taken from the
+		// working directory too: the config names them as the operator
+		// would type them.
+		if _, err := os.Stat(filepath.Join(base, *p)); err == nil {
+			*p = filepath.Join(base, *p)
+		}
+	}
+}
+
+func bad(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks every field and returns the first problem as a
+// *FieldError naming it, for example
+// "uplink.confirm_timeout: must be > 0 (got 0s)".
+func (c *Config) Validate() error {
+	pos := func(field string, d Duration) error {
+		if d <= 0 {
+			return bad(field, "must be > 0 (got %s)", d.D())
+		}
+		return nil
+	}
+	nonneg := func(field string, v int64) error {
+		if v < 0 {
+			return bad(field, "must be >= 0 (got %d)", v)
+		}
+		return nil
+	}
+	if c.Device.ID == "" {
+		return bad("device.id", "required")
+	}
+	if !wire.ValidID(c.Device.ID) {
+		return bad("device.id", "must be 1-128 characters of [A-Za-z0-9._-] (got %q)", c.Device.ID)
+	}
+	if c.Device.StateDir == "" {
+		return bad("device.state_dir", "required")
+	}
+	s := &c.Source
+	switch s.Type {
+	case "dir":
+		if s.Dir.Path == "" {
+			return bad("source.dir.path", "required for source.type dir")
+		}
+		if _, err := filepath.Match(s.Dir.Pattern, "x"); err != nil || s.Dir.Pattern == "" {
+			return bad("source.dir.pattern", "not a valid file name pattern (got %q)", s.Dir.Pattern)
+		}
+		if err := pos("source.dir.settle", s.Dir.Settle); err != nil {
+			return err
+		}
+		if s.Dir.After != "delete" && s.Dir.After != "move" {
+			return bad("source.dir.after", "must be delete or move (got %q)", s.Dir.After)
+		}
+		if s.Dir.MaxFileBytes <= 0 {
+			return bad("source.dir.max_file_bytes", "must be > 0 (got %d)", s.Dir.MaxFileBytes)
+		}
+	case "http":
+		u, err := url.Parse(s.HTTP.URL)
+		if s.HTTP.URL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return bad("source.http.url", "must be an http:// or https:// URL (got %q)", s.HTTP.URL)
+		}
+		if u.User != nil {
+			return bad("source.http.url", "must not hold credentials; use source.http.user and password_file")
+		}
+		if err := pos("source.http.interval", s.HTTP.Interval); err != nil {
+			return err
+		}
+		if err := pos("source.http.timeout", s.HTTP.Timeout); err != nil {
+			return err
+		}
+		if s.HTTP.PasswordFile != "" && s.HTTP.User == "" {
+			return bad("source.http.user", "required with source.http.password_file")
+		}
+		if s.HTTP.TokenFile != "" && s.HTTP.User != "" {
+			return bad("source.http.token_file", "use either basic auth (user, password_file) or a bearer token, not both")
+		}
+		if s.HTTP.MaxBytes <= 0 {
+			return bad("source.http.max_bytes", "must be > 0 (got %d)", s.HTTP.MaxBytes)
+		}
+	case "exec":
+		if len(s.Exec.Command) == 0 || s.Exec.Command[0] == "" {
+			return bad("source.exec.command", "required for source.type exec")
+		}
+		if err := pos("source.exec.interval", s.Exec.Interval); err != nil {
+			return err
+		}
+		if err := pos("source.exec.timeout", s.Exec.Timeout); err != nil {
+			return err
+		}
+		if s.Exec.MaxBytes <= 0 {
+			return bad("source.exec.max_bytes", "must be > 0 (got %d)", s.Exec.MaxBytes)
+		}
+	default:
+		return bad("source.type", "must be dir, http or exec (got %q)", s.Type)
+	}
+	g := &c.Segment
+	if g.Model == "" {
+		return bad("segment.model", "required")
+	}
+	if g.Threads < 0 {
+		return bad("segment.threads", "must be >= 0 (got %d)", g.Threads)
+	}
+	if g.Threshold < 0 || g.Threshold >= 1 {
+		return bad("segment.threshold", "must be within [0,1) (got %v)", g.Threshold)
+	}
+	if g.Tiling != "resize" && g.Tiling != "tile" {
+		return bad("segment.tiling", "must be resize or tile (got %q)", g.Tiling)
+	}
+	if g.MaxPixels <= 0 {
+		return bad("segment.max_pixels", "must be > 0 (got %d)", g.MaxPixels)
+	}
+	switch g.Filter {
+	case "keep", "drop":
+	case "thin":
+		if g.ThinEvery < 1 {
+			return bad("segment.thin_every", "must be >= 1 (got %d)", g.ThinEvery)
+		}
+	default:
+		return bad("segment.filter", "must be keep, thin or drop (got %q)", g.Filter)
+	}
+	if g.MinCoverage < 0 || g.MinCoverage > 1 {
+		return bad("segment.min_coverage", "must be within [0,1] (got %v)", g.MinCoverage)
+	}
+	e := &c.Encode
+	if e.Mode != "auto" && e.Mode != "keep" && e.Mode != "jpeg" {
+		return bad("encode.mode", "must be auto, keep or jpeg (got %q)", e.Mode)
+	}
+	if e.Quality < 1 || e.Quality > 100 {
+		return bad("encode.quality", "must be within 1..100 (got %d)", e.Quality)
+	}
+	if e.MaxDimension < 0 {
+		return bad("encode.max_dimension", "must be >= 0 (got %d)", e.MaxDimension)
+	}
+	if e.Mode == "keep" && (e.MaxDimension > 0 || e.Crop) {
+		return bad("encode.mode", "keep sends the camera bytes unchanged; it cannot be combined with max_dimension or crop")
+	}
+	sp := &c.Spool
+	if sp.Dir == "" {
+		return bad("spool.dir", "required")
+	}
+	if err := nonneg("spool.max_bytes", sp.MaxBytes); err != nil {
+		return err
+	}
+	if err := nonneg("spool.min_free_bytes", sp.MinFreeBytes); err != nil {
+		return err
+	}
+	var pol spool.Policy
+	if err := pol.UnmarshalText([]byte(sp.Policy)); err != nil {
+		return bad("spool.policy", "must be drop-oldest or reject-new (got %q)", sp.Policy)
+	}
+	var ord spool.Order
+	if err := ord.UnmarshalText([]byte(sp.Order)); err != nil {
+		return bad("spool.order", "must be oldest-first or newest-first (got %q)", sp.Order)
+	}
+	if sp.MaxAge < 0 {
+		return bad("spool.max_age", "must be >= 0 (got %s)", sp.MaxAge.D())
+	}
+	u := &c.Uplink
+	if u.URL != "" {
+		pu, err := url.Parse(u.URL)
+		if err != nil || (pu.Scheme != "amqp" && pu.Scheme != "amqps") || pu.Host == "" {
+			return bad("uplink.url", "must be an amqp:// or amqps:// URL (got %q)", redactURL(u.URL))
+		}
+		if _, ok := pu.User.Password(); ok {
+			return bad("uplink.url", "must not hold a password; use uplink.password_file or ${ENV} in uplink.user")
+		}
+		if (u.PasswordFile != "" || u.PasswordEnv != "") && u.User == "" && pu.User == nil {
+			return bad("uplink.user", "required with uplink.password_file or password_env")
+		}
+		if u.PasswordFile != "" && u.PasswordEnv != "" {
+			return bad("uplink.password_env", "set either password_file or password_env, not both")
+		}
+		if u.TLS != (TLSConfig{}) && pu.Scheme != "amqps" {
+			return bad("uplink.tls", "set, but uplink.url is not amqps://")
+		}
+		if (u.TLS.CertFile == "") != (u.TLS.KeyFile == "") {
+			return bad("uplink.tls.cert_file", "cert_file and key_file go together")
+		}
+	}
+	if u.Exchange == "" {
+		return bad("uplink.exchange", "required")
+	}
+	if u.Window < 1 {
+		return bad("uplink.window", "must be >= 1 (got %d)", u.Window)
+	}
+	if u.Batch < 1 {
+		return bad("uplink.batch", "must be >= 1 (got %d)", u.Batch)
+	}
+	for _, d := range []struct {
+		f string
+		v Duration
+	}{{"uplink.confirm_timeout", u.ConfirmTimeout}, {"uplink.dial_timeout", u.DialTimeout}, {"uplink.heartbeat", u.Heartbeat}, {"uplink.backoff_max", u.BackoffMax}} {
+		if err := pos(d.f, d.v); err != nil {
+			return err
+		}
+	}
+	if err := nonneg("uplink.rate_limit", u.RateLimit); err != nil {
+		return err
+	}
+	if c.HTTP.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+			return bad("http.listen", "must be host:port (got %q)", c.HTTP.Listen)
+		}
+	}
+	if err := pos("http.refresh", c.HTTP.Refresh); err != nil {
+		return err
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "must be debug, info, warn or error (got %q)", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		return bad("log.format", "must be text or json (got %q)", c.Log.Format)
+	}
+	return pos("shutdown_timeout", c.ShutdownTimeout)
+}
+
+// redactURL hides a password in a URL for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "<unparseable>"
+	}
+	return u.Redacted()
+}
+
+// readSecret reads a secret from a file, trimming one trailing newline.
+func readSecret(field, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s: %w", ErrConfig, field, err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// brokerURL returns the uplink URL with the user and the password from
+// password_file filled in.
+func (c *Config) brokerURL() (string, error) {
+	u, err := url.Parse(c.Uplink.URL)
+	if err != nil {
+		return "", fmt.Errorf("%w: uplink.url: %w", ErrConfig, err)
+	}
+	user := c.Uplink.User
+	if user == "" && u.User != nil {
+		user = u.User.Username()
+	}
+	if c.Uplink.PasswordFile != "" {
+		pw, err := readSecret("uplink.password_file", c.Uplink.PasswordFile)
+		if err != nil {
+			return "", err
+		}
+		u.User = url.UserPassword(user, pw)
+	} else if c.Uplink.PasswordEnv != "" {
+		pw, ok := os.LookupEnv(c.Uplink.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("%w: uplink.password_env: environment variable %s not set", ErrConfig, c.Uplink.PasswordEnv)
+		}
+		u.User = url.UserPassword(user, pw)
+	} else if user != "" {
+		u.User = url.User(user)
+	}
+	return u.String(), nil
+}

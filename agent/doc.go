@@ -1,0 +1,41 @@
+// Package agent is the on-device daemon behind the forest-agent command:
+// it captures frames, segments them, spools them durably and drains the
+// spool to RabbitMQ.
+//
+// # Data flow
+//
+//	Source (dir | http | exec) ──► pipeline ──► spool ──► drain ──► uplink ──► broker
+//	                               decode once, segment, filter,
+//	                               encode, Put (durable)
+//
+// A Source hands captures, one at a time, to the pipeline, which decodes
+// the image once (segment.Decode, bounded by segment.max_pixels), segments
+// it, applies the coverage filter, builds the transmitted encoding and the
+// mask PNG, reads EXIF time, GPS and camera into Meta, and Puts the frame
+// into the spool with a priority from its coverage. Put returns only when
+// the frame is on stable storage; only then does the dir source delete or
+// move the file. The drain takes batches from the spool, builds the
+// uplink/wire messages, publishes them and acknowledges in the spool
+// exactly the frames the broker confirmed; everything else is released and
+// retried. Capture never waits for the uplink: the spool decouples them.
+//
+// # Guarantees
+//
+//   - A frame leaves the spool only after the broker confirmed it (or by a
+//     counted spool eviction under spool.max_bytes, min_free_bytes or
+//     max_age). Delivery is at least once; the frame id is stable across
+//     retries and restarts.
+//   - Sequence numbers are unique and increasing per device across restarts
+//     and crashes (see state). A dir-source file is spooled under one frame
+//     id even when the agent crashes between spooling it and moving it.
+//   - Capture failures (a failed command, an HTTP error, a file that is not
+//     an image) are counted and logged; they never stop the agent.
+//
+// # Concurrency model
+//
+// Agent.Run starts and waits for: the capture goroutine (source and
+// pipeline, one frame at a time), the drain goroutine, the uplink's
+// connection supervisor, and the HTTP server. Shutdown is ordered and
+// bounded; see Agent.Run. Status and metrics are read concurrently under
+// their own locks.
+package agent

@@ -1,0 +1,179 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/forestwatch/forest/spool"
+	"github.com/forestwatch/forest/uplink"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// publisher is what the drain needs from the uplink: *uplink.Publisher.
+type publisher interface {
+	Publish(ctx context.Context, msgs []wire.Message) ([]uplink.Result, error)
+}
+
+// drainQueue is what the drain needs from the spool: *spool.Queue.
+type drainQueue interface {
+	Next(n int) ([]spool.Record, error)
+	Ack(ids ...uint64) error
+	Release(ids ...uint64)
+	Wait(ctx context.Context) error
+}
+
+// drain moves frames from the spool to the broker: Next(batch), build the
+// wire messages, Publish, Ack exactly the records the broker confirmed,
+// Release the rest. It never removes a frame without a confirm. While the
+// link is down it backs off (from backoffMin doubling to backoffMax) and
+// the frames stay in the spool.
+type drain struct {
+	q          drainQueue
+	pub        publisher
+	batch      int
+	agent      string // app_id
+	user       string // AMQP user_id, "" to leave unset
+	m          *metrics
+	status     *status
+	log        *slog.Logger
+	backoffMin time.Duration
+	backoffMax time.Duration
+	// bad holds ids of records whose metadata cannot be decoded. They stay
+	// in flight (so Next skips them) until restart; they are never deleted.
+	bad map[uint64]bool
+}
+
+// Run drains until stop is done. The batch in progress when stop ends is
+// finished — its confirms awaited — unless hard ends first; frames without
+// a confirm are released and stay in the spool. Run returns nil on stop.
+func (d *drain) Run(stop, hard context.Context) error {
+	if d.bad == nil {
+		d.bad = map[uint64]bool{}
+	}
+	wait := d.backoffMin
+	for {
+		if err := d.q.Wait(stop); err != nil {
+			if stop.Err() != nil || errors.Is(err, spool.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("drain: %w", err)
+		}
+		recs, err := d.q.Next(d.batch)
+		if err != nil {
+			if errors.Is(err, spool.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("drain: %w", err)
+		}
+		if len(recs) == 0 {
+			continue
+		}
+		ok, err := d.publish(hard, recs)
+		if stop.Err() != nil {
+			return nil
+		}
+		switch {
+		case ok:
+			wait = d.backoffMin
+			continue
+		case errors.Is(err, uplink.ErrNotConnected):
+			// The link is down: frames wait; check again after a pause.
+		default:
+			// Nacked, returned, timed out or lost: retry after a pause so a
+			// broker that refuses every frame is not hammered.
+		}
+		if !sleepCtx(stop, wait) {
+			return nil
+		}
+		wait = min(wait*2, d.backoffMax)
+	}
+}
+
+// publish sends one batch and acks the confirmed records. It reports
+// whether every record was confirmed.
+func (d *drain) publish(ctx context.Context, recs []spool.Record) (bool, error) {
+	msgs := make([]wire.Message, 0, len(recs))
+	ids := make([]uint64, 0, len(recs))
+	for i := range recs {
+		msg, err := d.message(&recs[i])
+		if err != nil {
+			if !d.bad[recs[i].ID] {
+				d.bad[recs[i].ID] = true
+				d.log.Error("spooled frame cannot be published; kept in the spool", "spool_id", recs[i].ID, "err", err)
+			}
+			continue
+		}
+		msgs = append(msgs, msg)
+		ids = append(ids, recs[i].ID)
+	}
+	if len(msgs) == 0 {
+		return true, nil
+	}
+	t0 := time.Now()
+	res, err := d.pub.Publish(ctx, msgs)
+	var acks, rel []uint64
+	var firstErr error
+	for i, id := range ids {
+		if i < len(res) && res[i].Outcome == uplink.Confirmed {
+			acks = append(acks, id)
+			continue
+		}
+		rel = append(rel, id)
+		if i < len(res) {
+			reason := res[i].Outcome.String()
+			if !errors.Is(res[i].Err, uplink.ErrNotConnected) {
+				d.m.publishFailed.WithLabelValues(reason).Inc()
+			}
+			if firstErr == nil && res[i].Err != nil {
+				firstErr = res[i].Err
+			}
+		}
+	}
+	if len(acks) > 0 {
+		if aerr := d.q.Ack(acks...); aerr != nil {
+			// The frames stay stored and in flight; after a restart they are
+			// published again (a duplicate the cloud deduplicates by id).
+			d.log.Error("ack confirmed frames", "n", len(acks), "err", aerr)
+			return false, aerr
+		}
+		d.m.published.Add(float64(len(acks)))
+		d.m.publishSeconds.Observe(time.Since(t0).Seconds())
+		d.status.acked(len(acks))
+	}
+	d.q.Release(rel...)
+	if err == nil {
+		err = firstErr
+	}
+	if len(rel) > 0 {
+		if err == nil {
+			err = errors.New("frames not confirmed")
+		}
+		if !errors.Is(err, uplink.ErrNotConnected) {
+			d.status.publishFailed(err)
+			d.log.Warn("frames not confirmed, kept for a retry", "n", len(rel), "err", err)
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// message builds the wire message of one spooled record.
+func (d *drain) message(r *spool.Record) (wire.Message, error) {
+	var m Meta
+	if err := json.Unmarshal(r.Meta, &m); err != nil {
+		return wire.Message{}, fmt.Errorf("decode frame meta: %w", err)
+	}
+	if m.V != 1 {
+		return wire.Message{}, fmt.Errorf("frame meta version %d not understood", m.V)
+	}
+	return wire.Encode(&wire.Frame{
+		ID: FrameID(m.Device, m.Seq), Device: m.Device, Seq: m.Seq, Captured: m.Captured,
+		ContentType: m.ContentType, Image: r.Image, Width: m.Width, Height: m.Height,
+		Coverage: m.Coverage, Model: m.Model, Mask: r.Mask, GPS: m.GPS, Camera: m.Camera,
+		Agent: d.agent, User: d.user,
+	})
+}

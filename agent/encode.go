@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	"image/jpeg"
+
+	"github.com/disintegration/imaging"
+
+	"github.com/forestwatch/forest/segment"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// encoded is the transmitted form of one frame.
+type encoded struct {
+	Image         []byte
+	ContentType   string
+	Width, Height int
+	Mask          []byte
+	// Upright and MaskImg are the transmitted pixels and mask, for
+	// thumbnails and overlays.
+	Upright image.Image
+	MaskImg *image.Gray
+}
+
+// encodeFrame builds the transmitted image and the mask PNG per cfg.
+//
+// Mode "auto" sends a camera JPEG byte for byte (EXIF included) when it is
+// upright and needs no resize or crop, and re-encodes everything else as
+// JPEG at Quality; "keep" always sends the camera bytes; "jpeg" always
+// re-encodes. MaxDimension and Crop apply to the image and mask alike, so
+// the mask always has the transmitted image's size (with "keep", the size
+// of the upright image).
+func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gray) (*encoded, error) {
+	img := f.Image
+	if cfg.Crop {
+		if r := forestBounds(mask); !r.Empty() && r != mask.Bounds() {
+			img = imaging.Crop(img, r)
+			mask = grayOf(imaging.Crop(mask, r))
+		}
+	}
+	if d := cfg.MaxDimension; d > 0 {
+		b := img.Bounds()
+		if b.Dx() > d || b.Dy() > d {
+			img = imaging.Fit(img, d, d, imaging.Linear)
+			nb := img.Bounds()
+			mask = grayOf(imaging.Resize(mask, nb.Dx(), nb.Dy(), imaging.NearestNeighbor))
+		}
+	}
+	b := img.Bounds()
+	out := &encoded{Width: b.Dx(), Height: b.Dy(), Upright: img, MaskImg: mask}
+	upright := f.EXIF == nil || f.EXIF.Orientation <= 1
+	reencode := cfg.Mode == "jpeg" || img != f.Image || (cfg.Mode == "auto" && (f.Format != "jpeg" || !upright))
+	if cfg.Mode == "keep" {
+		reencode = false
+	}
+	if reencode {
+		var buf bytes.Buffer
+		if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: cfg.Quality}); err != nil {
+			return nil, fmt.Errorf("encode jpeg: %w", err)
+		}
+		out.Image, out.ContentType = buf.Bytes(), wire.JPEG
+	} else {
+		out.Image = raw
+		switch f.Format {
+		case "jpeg":
+			out.ContentType = wire.JPEG
+		case "png":
+			out.ContentType = wire.PNG
+		default:
+			out.ContentType = wire.WebP
+		}
+	}
+	m, err := segment.MaskPNG(mask)
+	if err != nil {
+		return nil, fmt.Errorf("encode mask: %w", err)
+	}
+	out.Mask = m
+	return out, nil
+}
+
+// forestBounds returns the bounding box of the mask's forest pixels.
+func forestBounds(m *image.Gray) image.Rectangle {
+	b := m.Bounds()
+	r := image.Rectangle{}
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		row := m.Pix[m.PixOffset(b.Min.X, y):][:b.Dx()]
+		for x, v := range row {
+			if v >= 128 {
+				r = r.Union(image.Rect(b.Min.X+x, y, b.Min.X+x+1, y+1))
+			}
+		}
+	}
+	return r
+}
+
+// grayOf converts an image to a 0-origin *image.Gray.
+func grayOf(img image.Image) *image.Gray {
+	b := img.Bounds()
+	g := image.NewGray(image.Rect(0, 0, b.Dx(), b.Dy()))
+	if n, ok := img.(*image.NRGBA); ok {
+		for y := 0; y < b.Dy(); y++ {
+			row := n.Pix[n.PixOffset(b.Min.X, b.Min.Y+y):]
+			for x := 0; x < b.Dx(); x++ {
+				g.Pix[y*g.Stride+x] = row[4*x]
+			}
+		}
+		return g
+	}
+	for y := 0; y < b.Dy(); y++ {
+		for x := 0; x < b.Dx(); x++ {
+			r, _, _, _ := img.At(b.Min.X+x, b.Min.Y+y).RGBA()
+			g.Pix[y*g.Stride+x] = uint8(r >> 8)
+		}
+	}
+	return g
+}
+
+// thumbnail returns a JPEG of the mask overlay no larger than side pixels.
+func thumbnail(img image.Image, mask *image.Gray, side int) []byte {
+	b := img.Bounds()
+	if b.Dx() > side || b.Dy() > side {
+		img = imaging.Fit(img, side, side, imaging.Box)
+		nb := img.Bounds()
+		mask = grayOf(imaging.Resize(mask, nb.Dx(), nb.Dy(), imaging.NearestNeighbor))
+	}
+	ov := segment.Overlay(img, mask)
+	if ov == nil {
+		return nil
+	}
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, ov, &jpeg.Options{Quality: 80}); err != nil {
+		return nil
+	}
+	return buf.Bytes()
+}

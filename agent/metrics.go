@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/forestwatch/forest/spool"
+)
+
+// metrics are the agent's Prometheus metrics. Spool gauges and eviction
+// counters are read from spool.Stats at scrape time.
+type metrics struct {
+	captured       *prometheus.CounterVec
+	captureErrors  *prometheus.CounterVec
+	segmented      prometheus.Counter
+	filtered       *prometheus.CounterVec
+	spooled        prometheus.Counter
+	spoolErrors    prometheus.Counter
+	published      prometheus.Counter
+	publishFailed  *prometheus.CounterVec
+	segmentSeconds prometheus.Histogram
+	frameSeconds   prometheus.Histogram
+	publishSeconds prometheus.Histogram
+	linkUp         prometheus.Gauge
+	stats          func() (spool.Stats, bool)
+}
+
+func newMetrics(reg prometheus.Registerer, stats func() (spool.Stats, bool)) (*metrics, error) {
+	m := &metrics{
+		captured: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "forest_agent_frames_captured_total", Help: "Images captured, by source.",
+		}, []string{"source"}),
+		captureErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "forest_agent_capture_errors_total", Help: "Captures that produced no usable image (failed command, HTTP error, not an image), by source.",
+		}, []string{"source"}),
+		segmented: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "forest_agent_frames_segmented_total", Help: "Frames segmented.",
+		}),
+		filtered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "forest_agent_frames_filtered_total", Help: "Frames below segment.min_coverage not spooled, by filter (thin, drop).",
+		}, []string{"filter"}),
+		spooled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "forest_agent_frames_spooled_total", Help: "Frames durably written to the spool.",
+		}),
+		spoolErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "forest_agent_spool_put_errors_total", Help: "Frames the spool refused (full under its policy, or a write error).",
+		}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "forest_agent_frames_published_total", Help: "Frames confirmed by the broker and removed from the spool.",
+		}),
+		publishFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "forest_agent_publish_failures_total", Help: "Frames published without a confirm and kept for a retry, by reason.",
+		}, []string{"reason"}),
+		segmentSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "forest_agent_segment_seconds", Help: "Time to segment one frame.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		frameSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "forest_agent_frame_seconds", Help: "Time from capture to durable spool write (decode, segment, encode, put).",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "forest_agent_publish_seconds", Help: "Time to publish one batch and receive its confirms.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}),
+		linkUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "forest_agent_link_up", Help: "1 when the broker link is connected, 0 when it is not, -1 when no broker is configured (offline).",
+		}),
+		stats: stats,
+	}
+	for _, s := range []string{"dir", "http", "exec"} {
+		m.captured.WithLabelValues(s)
+		m.captureErrors.WithLabelValues(s)
+	}
+	cs := []prometheus.Collector{m.captured, m.captureErrors, m.segmented, m.filtered, m.spooled, m.spoolErrors,
+		m.published, m.publishFailed, m.segmentSeconds, m.frameSeconds, m.publishSeconds, m.linkUp, spoolCollector{m}}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+var (
+	descSpoolBytes  = prometheus.NewDesc("forest_agent_spool_bytes", "Accounted bytes of spooled frames (the quantity bounded by spool.max_bytes).", nil, nil)
+	descSpoolFrames = prometheus.NewDesc("forest_agent_spool_frames", "Frames in the spool, in flight or not.", nil, nil)
+	descSpoolOldest = prometheus.NewDesc("forest_agent_spool_oldest_age_seconds", "Age of the oldest spooled frame; 0 when the spool is empty.", nil, nil)
+	descSpoolFile   = prometheus.NewDesc("forest_agent_spool_file_bytes", "Size of the spool's database file.", nil, nil)
+	descEvicted     = prometheus.NewDesc("forest_agent_frames_evicted_total", "Frames evicted from the spool unpublished, by reason (max_bytes, min_free, max_age) over the life of the spool.", []string{"reason"}, nil)
+	descQuarantined = prometheus.NewDesc("forest_agent_spool_quarantined_frames", "Damaged frames in the spool's quarantine.", nil, nil)
+)
+
+// spoolCollector reads spool.Stats at scrape time.
+type spoolCollector struct{ m *metrics }
+
+func (c spoolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSpoolBytes, descSpoolFrames, descSpoolOldest, descSpoolFile, descEvicted, descQuarantined} {
+		ch <- d
+	}
+}
+
+func (c spoolCollector) Collect(ch chan<- prometheus.Metric) {
+	s, ok := c.m.stats()
+	if !ok {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descSpoolBytes, prometheus.GaugeValue, float64(s.Bytes))
+	ch <- prometheus.MustNewConstMetric(descSpoolFrames, prometheus.GaugeValue, float64(s.Frames))
+	ch <- prometheus.MustNewConstMetric(descSpoolOldest, prometheus.GaugeValue, s.OldestAge.Seconds())
+	ch <- prometheus.MustNewConstMetric(descSpoolFile, prometheus.GaugeValue, float64(s.FileBytes))
+	ch <- prometheus.MustNewConstMetric(descQuarantined, prometheus.GaugeValue, float64(s.Quarantined))
+	for _, r := range []string{spool.ReasonMaxBytes, spool.ReasonMinFree, spool.ReasonMaxAge} {
+		ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(s.Evictions[r]), r)
+	}
+}

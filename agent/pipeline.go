@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"image/png"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/forestwatch/forest/segment"
+	"github.com/forestwatch/forest/spool"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// Meta is the JSON stored in spool.Record.Meta: everything the drain needs,
+// besides the image and mask, to build the frame's wire.Message.
+type Meta struct {
+	// V is the version of this layout (1).
+	V           int          `json:"v"`
+	Device      string       `json:"device"`
+	Seq         uint64       `json:"seq"`
+	Captured    time.Time    `json:"captured"`
+	ContentType string       `json:"content_type"`
+	Width       int          `json:"width"`
+	Height      int          `json:"height"`
+	Coverage    float64      `json:"coverage"`
+	Model       string       `json:"model,omitempty"`
+	GPS         *wire.GPS    `json:"gps,omitempty"`
+	Camera      *wire.Camera `json:"camera,omitempty"`
+	// Source names the capture ("dir:<file>", "http:<url>", "exec:<cmd>").
+	Source string `json:"source,omitempty"`
+}
+
+// FrameID returns the frame id: "<device>-<seq as 12 digits>".
+func FrameID(device string, seq uint64) string { return fmt.Sprintf("%s-%012d", device, seq) }
+
+// segmenter is the part of *segment.Model the pipeline uses.
+type segmenter interface {
+	Segment(image.Image) (*segment.Result, error)
+	Info() segment.Info
+}
+
+// putter is the part of *spool.Queue the pipeline uses.
+type putter interface {
+	Put(ctx context.Context, r *spool.Record) (uint64, error)
+}
+
+// FrameReport describes one processed capture, for `run --once` and tests.
+type FrameReport struct {
+	Name     string
+	Seq      uint64
+	SpoolID  uint64 // 0 when not spooled
+	Coverage float64
+	Width    int
+	Height   int
+	Bytes    int    // transmitted image bytes
+	Filtered string // "thin" or "drop" when the filter skipped it
+	Overlay  string // overlay PNG written, if any
+	Duration time.Duration
+}
+
+// pipeline turns captures into spooled frames.
+type pipeline struct {
+	cfg     *Config
+	model   segmenter
+	modelID string
+	q       putter
+	st      *state
+	m       *metrics
+	status  *status
+	log     *slog.Logger
+	report  func(FrameReport)
+	below   atomic.Uint64 // frames below min_coverage seen, for thinning
+}
+
+// priority maps coverage to a spool priority: 0 (<25 % forest) to 4 (100 %).
+// Frames with more forest outlive frames with less when the spool is full.
+func priority(coverage float64) int { return int(coverage * 4) }
+
+// handle is the source Handler: decode once, segment, filter, encode, Put.
+// The context only bounds waiting for the spool to accept the Put; once
+// handed over, Put completes (see spool.Queue.Put).
+func (p *pipeline) handle(ctx context.Context, c *Capture) error {
+	t0 := time.Now()
+	p.m.captured.WithLabelValues(c.Source).Inc()
+	f, err := segment.Decode(c.Data, p.cfg.Segment.MaxPixels)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrBadFrame, c.Name, err)
+	}
+	ts := time.Now()
+	res, err := p.model.Segment(f.Image)
+	if err != nil {
+		return fmt.Errorf("segment %s: %w", c.Name, err)
+	}
+	p.m.segmentSeconds.Observe(time.Since(ts).Seconds())
+	p.m.segmented.Inc()
+	rep := FrameReport{Name: c.Name, Coverage: res.Coverage, Width: f.Width, Height: f.Height}
+
+	if g := p.cfg.Segment; res.Coverage < g.MinCoverage && g.Filter != "keep" {
+		n := p.below.Add(1)
+		if g.Filter == "drop" || (n-1)%uint64(g.ThinEvery) != 0 {
+			p.m.filtered.WithLabelValues(g.Filter).Inc()
+			rep.Filtered = g.Filter
+			rep.Duration = time.Since(t0)
+			p.log.Debug("frame filtered", "file", c.Name, "coverage", res.Coverage, "filter", g.Filter)
+			if p.report != nil {
+				p.report(rep)
+			}
+			return nil
+		}
+	}
+
+	enc, err := encodeFrame(p.cfg.Encode, c.Data, f, res.Mask)
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.Name, err)
+	}
+	captured := c.Time
+	meta := Meta{
+		V: 1, Device: p.cfg.Device.ID, ContentType: enc.ContentType, Width: enc.Width, Height: enc.Height,
+		Coverage: res.Coverage, Model: p.modelID, Source: c.Source + ":" + c.Name,
+	}
+	if x := f.EXIF; x != nil {
+		if !x.DateTimeOriginal.IsZero() {
+			captured = x.DateTimeOriginal
+		}
+		if g := x.GPS; g != nil {
+			meta.GPS = &wire.GPS{Lat: g.Latitude, Lon: g.Longitude, Alt: g.Altitude, HasAlt: g.HasAltitude}
+		}
+		if x.Make != "" || x.Model != "" {
+			meta.Camera = &wire.Camera{Make: strings.TrimSpace(x.Make), Model: strings.TrimSpace(x.Model)}
+		}
+	}
+	if captured.IsZero() {
+		captured = time.Now()
+	}
+	meta.Captured = captured.UTC()
+	seq, err := p.st.seqFor(c.Key)
+	if err != nil {
+		return err
+	}
+	meta.Seq = seq
+	mb, err := json.Marshal(meta)
+	if err != nil {
+		return fmt.Errorf("encode frame meta: %w", err)
+	}
+	rec := &spool.Record{Priority: priority(res.Coverage), Image: enc.Image, Mask: enc.Mask, Meta: mb}
+	id, err := p.q.Put(ctx, rec)
+	if err != nil {
+		p.m.spoolErrors.Inc()
+		if errors.Is(err, spool.ErrFull) {
+			p.log.Warn("spool full, frame not spooled", "file", c.Name, "coverage", res.Coverage, "err", err)
+		}
+		return fmt.Errorf("spool frame %d: %w", seq, err)
+	}
+	p.m.spooled.Inc()
+	d := time.Since(t0)
+	p.m.frameSeconds.Observe(d.Seconds())
+	rep.Seq, rep.SpoolID, rep.Width, rep.Height, rep.Bytes, rep.Duration = seq, id, enc.Width, enc.Height, len(enc.Image), d
+	if dir := p.cfg.Segment.OverlayDir; dir != "" {
+		rep.Overlay = p.writeOverlay(dir, c.Name, seq, enc)
+	}
+	p.status.frame(statusFrame{
+		ID: FrameID(p.cfg.Device.ID, seq), Name: c.Name, Seq: seq, SpoolID: id, Coverage: res.Coverage,
+		Captured: meta.Captured, Spooled: time.Now(), Width: enc.Width, Height: enc.Height, Bytes: len(enc.Image),
+		Thumb: thumbnail(enc.Upright, enc.MaskImg, 160),
+	})
+	p.log.Debug("frame spooled", "file", c.Name, "seq", seq, "spool_id", id, "coverage", res.Coverage,
+		"bytes", len(enc.Image), "ms", d.Milliseconds())
+	if p.report != nil {
+		p.report(rep)
+	}
+	return nil
+}
+
+func (p *pipeline) writeOverlay(dir, name string, seq uint64, enc *encoded) string {
+	ov := segment.Overlay(enc.Upright, enc.MaskImg)
+	if ov == nil {
+		return ""
+	}
+	base := strings.TrimSuffix(filepath.Base(name), filepath.Ext(name))
+	if base == "" || base == "." {
+		base = "frame"
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%012d-%s.png", seq, base))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		p.log.Warn("write overlay", "err", err)
+		return ""
+	}
+	fh, err := os.Create(path)
+	if err != nil {
+		p.log.Warn("write overlay", "err", err)
+		return ""
+	}
+	err = png.Encode(fh, ov)
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		p.log.Warn("write overlay", "err", err)
+		return ""
+	}
+	return path
+}

@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Capture is one image taken by a source, before decoding.
+type Capture struct {
+	// Source is the source type: "dir", "http" or "exec".
+	Source string
+	// Name identifies the capture for people: a file name, URL or command.
+	Name string
+	// Data is the encoded image as the camera produced it.
+	Data []byte
+	// Time is when the capture was taken; EXIF time, when present, wins.
+	Time time.Time
+	// Key identifies the capture across restarts (dir source: name, size and
+	// modification time), or is empty. See state for how it prevents a
+	// file from being spooled twice under different frame ids.
+	Key string
+}
+
+// Handler processes one capture. It returns nil once the frame is durably
+// spooled or deliberately dropped by the coverage filter, an error wrapping
+// ErrBadFrame when the capture is not a usable image (the source then gives
+// up on it), and any other error when it could not be spooled now (the
+// source may offer it again later).
+type Handler func(ctx context.Context, c *Capture) error
+
+// Source produces captures. Sources call the handler from one goroutine,
+// one capture at a time, so the frame in flight is always the one the
+// handler is working on.
+type Source interface {
+	// Run captures until ctx is done and then returns nil, after the
+	// handler call in progress (if any) has returned. Capture failures are
+	// reported through sourceEnv.failed and never end Run.
+	Run(ctx context.Context, h Handler) error
+	// Once captures what is available now (the files present, one snapshot,
+	// one command run), hands it to h and returns.
+	Once(ctx context.Context, h Handler) error
+}
+
+// sourceEnv is what a source reports to.
+type sourceEnv struct {
+	log *slog.Logger
+	// failed counts and logs a capture that produced no usable image.
+	failed func(source string, err error)
+	// ok records a capture that produced an image.
+	ok func(source string)
+}
+
+// newSource builds the source cfg selects.
+func newSource(cfg SourceConfig, env sourceEnv) Source {
+	switch cfg.Type {
+	case "http":
+		return &httpSource{cfg: cfg.HTTP, env: env}
+	case "exec":
+		return &execSource{cfg: cfg.Exec, env: env}
+	default:
+		return &dirSource{cfg: cfg.Dir, env: env}
+	}
+}
+
+// sleepCtx waits d or until ctx is done; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// runEvery calls fn at once and then every interval (start to start)
+// until ctx is done.
+func runEvery(ctx context.Context, interval time.Duration, fn func()) {
+	for {
+		start := time.Now()
+		fn()
+		if ctx.Err() != nil {
+			return
+		}
+		wait := interval - time.Since(start)
+		if wait < 0 {
+			wait = 0
+		}
+		if !sleepCtx(ctx, wait) {
+			return
+		}
+	}
+}

@@ -1,0 +1,168 @@
+package agent
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// statusFrame is one recent frame on the status page.
+type statusFrame struct {
+	ID       string
+	Name     string
+	Seq      uint64
+	SpoolID  uint64
+	Coverage float64
+	Captured time.Time
+	Spooled  time.Time
+	Width    int
+	Height   int
+	Bytes    int
+	Thumb    []byte // JPEG of the mask overlay
+}
+
+type coveragePoint struct {
+	At       time.Time
+	Coverage float64
+}
+
+const (
+	recentFrames   = 12
+	historyPoints  = 240
+	failuresToFail = 3
+)
+
+// status is what the agent knows about its own progress: recent frames,
+// capture health and drain progress. It feeds the status page and
+// /readyz. Safe for concurrent use.
+type status struct {
+	mu      sync.Mutex
+	started time.Time
+	recent  []statusFrame
+	history []coveragePoint
+
+	capturing    bool
+	lastCapture  time.Time
+	captureFails int
+	lastCapErr   string
+
+	lastAck       time.Time
+	lastPublished int
+	publishedTot  uint64
+	lastPubErr    string
+}
+
+func newStatus() *status { return &status{started: time.Now()} }
+
+func (s *status) frame(f statusFrame) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.recent = append(s.recent, f)
+	if len(s.recent) > recentFrames {
+		s.recent = s.recent[len(s.recent)-recentFrames:]
+	}
+	s.history = append(s.history, coveragePoint{At: f.Spooled, Coverage: f.Coverage})
+	if len(s.history) > historyPoints {
+		s.history = s.history[len(s.history)-historyPoints:]
+	}
+}
+
+func (s *status) thumb(id string) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range s.recent {
+		if f.ID == id {
+			return f.Thumb
+		}
+	}
+	return nil
+}
+
+func (s *status) setCapturing(on bool) {
+	s.mu.Lock()
+	s.capturing = on
+	s.mu.Unlock()
+}
+
+func (s *status) captureOK() {
+	s.mu.Lock()
+	s.lastCapture, s.captureFails, s.lastCapErr = time.Now(), 0, ""
+	s.mu.Unlock()
+}
+
+func (s *status) captureFailed(err error) {
+	s.mu.Lock()
+	s.captureFails++
+	s.lastCapErr = err.Error()
+	s.mu.Unlock()
+}
+
+func (s *status) acked(n int) {
+	s.mu.Lock()
+	s.lastAck, s.lastPublished = time.Now(), n
+	s.publishedTot += uint64(n)
+	s.mu.Unlock()
+}
+
+func (s *status) publishFailed(err error) {
+	s.mu.Lock()
+	s.lastPubErr = err.Error()
+	s.mu.Unlock()
+}
+
+// linkInfo is the uplink's state as the status page and readiness see it.
+type linkInfo struct {
+	Offline   bool
+	State     string // down, connecting, connected, blocked
+	Since     time.Time
+	LastError string
+	Connected bool
+}
+
+// readiness decides /readyz: capture must be working, and either the link
+// is down and known (frames wait in the spool), or the drain is advancing.
+// stall is how long a connected link may go without a confirm while frames
+// wait before the drain counts as stuck.
+func (s *status) readiness(link linkInfo, frames, inflight int, stall time.Duration) (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case !s.capturing:
+		return false, "capture not running"
+	case s.captureFails >= failuresToFail:
+		return false, fmt.Sprintf("capture failing: %d consecutive errors, last: %s", s.captureFails, s.lastCapErr)
+	}
+	capture := "capture ok"
+	if s.captureFails > 0 {
+		capture = fmt.Sprintf("capture ok (%d recent error(s))", s.captureFails)
+	}
+	switch {
+	case link.Offline:
+		return true, fmt.Sprintf("%s; offline (no broker configured): %d frame(s) kept in the spool", capture, frames)
+	case !link.Connected:
+		why := ""
+		if link.LastError != "" {
+			why = ": " + link.LastError
+		}
+		return true, fmt.Sprintf("%s; link %s since %s%s; %d frame(s) wait in the spool", capture, link.State,
+			link.Since.UTC().Format(time.RFC3339), why, frames)
+	case frames == 0:
+		return true, capture + "; link connected; spool empty"
+	}
+	since := s.lastAck
+	if since.Before(link.Since) {
+		since = link.Since
+	}
+	if since.IsZero() {
+		since = s.started
+	}
+	if d := time.Since(since); d > stall {
+		msg := fmt.Sprintf("drain stalled: link connected but no frame confirmed for %s with %d frame(s) spooled (%d in flight)",
+			d.Round(time.Second), frames, inflight)
+		if s.lastPubErr != "" {
+			msg += "; last publish error: " + s.lastPubErr
+		}
+		return false, msg
+	}
+	return true, fmt.Sprintf("%s; link connected; draining, %d frame(s) spooled", capture, frames)
+}
