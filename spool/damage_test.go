@@ -50,6 +50,12 @@ func mutate(t *testing.T, dir string, fn func(tx *bolt.Tx) error) {
 func flipValueByte(bucket []byte, id uint64, off int) func(tx *bolt.Tx) error {
 	return func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
+		if sb := b.Bucket(idKey(id)); sb != nil {
+			b = sb // a record's sub-bucket
+			v := slices.Clone(b.Get(valKey))
+			v[off] ^= 0x40
+			return b.Put(valKey, v)
+		}
 		v := slices.Clone(b.Get(idKey(id)))
 		v[off] ^= 0x40
 		return b.Put(idKey(id), v)
@@ -144,7 +150,7 @@ func TestOpenReconcilesIndex(t *testing.T) {
 		{"index length wrong", func(tx *bolt.Tx) error {
 			return tx.Bucket(bktIdx).Put(idKey(2), encodeIdx(idxEntry{dataLen: 7}))
 		}, ActionRebuildIndex, []uint64{1, 2, 3}, 0},
-		{"data missing", func(tx *bolt.Tx) error { return tx.Bucket(bktData).Delete(idKey(2)) },
+		{"data missing", func(tx *bolt.Tx) error { return tx.Bucket(bktData).DeleteBucket(idKey(2)) },
 			ActionQuarantine, []uint64{1, 3}, 1},
 		{"data header damaged and index missing", func(tx *bolt.Tx) error {
 			if err := flipValueByte(bktData, 2, 30)(tx); err != nil {
@@ -160,6 +166,15 @@ func TestOpenReconcilesIndex(t *testing.T) {
 		}, ActionQuarantine, []uint64{1, 3}, 1},
 		{"stray key", func(tx *bolt.Tx) error { return tx.Bucket(bktData).Put([]byte("junk"), []byte("x")) },
 			ActionDropKey, []uint64{1, 2, 3}, 0},
+		{"plain value instead of sub-bucket", func(tx *bolt.Tx) error {
+			d := tx.Bucket(bktData)
+			v := slices.Clone(d.Bucket(idKey(2)).Get(valKey))
+			if err := d.DeleteBucket(idKey(2)); err != nil {
+				return err
+			}
+			v[recHeaderLen] ^= 1
+			return d.Put(idKey(2), v)
+		}, ActionQuarantine, []uint64{1, 3}, 1},
 		{"stray index key", func(tx *bolt.Tx) error { return tx.Bucket(bktIdx).Put([]byte("zz"), []byte("x")) },
 			ActionDropKey, []uint64{1, 2, 3}, 0},
 	} {

@@ -60,6 +60,43 @@ func openBolt(path string, readOnly bool, timeout time.Duration) (db *bolt.DB, e
 	return nil, &CorruptError{Bucket: "file", Reason: err.Error()}
 }
 
+// dataPut stores a record value under k in its own sub-bucket.
+func dataPut(data *bolt.Bucket, k, v []byte) error {
+	sb, err := data.CreateBucket(k)
+	if err != nil {
+		return err
+	}
+	return sb.Put(valKey, v)
+}
+
+// dataGet returns the record value stored under k, nil when absent.
+func dataGet(data *bolt.Bucket, k []byte) []byte {
+	if sb := data.Bucket(k); sb != nil {
+		return sb.Get(valKey)
+	}
+	return data.Get(k)
+}
+
+// dataValue resolves a data cursor position: v is nil for a sub-bucket.
+func dataValue(data *bolt.Bucket, k, v []byte) []byte {
+	if v != nil {
+		return v
+	}
+	return dataGet(data, k)
+}
+
+// dataDelete removes the record stored under k; absent keys are ignored.
+func dataDelete(data *bolt.Bucket, k []byte) error {
+	err := data.DeleteBucket(k)
+	switch {
+	case errors.Is(err, berrors.ErrBucketNotFound):
+		return nil
+	case errors.Is(err, berrors.ErrIncompatibleValue):
+		return data.Delete(k)
+	}
+	return err
+}
+
 // preflight opens an existing database read-only (no freelist rebuild, a
 // shared lock) and walks every page reachable from the root with cursors in
 // the calling goroutine under guard, so that damage surfaces as a
@@ -259,7 +296,10 @@ func loadDB(db *bolt.DB, fix bool, now time.Time) (*loadResult, error) {
 			for _, f := range fixes {
 				switch f.action {
 				case ActionDropKey:
-					for _, b := range []*bolt.Bucket{data, idx, qb} {
+					if err := dataDelete(data, f.key); err != nil {
+						return err
+					}
+					for _, b := range []*bolt.Bucket{idx, qb} {
 						if err := b.Delete(f.key); err != nil {
 							return err
 						}
@@ -275,7 +315,7 @@ func loadDB(db *bolt.DB, fix bool, now time.Time) (*loadResult, error) {
 						return err
 					}
 					res.quar[f.id] = int64(len(v)) + keyLen
-					if err := data.Delete(k); err != nil {
+					if err := dataDelete(data, k); err != nil {
 						return err
 					}
 					if err := idx.Delete(k); err != nil {
@@ -324,6 +364,7 @@ func reconcile(data, idx *bolt.Bucket, res *loadResult) []fixup {
 	var fixes []fixup
 	dc, ic := data.Cursor(), idx.Cursor()
 	dk, dv := dc.First()
+	dv = dataValue(data, dk, dv)
 	ik, iv := ic.First()
 	for dk != nil || ik != nil {
 		var cmp int
@@ -348,6 +389,7 @@ func reconcile(data, idx *bolt.Bucket, res *loadResult) []fixup {
 				res.add(id, ie)
 			}
 			dk, dv = dc.Next()
+			dv = dataValue(data, dk, dv)
 		case cmp > 0: // index without data
 			id, ok := keyID(ik)
 			if !ok {
@@ -379,6 +421,7 @@ func reconcile(data, idx *bolt.Bucket, res *loadResult) []fixup {
 				res.add(id, ie)
 			}
 			dk, dv = dc.Next()
+			dv = dataValue(data, dk, dv)
 			ik, iv = ic.Next()
 		}
 	}
@@ -480,7 +523,7 @@ func salvage(path string, dst *bolt.DB) salvageResult {
 			}
 			for _, r := range batch {
 				prio, created, _ := decodeHeader(r.id, r.v)
-				if err := data.Put(idKey(r.id), r.v); err != nil {
+				if err := dataPut(data, idKey(r.id), r.v); err != nil {
 					return err
 				}
 				ie := idxEntry{dataLen: uint32(len(r.v)), priority: prio, created: created}
@@ -509,6 +552,7 @@ func salvage(path string, dst *bolt.DB) salvageResult {
 			}
 			c := data.Cursor()
 			for k, v := c.First(); k != nil; k, v = c.Next() {
+				v = dataValue(data, k, v)
 				id, ok := keyID(k)
 				if !ok || verifyRecord(id, v) != nil {
 					continue

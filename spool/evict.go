@@ -183,7 +183,7 @@ func (q *Queue) evictLocked(victims []victim) error {
 				}
 				continue
 			}
-			if err := data.Delete(k); err != nil {
+			if err := dataDelete(data, k); err != nil {
 				return err
 			}
 			if err := idx.Delete(k); err != nil {

@@ -11,7 +11,11 @@ import (
 //
 // The bbolt file holds four buckets:
 //
-//	data        key id (8 bytes, big-endian) -> record value (header + payload)
+//	data        key id (8 bytes, big-endian) -> sub-bucket holding one key
+//	            0x00 -> record value (header + payload). A sub-bucket per
+//	            record keeps large values out of the data bucket's leaves, so
+//	            a Put writes its own pages only and never rewrites (or reads)
+//	            neighbouring records, as a flat bucket of 200 KB values does.
 //	idx         key id -> 32-byte index entry (priority, created, data length)
 //	quarantine  key id -> quarantine entry (reason, time, raw bytes)
 //	state       "format" -> version byte; "next_id" -> u64;
@@ -69,6 +73,7 @@ var (
 	bktQuar  = []byte("quarantine")
 	bktState = []byte("state")
 
+	valKey    = []byte{0}
 	keyFormat = []byte("format")
 	keyNextID = []byte("next_id")
 

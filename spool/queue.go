@@ -366,7 +366,7 @@ func (q *Queue) commitBatch(batch []*putReq) {
 					continue
 				}
 				k := idKey(ids[i])
-				if err := data.Put(k, r.enc.buf); err != nil {
+				if err := dataPut(data, k, r.enc.buf); err != nil {
 					return err
 				}
 				ie := idxEntry{dataLen: uint32(len(r.enc.buf)), priority: r.enc.priority, created: r.enc.created}
@@ -490,7 +490,7 @@ func (q *Queue) read(ids []uint64) (recs []Record, bad []badRecord, err error) {
 	err = q.view("read", func(tx *bolt.Tx) error {
 		data := tx.Bucket(bktData)
 		for _, id := range ids {
-			v := data.Get(idKey(id))
+			v := dataGet(data, idKey(id))
 			if v == nil {
 				bad = append(bad, badRecord{id: id, reason: "data missing"})
 				continue
@@ -528,7 +528,7 @@ func (q *Queue) quarantine(bad []badRecord) error {
 			if err := qb.Put(k, v); err != nil {
 				return err
 			}
-			if err := data.Delete(k); err != nil {
+			if err := dataDelete(data, k); err != nil {
 				return err
 			}
 			if err := idx.Delete(k); err != nil {
@@ -594,7 +594,7 @@ func (q *Queue) Ack(ids ...uint64) error {
 		data, idx := tx.Bucket(bktData), tx.Bucket(bktIdx)
 		for id := range drop {
 			k := idKey(id)
-			if err := data.Delete(k); err != nil {
+			if err := dataDelete(data, k); err != nil {
 				return err
 			}
 			if err := idx.Delete(k); err != nil {

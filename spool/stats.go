@@ -258,7 +258,7 @@ func checkReadOnly(path string, rep *Report) error {
 		return db.View(func(tx bboltTx) error {
 			data := tx.Bucket(bktData)
 			for _, e := range st.entries {
-				v := data.Get(idKey(e.id))
+				v := dataGet(data, idKey(e.id))
 				if err := verifyRecord(e.id, v); err != nil {
 					rep.Problems = append(rep.Problems, Problem{ID: e.id, Bucket: "data", Reason: reasonOf(err), Action: ActionQuarantine})
 					continue

@@ -1,0 +1,274 @@
+package spool
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Benchmarks for 200 KB records. Each pair runs the spool and raw bbolt
+// (default options, one Update per record, which fsyncs) in the same run so
+// that ratios compare like with like. Run with -count 3 or more and compare
+// medians (BENCHMARKS.md).
+
+const benchRecordSize = 200 << 10
+
+func benchRecord(i int) *Record {
+	img := make([]byte, benchRecordSize-64)
+	for j := 0; j < len(img); j += 4096 {
+		img[j] = byte(i + j)
+	}
+	return &Record{Image: img, Mask: make([]byte, 32), Meta: []byte(`{"image_name":"bench"}`)}
+}
+
+func benchValue() []byte {
+	v := make([]byte, benchRecordSize)
+	for j := 0; j < len(v); j += 4096 {
+		v[j] = byte(j)
+	}
+	return v
+}
+
+func openBench(b *testing.B) *Queue {
+	b.Helper()
+	q, err := Open(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = q.Close() })
+	return q
+}
+
+func openRaw(b *testing.B) *bolt.DB {
+	b.Helper()
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "raw.db"), 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("b")); return err }); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+func rawPut(db *bolt.DB, seq *atomic.Uint64, v []byte) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		var k [8]byte
+		binary.BigEndian.PutUint64(k[:], seq.Add(1))
+		return tx.Bucket([]byte("b")).Put(k[:], v)
+	})
+}
+
+func reportRate(b *testing.B) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "puts/s")
+}
+
+// BenchmarkPut is sequential durable Put: one producer.
+func BenchmarkPut(b *testing.B) {
+	b.Run("spool", func(b *testing.B) {
+		q := openBench(b)
+		r := benchRecord(1)
+		b.SetBytes(benchRecordSize)
+		b.ResetTimer()
+		for range b.N {
+			if _, err := q.Put(context.Background(), r); err != nil {
+				b.Fatal(err)
+			}
+			r.Created = r.Created.AddDate(0, 0, 0)
+		}
+		reportRate(b)
+	})
+	b.Run("raw-bbolt", func(b *testing.B) {
+		db := openRaw(b)
+		v := benchValue()
+		var seq atomic.Uint64
+		b.SetBytes(benchRecordSize)
+		b.ResetTimer()
+		for range b.N {
+			if err := rawPut(db, &seq, v); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportRate(b)
+	})
+}
+
+// BenchmarkPutConcurrent4 is durable Put from 4 concurrent producers.
+func BenchmarkPutConcurrent4(b *testing.B) {
+	const producers = 4
+	run := func(b *testing.B, put func() error) {
+		b.SetBytes(benchRecordSize)
+		b.ResetTimer()
+		var wg sync.WaitGroup
+		var left atomic.Int64
+		left.Store(int64(b.N))
+		for range producers {
+			wg.Go(func() {
+				for left.Add(-1) >= 0 {
+					if err := put(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		reportRate(b)
+	}
+	b.Run("spool", func(b *testing.B) {
+		q := openBench(b)
+		recs := make(chan *Record, producers)
+		for i := range producers {
+			recs <- benchRecord(i)
+		}
+		run(b, func() error {
+			r := <-recs
+			defer func() { recs <- r }()
+			_, err := q.Put(context.Background(), r)
+			return err
+		})
+	})
+	b.Run("raw-bbolt", func(b *testing.B) {
+		db := openRaw(b)
+		v := benchValue()
+		var seq atomic.Uint64
+		run(b, func() error { return rawPut(db, &seq, v) })
+	})
+}
+
+// BenchmarkAck64 acknowledges batches of 64 records handed out by Next; the
+// raw comparison deletes 64 keys in one Update.
+func BenchmarkAck64(b *testing.B) {
+	const batch = 64
+	b.Run("spool", func(b *testing.B) {
+		q := openBench(b)
+		r := benchRecord(1)
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			var wg sync.WaitGroup
+			for range batch {
+				wg.Go(func() {
+					rr := *r
+					if _, err := q.Put(context.Background(), &rr); err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			b.StartTimer()
+			rs, err := q.Next(batch)
+			if err != nil || len(rs) != batch {
+				b.Fatalf("Next: %d, %v", len(rs), err)
+			}
+			if err := q.Ack(recordIDs(rs)...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "records/s")
+	})
+	b.Run("raw-bbolt", func(b *testing.B) {
+		db := openRaw(b)
+		v := benchValue()
+		var seq atomic.Uint64
+		for i := 0; i < b.N; i++ {
+			b.StopTimer()
+			first := seq.Load() + 1
+			err := db.Update(func(tx *bolt.Tx) error {
+				for range batch {
+					var k [8]byte
+					binary.BigEndian.PutUint64(k[:], seq.Add(1))
+					if err := tx.Bucket([]byte("b")).Put(k[:], v); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			err = db.Update(func(tx *bolt.Tx) error {
+				for id := first; id < first+batch; id++ {
+					var k [8]byte
+					binary.BigEndian.PutUint64(k[:], id)
+					if err := tx.Bucket([]byte("b")).Delete(k[:]); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "records/s")
+	})
+}
+
+// BenchmarkMemory10k spools 10,000 records of 200 KB (about 2 GB) and
+// reports the growth of the process's resident set (VmRSS) from the open,
+// empty spool to 10,000 spooled frames.
+func BenchmarkMemory10k(b *testing.B) {
+	const frames = 10_000
+	for range b.N {
+		q := openBench(b)
+		runtime.GC()
+		debug.FreeOSMemory()
+		before := rssBytes(b)
+		var wg sync.WaitGroup
+		var left atomic.Int64
+		left.Store(frames)
+		for i := range 8 {
+			wg.Go(func() {
+				r := benchRecord(i)
+				for left.Add(-1) >= 0 {
+					rr := *r
+					if _, err := q.Put(context.Background(), &rr); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if st := q.Stats(); st.Frames != frames {
+			b.Fatalf("frames %d", st.Frames)
+		}
+		runtime.GC()
+		after := rssBytes(b)
+		b.ReportMetric(float64(after-before)/(1<<20), "rss-growth-MB")
+		b.ReportMetric(float64(after)/(1<<20), "rss-MB")
+		_ = q.Close()
+	}
+}
+
+func rssBytes(b *testing.B) int64 {
+	b.Helper()
+	s, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Skip("no /proc/self/status:", err)
+	}
+	for l := range strings.SplitSeq(string(s), "\n") {
+		if f, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(f), " kB"), 10, 64)
+			if err != nil {
+				b.Fatal(fmt.Errorf("parse VmRSS %q: %w", f, err))
+			}
+			return kb << 10
+		}
+	}
+	b.Fatal("VmRSS not found")
+	return 0
+}
