@@ -1,0 +1,297 @@
+package cloud
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is forest-cloud's configuration, read from YAML (see
+// cmd/forest-cloud/cloud.yaml for every key documented). Zero values take
+// the defaults applied by Defaults.
+type Config struct {
+	AMQP     AMQPConfig     `yaml:"amqp"`
+	S3       S3Config       `yaml:"s3"`
+	Consumer ConsumerConfig `yaml:"consumer"`
+	Identity IdentityConfig `yaml:"identity"`
+	HTTP     HTTPConfig     `yaml:"http"`
+	Log      LogConfig      `yaml:"log"`
+}
+
+// AMQPConfig names the broker and the queue topology.
+type AMQPConfig struct {
+	URL                string        `yaml:"url"`
+	Exchange           string        `yaml:"exchange"`
+	BindingKey         string        `yaml:"binding_key"`
+	Queue              string        `yaml:"queue"`
+	DeadLetterExchange string        `yaml:"dead_letter_exchange"`
+	DeadLetterQueue    string        `yaml:"dead_letter_queue"`
+	DeliveryLimit      int           `yaml:"delivery_limit"`
+	Prefetch           int           `yaml:"prefetch"`
+	Heartbeat          time.Duration `yaml:"heartbeat"`
+	ReconnectMin       time.Duration `yaml:"reconnect_min"`
+	ReconnectMax       time.Duration `yaml:"reconnect_max"`
+	ConfirmTimeout     time.Duration `yaml:"confirm_timeout"`
+}
+
+// S3Config names the bucket and how to reach it. Credentials, region and
+// profile come from the standard AWS configuration (environment, shared
+// files, instance role) unless set here.
+type S3Config struct {
+	Bucket       string `yaml:"bucket"`
+	Prefix       string `yaml:"prefix"`
+	LegacyPrefix string `yaml:"legacy_prefix"`
+	Endpoint     string `yaml:"endpoint"`
+	Region       string `yaml:"region"`
+	Profile      string `yaml:"profile"`
+	PathStyle    bool   `yaml:"path_style"`
+	// AccessKeyID and SecretAccessKey override the credential chain; use
+	// ${ENV} expansion, never literal secrets.
+	AccessKeyID     string `yaml:"access_key_id"`
+	SecretAccessKey string `yaml:"secret_access_key"`
+	// Checksum is "sha256" (send x-amz-checksum-sha256 with every PUT) or
+	// "none" (for servers that reject flexible checksums).
+	Checksum string `yaml:"checksum"`
+	// ConditionalPut sends If-None-Match: *; when false, a HEAD precedes
+	// each PUT instead (racy between replicas, for servers without it).
+	ConditionalPut  *bool         `yaml:"conditional_put"`
+	RequestTimeout  time.Duration `yaml:"request_timeout"`
+	RetryMin        time.Duration `yaml:"retry_min"`
+	RetryMax        time.Duration `yaml:"retry_max"`
+	RetryMaxElapsed time.Duration `yaml:"retry_max_elapsed"`
+	MaxConns        int           `yaml:"max_conns"`
+}
+
+// ConsumerConfig sizes the worker pool and the limits on input.
+type ConsumerConfig struct {
+	Workers         int           `yaml:"workers"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	MaxMessageBytes int           `yaml:"max_message_bytes"`
+	MaxPixels       int           `yaml:"max_pixels"`
+	AcceptLegacy    *bool         `yaml:"accept_legacy"`
+}
+
+// IdentityConfig says which broker users may publish for which devices.
+type IdentityConfig struct {
+	// RequireUserID refuses wire frames without a user_id property.
+	RequireUserID *bool `yaml:"require_user_id"`
+	// Devices maps a broker user to the devices it may publish for, in
+	// addition to the device named like the user.
+	Devices map[string][]string `yaml:"devices"`
+}
+
+// HTTPConfig is the address of /metrics, /healthz and /readyz ("" = off).
+type HTTPConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// LogConfig selects the log level (debug, info, warn, error) and format
+// (json, text).
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+// ExpandEnv replaces ${NAME} and ${NAME:-default} with environment values.
+func ExpandEnv(b []byte) []byte {
+	return envRef.ReplaceAllFunc(b, func(m []byte) []byte {
+		sub := envRef.FindSubmatch(m)
+		if v, ok := os.LookupEnv(string(sub[1])); ok && v != "" {
+			return []byte(v)
+		}
+		return sub[3]
+	})
+}
+
+// LoadConfig reads, expands, parses, defaults and validates a config file.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(b)
+}
+
+// ParseConfig expands ${ENV} references in b, parses it strictly (unknown
+// keys are errors), applies defaults and validates the result.
+func ParseConfig(b []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(ExpandEnv(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, errEOF) {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+var errEOF = eofError()
+
+func eofError() error {
+	var c Config
+	return yaml.NewDecoder(bytes.NewReader(nil)).Decode(&c)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Defaults fills zero values with the defaults.
+func (c *Config) Defaults() {
+	a := &c.AMQP
+	def(&a.Exchange, "forest.frames")
+	def(&a.BindingKey, "frames.#")
+	def(&a.Queue, "forest.cloud.frames")
+	def(&a.DeadLetterExchange, "forest.cloud.dlx")
+	def(&a.DeadLetterQueue, "forest.cloud.frames.dlq")
+	def(&a.DeliveryLimit, 20)
+	def(&a.Prefetch, 32)
+	def(&a.Heartbeat, 10*time.Second)
+	def(&a.ReconnectMin, 500*time.Millisecond)
+	def(&a.ReconnectMax, 30*time.Second)
+	def(&a.ConfirmTimeout, 30*time.Second)
+	s := &c.S3
+	def(&s.Prefix, "frames")
+	def(&s.LegacyPrefix, "legacy")
+	def(&s.Checksum, "sha256")
+	if s.ConditionalPut == nil {
+		s.ConditionalPut = ptr(true)
+	}
+	def(&s.RequestTimeout, 30*time.Second)
+	def(&s.RetryMin, 200*time.Millisecond)
+	def(&s.RetryMax, 10*time.Second)
+	def(&s.RetryMaxElapsed, 2*time.Minute)
+	k := &c.Consumer
+	def(&k.Workers, 8)
+	def(&k.ShutdownTimeout, 30*time.Second)
+	def(&k.MaxMessageBytes, DefaultMaxMessageBytes)
+	def(&k.MaxPixels, DefaultMaxPixels)
+	if k.AcceptLegacy == nil {
+		k.AcceptLegacy = ptr(true)
+	}
+	def(&s.MaxConns, 2*k.Workers)
+	if c.Identity.RequireUserID == nil {
+		c.Identity.RequireUserID = ptr(true)
+	}
+	def(&c.Log.Level, "info")
+	def(&c.Log.Format, "json")
+}
+
+func def[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+// Validate checks the configuration; the error names every bad field
+// (errors.Join of *FieldError), e.g. "s3.bucket: must be set".
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.AMQP.URL == "" {
+		bad("amqp.url", "must be set (e.g. amqps://forest-cloud:${AMQP_PASSWORD}@broker:5671/forest)")
+	} else if u, err := url.Parse(c.AMQP.URL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
+		bad("amqp.url", "must be an amqp:// or amqps:// URL")
+	}
+	for f, v := range map[string]string{"amqp.exchange": c.AMQP.Exchange, "amqp.queue": c.AMQP.Queue,
+		"amqp.dead_letter_exchange": c.AMQP.DeadLetterExchange, "amqp.dead_letter_queue": c.AMQP.DeadLetterQueue} {
+		if v == "" {
+			bad(f, "must not be empty")
+		}
+	}
+	if c.AMQP.Queue != "" && c.AMQP.Queue == c.AMQP.DeadLetterQueue {
+		bad("amqp.dead_letter_queue", "must differ from amqp.queue")
+	}
+	if c.AMQP.DeliveryLimit < 1 {
+		bad("amqp.delivery_limit", "must be >= 1 (got %d)", c.AMQP.DeliveryLimit)
+	}
+	if c.AMQP.Prefetch < 1 || c.AMQP.Prefetch > 65535 {
+		bad("amqp.prefetch", "must be within 1..65535 (got %d)", c.AMQP.Prefetch)
+	}
+	positive := func(f string, d time.Duration) {
+		if d <= 0 {
+			bad(f, "must be > 0 (got %s)", d)
+		}
+	}
+	positive("amqp.heartbeat", c.AMQP.Heartbeat)
+	positive("amqp.reconnect_min", c.AMQP.ReconnectMin)
+	positive("amqp.confirm_timeout", c.AMQP.ConfirmTimeout)
+	if c.AMQP.ReconnectMax < c.AMQP.ReconnectMin {
+		bad("amqp.reconnect_max", "must be >= amqp.reconnect_min (got %s < %s)", c.AMQP.ReconnectMax, c.AMQP.ReconnectMin)
+	}
+	if c.S3.Bucket == "" {
+		bad("s3.bucket", "must be set")
+	}
+	for f, p := range map[string]string{"s3.prefix": c.S3.Prefix, "s3.legacy_prefix": c.S3.LegacyPrefix} {
+		if p == "" {
+			continue
+		}
+		if _, err := SanitiseKey(p); err != nil {
+			bad(f, "not a safe key prefix: %v", err)
+		}
+	}
+	if c.S3.Endpoint != "" {
+		if u, err := url.Parse(c.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("s3.endpoint", "must be an http:// or https:// URL (got %q)", c.S3.Endpoint)
+		}
+	}
+	if (c.S3.AccessKeyID == "") != (c.S3.SecretAccessKey == "") {
+		bad("s3.secret_access_key", "s3.access_key_id and s3.secret_access_key must be set together")
+	}
+	if c.S3.Checksum != "sha256" && c.S3.Checksum != "none" {
+		bad("s3.checksum", "must be sha256 or none (got %q)", c.S3.Checksum)
+	}
+	positive("s3.request_timeout", c.S3.RequestTimeout)
+	positive("s3.retry_min", c.S3.RetryMin)
+	positive("s3.retry_max_elapsed", c.S3.RetryMaxElapsed)
+	if c.S3.RetryMax < c.S3.RetryMin {
+		bad("s3.retry_max", "must be >= s3.retry_min (got %s < %s)", c.S3.RetryMax, c.S3.RetryMin)
+	}
+	if c.S3.MaxConns < 1 {
+		bad("s3.max_conns", "must be >= 1 (got %d)", c.S3.MaxConns)
+	}
+	if c.Consumer.Workers < 1 || c.Consumer.Workers > 1024 {
+		bad("consumer.workers", "must be within 1..1024 (got %d)", c.Consumer.Workers)
+	}
+	positive("consumer.shutdown_timeout", c.Consumer.ShutdownTimeout)
+	if c.Consumer.MaxMessageBytes < 1 {
+		bad("consumer.max_message_bytes", "must be > 0 (got %d)", c.Consumer.MaxMessageBytes)
+	}
+	if c.Consumer.MaxPixels < 1 {
+		bad("consumer.max_pixels", "must be > 0 (got %d)", c.Consumer.MaxPixels)
+	}
+	for user, devs := range c.Identity.Devices {
+		for _, d := range devs {
+			if d == "*" {
+				bad("identity.devices."+user, "wildcards are not allowed; list each device")
+			}
+		}
+	}
+	if c.HTTP.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+			bad("http.listen", "must be host:port (got %q)", c.HTTP.Listen)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error (got %q)", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "text" {
+		bad("log.format", "must be json or text (got %q)", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}

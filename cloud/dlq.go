@@ -1,0 +1,185 @@
+package cloud
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// DeadLetter describes one message in the dead-letter queue.
+type DeadLetter struct {
+	MessageID   string
+	RoutingKey  string
+	ContentType string
+	Type        string
+	// User is the original publisher's user_id, if known.
+	User string
+	// Reason is the x-forest-reason code, or for a message dead-lettered by
+	// the broker itself the x-death reason (e.g. "delivery_limit").
+	Reason string
+	// Detail is the error text recorded with the reason.
+	Detail         string
+	DeadLetteredAt string
+	Bytes          int
+}
+
+// DLQOptions select dead letters.
+type DLQOptions struct {
+	// Limit bounds how many messages are looked at (0: all present when
+	// the operation starts).
+	Limit int
+	// Reason, if set, selects only dead letters with this reason code.
+	Reason string
+}
+
+// ListDeadLetters returns the dead letters without removing them: they are
+// fetched unacknowledged and returned to the queue when the channel closes.
+func ListDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions) ([]DeadLetter, error) {
+	var out []DeadLetter
+	own := userOf(cfg.AMQP.URL)
+	err := walkDLQ(ctx, cfg, opts, func(_ *amqp.Channel, d *amqp.Delivery) error {
+		out = append(out, describe(d, own))
+		return nil
+	})
+	return out, err
+}
+
+// RequeueDeadLetters moves dead letters back to the main queue and returns
+// how many it moved. Each is published to the queue with a confirm (the
+// routing key and the original user in x-forest-* headers, user_id set to
+// the consumer's own user) and only then removed from the dead-letter queue;
+// a crash in between duplicates, never loses, a message.
+func RequeueDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions) (int, error) {
+	own := userOf(cfg.AMQP.URL)
+	n := 0
+	err := walkDLQ(ctx, cfg, opts, func(ch *amqp.Channel, d *amqp.Delivery) error {
+		dl := describe(d, own)
+		h := amqp.Table{}
+		for k, v := range d.Headers {
+			if strings.HasPrefix(k, "x-death") || strings.HasPrefix(k, "x-first-death") || strings.HasPrefix(k, "x-last-death") ||
+				k == "x-delivery-count" || k == HeaderReason || k == HeaderReasonDetail || k == HeaderDeadLetteredAt {
+				continue
+			}
+			h[k] = v
+		}
+		h[HeaderRoutingKey] = dl.RoutingKey
+		if dl.User != "" {
+			h[HeaderUserID] = dl.User
+		}
+		p := amqp.Publishing{
+			Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding, DeliveryMode: amqp.Persistent,
+			CorrelationId: d.CorrelationId, MessageId: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, AppId: d.AppId,
+			UserId: own, Body: d.Body,
+		}
+		cctx, cancel := context.WithTimeout(ctx, cfg.AMQP.ConfirmTimeout)
+		defer cancel()
+		dc, err := ch.PublishWithDeferredConfirmWithContext(cctx, "", cfg.AMQP.Queue, true, false, p)
+		if err != nil {
+			return fmt.Errorf("requeue %s: %w", d.MessageId, err)
+		}
+		if ok, err := dc.WaitContext(cctx); err != nil || !ok {
+			return fmt.Errorf("requeue %s: not confirmed: %w", d.MessageId, errors.Join(err, errors.New("broker nack")))
+		}
+		if err := d.Ack(false); err != nil {
+			return fmt.Errorf("remove %s from the dead-letter queue: %w", d.MessageId, err)
+		}
+		n++
+		return nil
+	})
+	return n, err
+}
+
+func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(*amqp.Channel, *amqp.Delivery) error) error {
+	conn, err := amqp.DialConfig(cfg.AMQP.URL, amqp.Config{Heartbeat: cfg.AMQP.Heartbeat, Dial: amqp.DefaultDial(30 * time.Second)})
+	if err != nil {
+		return fmt.Errorf("dial broker: %w", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	if err := declare(ch, &cfg.AMQP); err != nil {
+		return err
+	}
+	if err := ch.Confirm(false); err != nil {
+		return fmt.Errorf("enable confirms: %w", err)
+	}
+	q, err := ch.QueueDeclarePassive(cfg.AMQP.DeadLetterQueue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
+	if err != nil {
+		return fmt.Errorf("inspect %s: %w", cfg.AMQP.DeadLetterQueue, err)
+	}
+	limit := q.Messages
+	if opts.Limit > 0 && opts.Limit < limit {
+		limit = opts.Limit
+	}
+	for i := 0; i < q.Messages && limit > 0; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d, ok, err := ch.Get(cfg.AMQP.DeadLetterQueue, false)
+		if err != nil {
+			return fmt.Errorf("get from %s: %w", cfg.AMQP.DeadLetterQueue, err)
+		}
+		if !ok {
+			break
+		}
+		if opts.Reason != "" && describe(&d, userOf(cfg.AMQP.URL)).Reason != opts.Reason {
+			continue // left unacknowledged: returned on close
+		}
+		limit--
+		if err := fn(ch, &d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func describe(d *amqp.Delivery, own string) DeadLetter {
+	dl := DeadLetter{
+		MessageID: d.MessageId, RoutingKey: d.RoutingKey, ContentType: d.ContentType, Type: d.Type,
+		User: d.UserId, Bytes: len(d.Body),
+	}
+	str := func(k string) string { s, _ := d.Headers[k].(string); return s }
+	if d.UserId == own {
+		// Published by forest-cloud (validated by the broker), so its
+		// record of the original user can be trusted.
+		dl.User = str(HeaderUserID)
+	}
+	if v := str(HeaderRoutingKey); v != "" {
+		dl.RoutingKey = v
+	}
+	dl.Reason, dl.Detail, dl.DeadLetteredAt = str(HeaderReason), str(HeaderReasonDetail), str(HeaderDeadLetteredAt)
+	if deaths, ok := d.Headers["x-death"].([]any); ok && len(deaths) > 0 {
+		if t, ok := deaths[0].(amqp.Table); ok {
+			if dl.Reason == "" {
+				r, _ := t["reason"].(string)
+				dl.Reason = r
+				if r == "delivery_limit" {
+					dl.Detail = "delivered more than amqp.delivery_limit times without being settled"
+				}
+				if ts, ok := t["time"].(time.Time); ok {
+					dl.DeadLetteredAt = ts.UTC().Format(time.RFC3339)
+				}
+			}
+			if keys, ok := t["routing-keys"].([]any); ok && len(keys) > 0 && str(HeaderRoutingKey) == "" {
+				dl.RoutingKey, _ = keys[0].(string)
+			}
+		}
+	}
+	return dl
+}
+
+// userOf returns the user name of an AMQP URL ("guest" when absent).
+func userOf(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil && u.User.Username() != "" {
+		return u.User.Username()
+	}
+	return "guest"
+}

@@ -1,0 +1,80 @@
+// Package cloud is forest-cloud: it consumes frame messages from RabbitMQ and
+// stores them in S3, acknowledging a delivery only after every object it
+// produces is stored and verified.
+//
+// # Messages
+//
+// Two formats are accepted on the queue:
+//
+//   - the current frame message defined by package uplink/wire (AMQP type
+//     "forest.frame.v1.x", the image bytes as body, metadata in headers);
+//   - the legacy JSON message of old devices, with no content type and no
+//     type: {"image": <base64>, "image_metadata": {"image_name": ...}}.
+//
+// # Key layout (owned by this package)
+//
+// For a wire frame with device D, frame id F, capture time T (UTC) and
+// configured prefix P, the objects are
+//
+//	P/D/yyyy/mm/dd/F.<ext>        the image bytes exactly as received
+//	                               (ext is jpg, png or webp from the content type)
+//	P/D/yyyy/mm/dd/F.mask.png     the forest mask PNG, when the frame has one
+//	P/D/yyyy/mm/dd/F.json         the JSON sidecar (see Sidecar), written last
+//
+// yyyy/mm/dd is the capture date. D and F are restricted by wire to
+// [A-Za-z0-9._-]{1,128} (and never "." or ".."). A legacy message with image
+// name N is stored as PNG at
+//
+//	L/<SanitiseKey(N) with its extension replaced by .png>
+//
+// where L is the configured legacy prefix. Keys depend only on the message,
+// so every redelivery and every replica computes the same keys: a frame is
+// never stored twice.
+//
+// # Guarantees
+//
+// A delivery is acknowledged only after each of its objects was written with
+// a SHA-256 checksum (PUT with If-None-Match: *), or was found to exist with
+// the same content (a redelivery: counted as a suppressed duplicate). An
+// object that exists with different content is a conflict and the message is
+// dead-lettered. The sidecar is written after the image and mask, so a
+// sidecar's presence means its frame is complete.
+//
+// Poison messages (undecodable, failing validation, checksum mismatch,
+// oversized, unknown schema, identity mismatch, conflicting content, unsafe
+// legacy name) are dead-lettered: the consumer republishes a copy to the
+// dead-letter exchange with the header x-forest-reason (a stable code, see
+// Reason) and x-forest-reason-detail, waits for the broker's publisher
+// confirm, and only then acks the original. A crash between the two leaves
+// the original in the queue, so a dead letter may be duplicated, never lost.
+// Messages that exceed the queue's delivery limit are dead-lettered by the
+// broker itself (reason shown from x-death). Because RabbitMQ validates the
+// user_id property against the publishing user, the dead-lettered copy
+// carries the original user_id in x-forest-user-id instead.
+//
+// Transient S3 errors (anything except the conditional-write outcome) are
+// retried with jittered exponential backoff for s3.retry_max_elapsed; then the
+// delivery is returned to the queue (nack, requeue) and never acknowledged.
+//
+// # Identity
+//
+// RabbitMQ validates the user_id property against the connection's user. A
+// frame is accepted only if its user_id equals its device header, or the
+// configuration maps that user to the device (identity.devices). A missing
+// user_id is refused unless identity.require_user_id is false. A message
+// requeued from the dead-letter queue by `forest-cloud dlq requeue` is
+// published by the consumer's own user, and only for that user is the
+// x-forest-user-id header trusted as the original publisher.
+//
+// # Concurrency
+//
+// Service.Run owns every goroutine it starts: one session per broker
+// connection, a pool of consumer.workers goroutines reading the delivery
+// channel (prefetch amqp.prefetch bounds the messages held), and the HTTP
+// server for /metrics, /healthz and /readyz. On connection loss the workers
+// finish, the session is torn down (unacknowledged deliveries return to the
+// queue) and a new one is made after a jittered backoff, with fresh
+// notification channels. On cancellation, consumption stops, in-flight
+// messages get consumer.shutdown_timeout to finish and the connection is
+// closed, returning everything unacknowledged to the queue.
+package cloud

@@ -1,0 +1,220 @@
+package cloud
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image"
+	"slices"
+	"time"
+
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// Header names forest-cloud adds to the dead-lettered copy of a message.
+const (
+	// HeaderReason holds the Reason code.
+	HeaderReason = "x-forest-reason"
+	// HeaderReasonDetail holds the error text.
+	HeaderReasonDetail = "x-forest-reason-detail"
+	// HeaderUserID holds the original user_id (RabbitMQ refuses a
+	// republished user_id that is not the publisher's).
+	HeaderUserID = "x-forest-user-id"
+	// HeaderRoutingKey holds the original routing key.
+	HeaderRoutingKey = "x-forest-routing-key"
+	// HeaderDeadLetteredAt holds the RFC 3339 time of dead-lettering.
+	HeaderDeadLetteredAt = "x-forest-dead-lettered-at"
+)
+
+// SidecarSchema is the schema name in every sidecar.
+const SidecarSchema = "forest.cloud.sidecar.v1"
+
+// Sidecar is the JSON metadata object stored beside each frame.
+type Sidecar struct {
+	Schema      string       `json:"schema"`
+	FrameID     string       `json:"frame_id"`
+	Device      string       `json:"device"`
+	Seq         uint64       `json:"seq"`
+	CapturedAt  time.Time    `json:"captured_at"`
+	ReceivedAt  time.Time    `json:"received_at"`
+	SentAt      time.Time    `json:"sent_at,omitzero"`
+	ContentType string       `json:"content_type"`
+	Width       int          `json:"width"`
+	Height      int          `json:"height"`
+	Coverage    float64      `json:"coverage"`
+	Model       string       `json:"model,omitempty"`
+	Agent       string       `json:"agent,omitempty"`
+	User        string       `json:"user,omitempty"`
+	GPS         *wire.GPS    `json:"gps,omitempty"`
+	Camera      *wire.Camera `json:"camera,omitempty"`
+	Image       ObjectRef    `json:"image"`
+	Mask        *ObjectRef   `json:"mask,omitempty"`
+}
+
+// ObjectRef names a stored object with its size and hex SHA-256.
+type ObjectRef struct {
+	Key    string `json:"key"`
+	Bytes  int    `json:"bytes"`
+	SHA256 string `json:"sha256"`
+}
+
+// planned is the outcome of decoding one message: the objects to store in
+// order, and a description for logs.
+type planned struct {
+	objects []object
+	device  string
+	id      string
+	legacy  bool
+}
+
+// plan decodes and validates a message and returns the objects to store.
+// Every refusal is a *PoisonError.
+func (s *Service) plan(m wire.Message, now time.Time) (*planned, error) {
+	if len(m.Body) > s.cfg.Consumer.MaxMessageBytes {
+		return nil, poison(ReasonTooLarge, fmt.Errorf("body of %d bytes over %d: %w", len(m.Body), s.cfg.Consumer.MaxMessageBytes, ErrTooLarge))
+	}
+	if m.Type == "" && (m.ContentType == "" || m.ContentType == "application/json") {
+		if !*s.cfg.Consumer.AcceptLegacy {
+			return nil, poison(ReasonUnknownFormat, errors.New("legacy message and consumer.accept_legacy is false"))
+		}
+		return s.planLegacy(m)
+	}
+	f, err := wire.Decode(m)
+	if err != nil {
+		var ve *wire.VersionError
+		var ce *wire.ChecksumError
+		switch {
+		case errors.As(err, &ve):
+			return nil, poison(ReasonSchema, err)
+		case errors.As(err, &ce):
+			return nil, poison(ReasonChecksum, err)
+		default:
+			return nil, poison(ReasonInvalid, err)
+		}
+	}
+	if err := s.checkIdentity(m, f.Device); err != nil {
+		return nil, err
+	}
+	if err := checkImage(f, s.cfg.Consumer.MaxPixels); err != nil {
+		return nil, err
+	}
+	keys, err := KeysFor(s.cfg.S3.Prefix, f.Device, f.ID, f.Captured, f.ContentType)
+	if err != nil {
+		return nil, poison(ReasonInvalid, err)
+	}
+	p := &planned{device: f.Device, id: f.ID}
+	img := newObject("image", keys.Image, f.ContentType, f.Image)
+	p.objects = append(p.objects, img)
+	sc := Sidecar{
+		Schema: SidecarSchema, FrameID: f.ID, Device: f.Device, Seq: f.Seq,
+		CapturedAt: f.Captured.UTC(), ReceivedAt: now.UTC(), SentAt: f.Sent.UTC(),
+		ContentType: f.ContentType, Width: f.Width, Height: f.Height, Coverage: f.Coverage,
+		Model: f.Model, Agent: f.Agent, User: m.UserID, GPS: f.GPS, Camera: f.Camera,
+		Image: ObjectRef{Key: keys.Image, Bytes: len(f.Image), SHA256: wire.Sum(f.Image)},
+	}
+	if f.Mask != nil {
+		p.objects = append(p.objects, newObject("mask", keys.Mask, wire.PNG, f.Mask))
+		sc.Mask = &ObjectRef{Key: keys.Mask, Bytes: len(f.Mask), SHA256: wire.Sum(f.Mask)}
+	}
+	body, err := json.MarshalIndent(&sc, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode sidecar: %w", err)
+	}
+	side := newObject("sidecar", keys.Sidecar, "application/json", body)
+	// The sidecar holds the receipt time, so a redelivery writes different
+	// bytes: it is the same object when it describes the same content.
+	side.same = func(existing []byte) bool {
+		var old Sidecar
+		if json.Unmarshal(existing, &old) != nil {
+			return false
+		}
+		return old.FrameID == sc.FrameID && old.Device == sc.Device && old.Image == sc.Image &&
+			(old.Mask == nil) == (sc.Mask == nil) && (old.Mask == nil || *old.Mask == *sc.Mask)
+	}
+	p.objects = append(p.objects, side)
+	return p, nil
+}
+
+func (s *Service) planLegacy(m wire.Message) (*planned, error) {
+	l, err := DecodeLegacy(m.Body, LegacyLimits{MaxBytes: s.cfg.Consumer.MaxMessageBytes, MaxPixels: s.cfg.Consumer.MaxPixels})
+	if err != nil {
+		return nil, err
+	}
+	key, err := LegacyKey(s.cfg.S3.LegacyPrefix, l.Name)
+	if err != nil {
+		return nil, poison(ReasonUnsafeName, err)
+	}
+	return &planned{objects: []object{newObject("legacy", key, wire.PNG, l.PNG)}, id: l.Name, legacy: true}, nil
+}
+
+// checkIdentity refuses a frame whose publisher may not speak for device.
+func (s *Service) checkIdentity(m wire.Message, device string) error {
+	user := m.UserID
+	if user != "" && user == s.ownUser {
+		// Requeued from the dead-letter queue by forest-cloud itself.
+		if orig, ok := m.Headers[HeaderUserID].(string); ok {
+			user = orig
+		}
+	}
+	if user == "" {
+		if *s.cfg.Identity.RequireUserID {
+			return poison(ReasonIdentity, fmt.Errorf("frame for device %q has no user_id and identity.require_user_id is true", device))
+		}
+		return nil
+	}
+	if user == device || slices.Contains(s.cfg.Identity.Devices[user], device) {
+		return nil
+	}
+	return poison(ReasonIdentity, fmt.Errorf("user %q may not publish for device %q", user, device))
+}
+
+// checkImage reads the image header and checks it against the message.
+func checkImage(f *wire.Frame, maxPixels int) error {
+	cfg, format, err := image.DecodeConfig(bytes.NewReader(f.Image))
+	if err != nil {
+		return poison(ReasonNotImage, fmt.Errorf("read %s header: %v: %w", f.ContentType, err, ErrNotImage))
+	}
+	if want := map[string]string{wire.JPEG: "jpeg", wire.PNG: "png", wire.WebP: "webp"}[f.ContentType]; format != want {
+		return poison(ReasonNotImage, fmt.Errorf("content type %s but the body is %s: %w", f.ContentType, format, ErrNotImage))
+	}
+	if err := checkPixels(cfg.Width, cfg.Height, maxPixels); err != nil {
+		return err
+	}
+	if cfg.Width != f.Width || cfg.Height != f.Height {
+		return poison(ReasonSizeMismatch, fmt.Errorf("headers say %dx%d, image is %dx%d", f.Width, f.Height, cfg.Width, cfg.Height))
+	}
+	if f.Mask != nil {
+		mc, mf, err := image.DecodeConfig(bytes.NewReader(f.Mask))
+		if err != nil || mf != "png" {
+			return poison(ReasonNotImage, fmt.Errorf("mask is not a png: %w", ErrNotImage))
+		}
+		if err := checkPixels(mc.Width, mc.Height, maxPixels); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// store writes the planned objects in order (the sidecar last) and reports
+// how many were already there.
+func (s *Service) storeAll(ctx context.Context, p *planned) (dups int, err error) {
+	for _, o := range p.objects {
+		dup, err := s.store.put(ctx, o)
+		if err != nil {
+			if errors.Is(err, ErrConflict) {
+				return dups, poison(ReasonConflict, err)
+			}
+			return dups, err
+		}
+		if dup {
+			dups++
+			s.m.duplicates.Inc()
+		} else {
+			s.m.objects.WithLabelValues(o.kind).Inc()
+			s.m.bytes.Add(float64(len(o.body)))
+		}
+	}
+	return dups, nil
+}
