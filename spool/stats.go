@@ -7,6 +7,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"maps"
 	"os"
+	"syscall"
 	"time"
 )
 
@@ -39,7 +40,8 @@ type Stats struct {
 	// CorruptRenames is the number of damaged database files renamed aside
 	// in the spool directory (DBName+".corrupt-*").
 	CorruptRenames int `json:"corrupt_renames"`
-	// FileBytes is the size of the database file on disk.
+	// FileBytes is the disk space allocated to the database file (its
+	// blocks; bbolt extends the file sparsely ahead of use).
 	FileBytes int64 `json:"file_bytes"`
 	// Compactions counts compactions since Open.
 	Compactions uint64 `json:"compactions"`
@@ -72,10 +74,17 @@ func (q *Queue) Stats() Stats {
 		s.OldestCreated = time.Unix(0, oldest)
 		s.OldestAge = q.now().Sub(s.OldestCreated)
 	}
-	if fi, err := os.Stat(q.path); err == nil {
-		s.FileBytes = fi.Size()
-	}
+	s.FileBytes = allocated(q.path)
 	return s
+}
+
+// allocated returns the bytes of disk allocated to the file at path.
+func allocated(path string) int64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
 }
 
 func oldestCreated(ents []entry) int64 {
@@ -125,9 +134,7 @@ func Inspect(dir string) (Stats, error) {
 		s.OldestCreated = time.Unix(0, o)
 		s.OldestAge = time.Since(s.OldestCreated)
 	}
-	if fi, err := os.Stat(path); err == nil {
-		s.FileBytes = fi.Size()
-	}
+	s.FileBytes = allocated(path)
 	return s, nil
 }
 
