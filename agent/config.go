@@ -313,6 +313,9 @@ func ParseConfig(raw []byte) (*Config, error) {
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	if len(c.Source.Exec.Command) == 0 {
+		c.Source.Exec.Command = nil
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

@@ -89,6 +89,10 @@ func priority(coverage float64) int { return int(coverage * 4) }
 // handed over, Put completes (see spool.Queue.Put).
 func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	t0 := time.Now()
+	if seq, id, ok := p.st.spooledAlready(c.Key); ok {
+		p.log.Info("file was spooled before a restart; not spooling it again", "file", c.Name, "seq", seq, "spool_id", id)
+		return nil
+	}
 	p.m.captured.WithLabelValues(c.Source).Inc()
 	f, err := segment.Decode(c.Data, p.cfg.Segment.MaxPixels)
 	if err != nil {
@@ -160,6 +164,11 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 		return fmt.Errorf("spool frame %d: %w", seq, err)
 	}
 	p.m.spooled.Inc()
+	if err := p.st.spooled(c.Key, id); err != nil {
+		// The frame is spooled; only the duplicate suppression after a
+		// crash is weakened (same frame id, see state).
+		p.log.Warn("capture journal", "err", err)
+	}
 	d := time.Since(t0)
 	p.m.frameSeconds.Observe(d.Seconds())
 	rep.Seq, rep.SpoolID, rep.Width, rep.Height, rep.Bytes, rep.Duration = seq, id, enc.Width, enc.Height, len(enc.Image), d

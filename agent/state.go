@@ -25,12 +25,19 @@ const seqBlock = 64
 // device across restarts and crashes; a crash leaves a gap, never a repeat.
 //
 // Journal: the file "journal" records the source key and sequence number of
-// the frame being spooled, written before the spool Put. When a crash hits
-// after Put but before the source file was moved or deleted, the restarted
-// agent finds the same key in the journal and spools the frame again under
-// the same sequence number, hence the same frame id (<device>-<seq>): the
-// broker and the cloud see one frame id, and the cloud's object for it is
-// overwritten with identical bytes.
+// the frame being spooled, written before the spool Put, and its spool id,
+// written after Put returned. The crash states of a dir-source file:
+//
+//   - before the journal write: nothing spooled; the file is taken again
+//     under a fresh sequence number;
+//   - between journal write and Put's return: the frame may or may not be
+//     in the spool; the file is taken again under the journaled sequence
+//     number, so at worst the spool holds two copies with one frame id
+//     (<device>-<seq>), which the cloud stores as one object;
+//   - between Put's return and the spool-id write (microseconds): as above;
+//   - after the spool-id write, before the file was moved or deleted: the
+//     restarted agent finds the key with its spool id in the journal and
+//     only moves or deletes the file: it is not spooled again.
 type state struct {
 	dir string
 
@@ -43,6 +50,8 @@ type state struct {
 type journalEntry struct {
 	Key string `json:"key"`
 	Seq uint64 `json:"seq"`
+	// SpoolID is set once the spool Put of the frame returned.
+	SpoolID uint64 `json:"spool_id,omitempty"`
 }
 
 func openState(dir string) (*state, error) {
@@ -68,6 +77,36 @@ func openState(dir string) (*state, error) {
 		_ = json.Unmarshal(b, &s.journal)
 	}
 	return s, nil
+}
+
+// spooledAlready reports whether the frame with this key was spooled
+// (its Put returned) by an earlier run that then crashed before the source
+// disposed of it, and under which sequence number and spool id.
+func (s *state) spooledAlready(key string) (seq, id uint64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if key == "" || key != s.journal.Key || s.journal.SpoolID == 0 {
+		return 0, 0, false
+	}
+	return s.journal.Seq, s.journal.SpoolID, true
+}
+
+// spooled records in the journal that the frame with this key is in the
+// spool under id.
+func (s *state) spooled(key string, id uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if key == "" || key != s.journal.Key {
+		return nil
+	}
+	j := s.journal
+	j.SpoolID = id
+	b, _ := json.Marshal(j)
+	if err := writeFileSync(filepath.Join(s.dir, "journal"), b); err != nil {
+		return fmt.Errorf("write capture journal: %w", err)
+	}
+	s.journal = j
+	return nil
 }
 
 // seqFor returns the sequence number for a frame. A non-empty key that the

@@ -1,0 +1,164 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forestwatch/forest/segment"
+	"github.com/forestwatch/forest/spool"
+	"github.com/forestwatch/forest/uplink/uplinktest"
+)
+
+func TestMain(m *testing.M) { uplinktest.Main(m) }
+
+// modelPath is the default model, trained on Sentinel-2 tiles.
+var modelPath = filepath.Join("..", "segment", "models", "forest-unet-v1.onnx")
+
+// needModel fails under CI and skips otherwise when the default model or
+// ONNX Runtime is missing.
+func needModel(t testing.TB) {
+	t.Helper()
+	if _, err := os.Stat(modelPath); err != nil {
+		uplinktest.Unavailable(t, "default model %s: %v", modelPath, err)
+	}
+	if _, err := segment.RuntimeVersion(); err != nil {
+		uplinktest.Unavailable(t, "onnx runtime: %v", err)
+	}
+}
+
+// testLogger logs to the test at debug level when -v, else discards.
+func testLogger(t testing.TB) *slog.Logger {
+	if !testing.Verbose() {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// testConfig returns a valid offline configuration with a dir source, all
+// in temporary directories.
+func testConfig(t testing.TB) *Config {
+	t.Helper()
+	dir := t.TempDir()
+	c := Default()
+	c.Device.ID = "test-dev"
+	c.Device.StateDir = filepath.Join(dir, "state")
+	c.Source.Dir.Path = filepath.Join(dir, "incoming")
+	c.Source.Dir.Settle = Duration(50 * time.Millisecond)
+	c.Segment.Model = modelPath
+	c.Segment.Threads = 1
+	c.Spool.Dir = filepath.Join(dir, "spool")
+	c.Spool.MinFreeBytes = 0
+	c.HTTP.Listen = ""
+	c.ShutdownTimeout = Duration(10 * time.Second)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+// sampleFrames returns the shipped sample frames.
+func sampleFrames(t testing.TB) []string {
+	t.Helper()
+	var out []string
+	for _, p := range []string{"*.png", "*.jpg"} {
+		m, _ := filepath.Glob(filepath.Join("testdata", "frames", p))
+		out = append(out, m...)
+	}
+	if len(out) < 4 {
+		t.Fatalf("sample frames missing: %v", out)
+	}
+	return out
+}
+
+func copyFile(t testing.TB, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// recorder collects handler calls.
+type recorder struct {
+	mu    sync.Mutex
+	caps  []*Capture
+	err   func(c *Capture) error
+	fails []error
+	oks   int
+}
+
+func (r *recorder) handle(_ context.Context, c *Capture) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.caps = append(r.caps, c)
+	if r.err != nil {
+		return r.err(c)
+	}
+	return nil
+}
+
+func (r *recorder) env(t testing.TB) sourceEnv {
+	return sourceEnv{
+		log: testLogger(t),
+		failed: func(_ string, err error) {
+			r.mu.Lock()
+			r.fails = append(r.fails, err)
+			r.mu.Unlock()
+		},
+		ok: func(string) { r.mu.Lock(); r.oks++; r.mu.Unlock() },
+	}
+}
+
+func (r *recorder) snapshot() ([]*Capture, []error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*Capture(nil), r.caps...), append([]error(nil), r.fails...)
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var _ = io.Discard
+var _ = runtime.NumGoroutine
+
+type ioDiscard struct{}
+
+func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }
+
+func jsonMarshal(v any) ([]byte, error)   { return json.Marshal(v) }
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// openSpoolT opens a spool for inspection and closes it on cleanup.
+func openSpoolT(t testing.TB, dir string) *spool.Queue {
+	t.Helper()
+	q, err := spool.Open(dir, spool.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return q
+}
