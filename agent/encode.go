@@ -26,10 +26,10 @@ type encoded struct {
 
 // encodeFrame builds the transmitted image and the mask PNG per cfg.
 //
-// Mode "auto" sends a camera JPEG byte for byte (EXIF included) when it is
-// upright and needs no resize or crop, and re-encodes everything else as
-// JPEG at Quality; "keep" always sends the camera bytes; "jpeg" always
-// re-encodes. MaxDimension and Crop apply to the image and mask alike, so
+// Mode "auto" re-encodes the frame as JPEG at Quality and sends the camera's
+// own bytes instead when they are no larger (a camera JPEG at or below that
+// quality, sent byte for byte with its EXIF) and need no rotation, resize or
+// crop; "keep" always sends the camera bytes; "jpeg" always re-encodes. MaxDimension and Crop apply to the image and mask alike, so
 // the mask always has the transmitted image's size (with "keep", the size
 // of the upright image).
 func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gray) (*encoded, error) {
@@ -51,17 +51,17 @@ func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gra
 	b := img.Bounds()
 	out := &encoded{Width: b.Dx(), Height: b.Dy(), Upright: img, MaskImg: mask}
 	upright := f.EXIF == nil || f.EXIF.Orientation <= 1
-	reencode := cfg.Mode == "jpeg" || img != f.Image || (cfg.Mode == "auto" && (f.Format != "jpeg" || !upright))
-	if cfg.Mode == "keep" {
-		reencode = false
-	}
-	if reencode {
+	camera := cfg.Mode == "keep" || (cfg.Mode == "auto" && img == f.Image && upright)
+	if cfg.Mode != "keep" {
 		var buf bytes.Buffer
 		if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: cfg.Quality}); err != nil {
 			return nil, fmt.Errorf("encode jpeg: %w", err)
 		}
 		out.Image, out.ContentType = buf.Bytes(), wire.JPEG
-	} else {
+	}
+	// auto: the camera's bytes win when they are no larger than the
+	// re-encode (a camera JPEG at or below Quality).
+	if camera && (out.Image == nil || len(raw) <= len(out.Image)) {
 		out.Image = raw
 		switch f.Format {
 		case "jpeg":

@@ -77,6 +77,8 @@ type pipeline struct {
 	status  *status
 	log     *slog.Logger
 	report  func(FrameReport)
+	// hook, in tests, is called with "put" before the spool Put.
+	hook func(stage string)
 	below   atomic.Uint64 // frames below min_coverage seen, for thinning
 }
 
@@ -153,6 +155,9 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	mb, err := json.Marshal(meta)
 	if err != nil {
 		return fmt.Errorf("encode frame meta: %w", err)
+	}
+	if p.hook != nil {
+		p.hook("put")
 	}
 	rec := &spool.Record{Priority: priority(res.Coverage), Image: enc.Image, Mask: enc.Mask, Meta: mb}
 	id, err := p.q.Put(ctx, rec)

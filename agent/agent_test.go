@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/forestwatch/forest/uplink"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// fakeLink stands in for *uplink.Publisher in the shutdown-order test (a
+// mock for this one branch; the integration test uses the real broker).
+type fakeLink struct {
+	mu        sync.Mutex
+	published []wire.Message
+	calls     chan int      // receives len(batch) when Publish is entered
+	confirm   chan struct{} // closed to confirm everything
+	trace     func(string)
+}
+
+func (f *fakeLink) Publish(ctx context.Context, msgs []wire.Message) ([]uplink.Result, error) {
+	f.calls <- len(msgs)
+	res := make([]uplink.Result, len(msgs))
+	select {
+	case <-f.confirm:
+		f.mu.Lock()
+		f.published = append(f.published, msgs...)
+		f.mu.Unlock()
+		for i := range res {
+			res[i].Outcome = uplink.Confirmed
+		}
+		return res, nil
+	case <-ctx.Done():
+		for i := range res {
+			res[i].Outcome, res[i].Err = uplink.Lost, ctx.Err()
+		}
+		return res, ctx.Err()
+	}
+}
+
+func (f *fakeLink) Run(ctx context.Context) error {
+	<-ctx.Done()
+	f.trace("link run returned")
+	return nil
+}
+
+func (f *fakeLink) State() uplink.Status {
+	return uplink.Status{State: uplink.StateConnected, Since: time.Now()}
+}
+
+type traceLog struct {
+	mu    sync.Mutex
+	steps []string
+}
+
+func (l *traceLog) add(s string) { l.mu.Lock(); l.steps = append(l.steps, s); l.mu.Unlock() }
+func (l *traceLog) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.steps)
+}
+
+// TestShutdownOrder proves the order on SIGTERM (context cancel): stop
+// capture; finish the frame in flight (spooled, not dropped); wait for the
+// outstanding confirms of the batch being published; close the connection;
+// close the spool.
+func TestShutdownOrder(t *testing.T) {
+	needModel(t)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	for _, tc := range []struct {
+		name     string
+		confirm  bool // the broker confirms (else the shutdown timeout cuts the wait)
+		wantAcks int
+	}{{"confirms-arrive", true, 1}, {"confirms-time-out", false, 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.Uplink.URL = "amqp://127.0.0.1:1/"
+			cfg.Uplink.Batch = 1
+			cfg.ShutdownTimeout = Duration(2 * time.Second)
+			tr := &traceLog{}
+			link := &fakeLink{calls: make(chan int, 10), confirm: make(chan struct{}), trace: tr.add}
+			a, err := New(cfg, Options{
+				Logger:       testLogger(t),
+				trace:        tr.add,
+				newPublisher: func(uplink.Options) (linkPublisher, error) { return link, nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			inPut := make(chan string, 4)
+			releasePut := make(chan struct{})
+			var n int
+			var mu sync.Mutex
+			a.pipe.hook = func(string) {
+				mu.Lock()
+				n++
+				k := n
+				mu.Unlock()
+				if k == 2 { // the second frame is in flight at shutdown
+					inPut <- "second"
+					<-releasePut
+					tr.add("frame in flight spooled")
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			frames := sampleFrames(t)
+			copyFile(t, frames[0], filepath.Join(cfg.Source.Dir.Path, "a.png"))
+			// The drain publishes frame 1 and waits for its confirm.
+			select {
+			case <-link.calls:
+			case <-time.After(20 * time.Second):
+				t.Fatal("drain never published")
+			}
+			copyFile(t, frames[1], filepath.Join(cfg.Source.Dir.Path, "b.png"))
+			<-inPut
+			cancel() // SIGTERM
+			tr.add("signal")
+			time.Sleep(200 * time.Millisecond)
+			tr.add("release frame")
+			close(releasePut)
+			time.Sleep(200 * time.Millisecond)
+			if tc.confirm {
+				tr.add("broker confirms")
+				close(link.confirm)
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("Run did not return")
+			}
+			want := []string{"signal", "stop capture", "release frame", "frame in flight spooled", "capture stopped"}
+			if tc.confirm {
+				want = append(want, "broker confirms")
+			}
+			want = append(want, "confirms settled", "link run returned", "connection closed", "close spool")
+			if got := tr.get(); !slices.Equal(got, want) {
+				t.Fatalf("shutdown order\n got %q\nwant %q", got, want)
+			}
+			// Both frames are durable; only a confirmed frame left the spool.
+			q := openSpoolT(t, cfg.Spool.Dir)
+			if st := q.Stats(); st.Frames != 2-tc.wantAcks {
+				t.Fatalf("spool holds %d frames, want %d", st.Frames, 2-tc.wantAcks)
+			}
+			if len(link.published) != tc.wantAcks {
+				t.Fatalf("published %d", len(link.published))
+			}
+		})
+	}
+}
+
+// TestDrainAcksOnlyConfirmed checks the drain acks exactly the confirmed
+// records and releases the others (mock publisher for this one branch).
+func TestDrainAcksOnlyConfirmed(t *testing.T) {
+	needModel(t)
+	cfg := testConfig(t)
+	a, err := New(cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for i, f := range sampleFrames(t)[:4] {
+		data, _ := os.ReadFile(f)
+		if err := a.pipe.handle(context.Background(), &Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outcomes := []uplink.Outcome{uplink.Confirmed, uplink.Nacked, uplink.Confirmed, uplink.TimedOut}
+	pub := publishFunc(func(ctx context.Context, msgs []wire.Message) ([]uplink.Result, error) {
+		res := make([]uplink.Result, len(msgs))
+		for i := range msgs {
+			if _, err := wire.Decode(msgs[i]); err != nil {
+				t.Errorf("message %d does not decode: %v", i, err)
+			}
+			res[i] = uplink.Result{MessageID: msgs[i].MessageID, Outcome: outcomes[i]}
+			if outcomes[i] != uplink.Confirmed {
+				res[i].Err = errors.New(outcomes[i].String())
+			}
+		}
+		return res, nil
+	})
+	d := &drain{q: a.q, pub: pub, batch: 4, agent: "forest-agent/test", m: a.m, status: a.status, log: testLogger(t)}
+	recs, _ := a.q.Next(4)
+	ok, err := d.publish(context.Background(), recs)
+	if ok || err == nil {
+		t.Fatalf("publish reported success with nacks: %v %v", ok, err)
+	}
+	st := a.q.Stats()
+	if st.Frames != 2 || st.InFlight != 0 {
+		t.Fatalf("after 2 confirms of 4: %d frames, %d in flight", st.Frames, st.InFlight)
+	}
+	left, _ := a.q.Next(4)
+	if len(left) != 2 || left[0].ID != recs[1].ID || left[1].ID != recs[3].ID {
+		t.Fatalf("the unconfirmed frames should remain: %v", left)
+	}
+}
+
+type publishFunc func(context.Context, []wire.Message) ([]uplink.Result, error)
+
+func (f publishFunc) Publish(ctx context.Context, m []wire.Message) ([]uplink.Result, error) {
+	return f(ctx, m)
+}

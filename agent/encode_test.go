@@ -1,0 +1,229 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"image"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"github.com/forestwatch/forest/segment"
+)
+
+// legacyBytes is the size of the old Python service's message for a file:
+// {"image": <base64>, "image_metadata": {"image_name": ...}}.
+func legacyBytes(name string, data []byte) int {
+	b, _ := json.Marshal(map[string]any{
+		"image":          base64.StdEncoding.EncodeToString(data),
+		"image_metadata": map[string]any{"image_name": name},
+	})
+	return len(b)
+}
+
+// luma returns the BT.601 luminance plane of img.
+func luma(img image.Image) ([]float64, int, int) {
+	b := img.Bounds()
+	w, h := b.Dx(), b.Dy()
+	out := make([]float64, w*h)
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			r, g, bl, _ := img.At(b.Min.X+x, b.Min.Y+y).RGBA()
+			out[y*w+x] = (0.299*float64(r) + 0.587*float64(g) + 0.114*float64(bl)) / 257
+		}
+	}
+	return out, w, h
+}
+
+// ssim is the mean structural similarity of two images' luminance over
+// 8×8 windows with stride 4 (Wang et al. 2004 constants, L = 255).
+func ssim(a, b image.Image) float64 {
+	la, w, h := luma(a)
+	lb, w2, h2 := luma(b)
+	if w != w2 || h != h2 {
+		return 0
+	}
+	const c1, c2 = (0.01 * 255) * (0.01 * 255), (0.03 * 255) * (0.03 * 255)
+	var sum float64
+	var n int
+	for y := 0; y+8 <= h; y += 4 {
+		for x := 0; x+8 <= w; x += 4 {
+			var ma, mb float64
+			for j := 0; j < 8; j++ {
+				for i := 0; i < 8; i++ {
+					ma += la[(y+j)*w+x+i]
+					mb += lb[(y+j)*w+x+i]
+				}
+			}
+			ma /= 64
+			mb /= 64
+			var va, vb, cov float64
+			for j := 0; j < 8; j++ {
+				for i := 0; i < 8; i++ {
+					da, db := la[(y+j)*w+x+i]-ma, lb[(y+j)*w+x+i]-mb
+					va += da * da
+					vb += db * db
+					cov += da * db
+				}
+			}
+			va /= 63
+			vb /= 63
+			cov /= 63
+			sum += ((2*ma*mb + c1) * (2*cov + c2)) / ((ma*ma + mb*mb + c1) * (va + vb + c2))
+			n++
+		}
+	}
+	return sum / float64(n)
+}
+
+func sharedImages(t testing.TB) []string {
+	var files []string
+	for _, g := range []string{
+		"/work/shared/data/amazon-forest-rgb/images/*.png",
+		"/work/shared/data/neon-tree-crowns/*.png",
+		"/work/shared/data/neon-tree-crowns/*.jpg",
+	} {
+		m, _ := filepath.Glob(g)
+		files = append(files, m...)
+	}
+	if len(files) == 0 {
+		files = sampleFrames(t)
+	}
+	return files
+}
+
+// TestEncodeBudget proves the default transmitted encoding (encode.mode
+// auto, quality 85) is at most half the legacy base64-JSON message at SSIM
+// ≥ 0.95 on every image of the shared data set (amazon tiles and NEON
+// crops), with and without the mask PNG counted. The mask is all-forest
+// here: its size does not depend on the model.
+func TestEncodeBudget(t *testing.T) {
+	cfg := Default().Encode
+	files := sharedImages(t)
+	var ratios, ratiosMask, ssims []float64
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fr, err := segment.Decode(data, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		mask := image.NewGray(image.Rect(0, 0, fr.Width, fr.Height))
+		for i := range mask.Pix {
+			if (i/fr.Width)%16 < 8 {
+				mask.Pix[i] = 255
+			}
+		}
+		enc, err := encodeFrame(cfg, data, fr, mask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := segment.Decode(enc.Image, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := ssim(fr.Image, got.Image)
+		legacy := float64(legacyBytes(filepath.Base(f), data))
+		r := float64(len(enc.Image)) / legacy
+		rm := float64(len(enc.Image)+len(enc.Mask)) / legacy
+		ratios, ratiosMask, ssims = append(ratios, r), append(ratiosMask, rm), append(ssims, s)
+		if r > 0.5 || s < 0.95 {
+			t.Errorf("%s: %d bytes = %.3f× legacy (%d), SSIM %.4f; want ≤ 0.5× at SSIM ≥ 0.95", filepath.Base(f), len(enc.Image), r, int(legacy), s)
+		}
+		if testing.Verbose() && !bytes.Equal(enc.Image, data) {
+			t.Logf("%-50s %7d → %7d bytes (%.3f× legacy, with mask %.3f×) SSIM %.4f", filepath.Base(f), len(data), len(enc.Image), r, rm, s)
+		}
+	}
+	med := func(v []float64) float64 { s := append([]float64(nil), v...); sort.Float64s(s); return s[len(s)/2] }
+	mx := func(v []float64) float64 {
+		m := 0.0
+		for _, x := range v {
+			m = math.Max(m, x)
+		}
+		return m
+	}
+	mn := func(v []float64) float64 {
+		m := 1.0
+		for _, x := range v {
+			m = math.Min(m, x)
+		}
+		return m
+	}
+	t.Logf("%d images: bytes/legacy median %.3f max %.3f; with mask median %.3f max %.3f; SSIM median %.4f min %.4f",
+		len(files), med(ratios), mx(ratios), med(ratiosMask), mx(ratiosMask), med(ssims), mn(ssims))
+}
+
+func TestEncodeModes(t *testing.T) {
+	jpg, png := "", ""
+	for _, f := range sampleFrames(t) {
+		switch filepath.Ext(f) {
+		case ".jpg":
+			jpg = f
+		case ".png":
+			png = f
+		}
+	}
+	load := func(p string) ([]byte, *segment.Frame, *image.Gray) {
+		data, _ := os.ReadFile(p)
+		fr, err := segment.Decode(data, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := image.NewGray(image.Rect(0, 0, fr.Width, fr.Height))
+		// Forest in a 40×30 block at (10,20).
+		for y := 20; y < 50; y++ {
+			for x := 10; x < 50; x++ {
+				m.Pix[y*m.Stride+x] = 255
+			}
+		}
+		return data, fr, m
+	}
+	cases := []struct {
+		name    string
+		file    string
+		cfg     EncodeConfig
+		raw     bool
+		ct      string
+		w, h    int
+		checkSz bool
+	}{
+		{"keep png", png, EncodeConfig{Mode: "keep", Quality: 85}, true, "image/png", 256, 256, false},
+		{"auto png", png, EncodeConfig{Mode: "auto", Quality: 85}, false, "image/jpeg", 256, 256, false},
+		{"jpeg jpg", jpg, EncodeConfig{Mode: "jpeg", Quality: 60}, false, "image/jpeg", 1024, 1024, false},
+		{"keep jpg", jpg, EncodeConfig{Mode: "keep", Quality: 85}, true, "image/jpeg", 1024, 1024, false},
+		{"max dimension", jpg, EncodeConfig{Mode: "auto", Quality: 85, MaxDimension: 300}, false, "image/jpeg", 300, 300, true},
+		{"crop", png, EncodeConfig{Mode: "auto", Quality: 85, Crop: true}, false, "image/jpeg", 40, 30, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			data, fr, m := load(tc.file)
+			enc, err := encodeFrame(tc.cfg, data, fr, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Equal(enc.Image, data) != tc.raw || enc.ContentType != tc.ct || enc.Width != tc.w || enc.Height != tc.h {
+				t.Fatalf("raw %v type %s size %dx%d; want raw %v %s %dx%d", bytes.Equal(enc.Image, data), enc.ContentType, enc.Width, enc.Height, tc.raw, tc.ct, tc.w, tc.h)
+			}
+			got, err := segment.Decode(enc.Image, 0)
+			if err != nil || got.Width != tc.w || got.Height != tc.h {
+				t.Fatalf("transmitted image decodes as %v, %v", got, err)
+			}
+			mk, err := segment.Decode(enc.Mask, 0)
+			if err != nil || mk.Width != tc.w || mk.Height != tc.h {
+				t.Fatalf("mask does not match the transmitted size: %v %v", mk, err)
+			}
+			if tc.name == "crop" {
+				for _, v := range enc.MaskImg.Pix {
+					if v != 255 {
+						t.Fatal("cropped mask should be all forest")
+					}
+				}
+			}
+		})
+	}
+}
