@@ -65,6 +65,9 @@ func testConfig(t testing.TB) *Config {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.MkdirAll(c.Source.Dir.Path, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return &c
 }
 

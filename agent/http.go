@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -148,10 +149,14 @@ func (a *Agent) serveStatus(w http.ResponseWriter, r *http.Request) {
 		Link: a.link(), Ready: ok, Why: why, Spool: st, Published: published, Frames: frames,
 		Chart: coverageChart(hist), Model: a.modelID, Source: a.cfg.Source.Type,
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := page.Execute(w, d); err != nil {
-		a.log.Debug("render status page", "err", err)
+	var buf bytes.Buffer
+	if err := page.Execute(&buf, d); err != nil {
+		a.log.Error("render status page", "err", err)
+		http.Error(w, "render status page: "+err.Error(), http.StatusInternalServerError)
+		return
 	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Write(buf.Bytes())
 }
 
 // coverageChart draws coverage history as an inline SVG polyline.

@@ -78,8 +78,8 @@ type pipeline struct {
 	log     *slog.Logger
 	report  func(FrameReport)
 	// hook, in tests, is called with "put" before the spool Put.
-	hook func(stage string)
-	below   atomic.Uint64 // frames below min_coverage seen, for thinning
+	hook  func(stage string)
+	below atomic.Uint64 // frames below min_coverage seen, for thinning
 }
 
 // priority maps coverage to a spool priority: 0 (<25 % forest) to 4 (100 %).
@@ -182,7 +182,7 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	}
 	p.status.frame(statusFrame{
 		ID: FrameID(p.cfg.Device.ID, seq), Name: c.Name, Seq: seq, SpoolID: id, Coverage: res.Coverage,
-		Captured: meta.Captured, Spooled: time.Now(), Width: enc.Width, Height: enc.Height, Bytes: len(enc.Image),
+		Captured: meta.Captured, Spooled: time.Now(), Width: enc.Width, Height: enc.Height, Bytes: int64(len(enc.Image)),
 		Thumb: thumbnail(enc.Upright, enc.MaskImg, 160),
 	})
 	p.log.Debug("frame spooled", "file", c.Name, "seq", seq, "spool_id", id, "coverage", res.Coverage,

@@ -17,7 +17,7 @@ type statusFrame struct {
 	Spooled  time.Time
 	Width    int
 	Height   int
-	Bytes    int
+	Bytes    int64
 	Thumb    []byte // JPEG of the mask overlay
 }
 

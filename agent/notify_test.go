@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSystemdNotify runs the agent under a fake systemd: a unix datagram
+// socket in $NOTIFY_SOCKET and a 300 ms watchdog. It must send READY=1,
+// then WATCHDOG=1 keep-alives, then STOPPING=1 on shutdown.
+func TestSystemdNotify(t *testing.T) {
+	needModel(t)
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "300000")
+	t.Setenv("WATCHDOG_PID", "")
+	cfg := testConfig(t)
+	a, err := New(cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var got []string
+	buf := make([]byte, 512)
+	read := func() string {
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		got = append(got, string(buf[:n]))
+		return string(buf[:n])
+	}
+	if m := read(); !strings.HasPrefix(m, "READY=1") {
+		t.Fatalf("first message %q, want READY=1", m)
+	}
+	t0 := time.Now()
+	for i := 0; i < 3; i++ {
+		if m := read(); m != "WATCHDOG=1" {
+			t.Fatalf("got %q, want WATCHDOG=1", m)
+		}
+	}
+	if d := time.Since(t0); d < 300*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("3 keep-alives took %s; want about 450ms (half the watchdog interval each)", d)
+	}
+	cancel()
+	for {
+		if m := read(); m == "STOPPING=1" {
+			break
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
