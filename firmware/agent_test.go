@@ -1,10 +1,11 @@
 package firmware
 
 import (
+	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"testing"
 )
 
@@ -69,8 +70,29 @@ func ortLibrary(t *testing.T, arch string) string {
 	return p
 }
 
-var timing = regexp.MustCompile(`[0-9]+(\.[0-9]+)?(ns|µs|us|ms|s)\b`)
-
-// stripTimings removes durations from the agent's output so that two runs
-// compare equal.
-func stripTimings(b []byte) []byte { return timing.ReplaceAll(b, []byte("T")) }
+// coverages runs `forest-agent segment --json ...` and returns each file's
+// coverage fraction.
+func coverages(t *testing.T, cmd *exec.Cmd) map[string]float64 {
+	t.Helper()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if cmd.Dir == "" {
+		cmd.Dir = t.TempDir() // away from the checkout's .cache
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s%s", cmd.Args, err, out, stderr.Bytes())
+	}
+	cov := map[string]float64{}
+	for _, ln := range bytes.Split(bytes.TrimSpace(out), []byte("\n")) {
+		var r struct {
+			File     string   `json:"file"`
+			Coverage *float64 `json:"coverage"`
+		}
+		if err := json.Unmarshal(ln, &r); err != nil || r.Coverage == nil {
+			t.Fatalf("segment output line %q: %v", ln, err)
+		}
+		cov[r.File] = *r.Coverage
+	}
+	return cov
+}

@@ -81,26 +81,21 @@ func TestMemoryDenyWriteExecute(t *testing.T) {
 	bin := agentBinary(t)
 	frames := sampleFrames(t)
 	lib := ortLibrary(t, "x64")
-	run := func(cmd *exec.Cmd) []byte {
-		t.Helper()
-		cmd.Env = append(cmd.Env, "ONNXRUNTIME_LIB="+lib)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", cmd.Args, err, stderr.Bytes())
-		}
-		return out
-	}
-	args := append([]string{"segment", "--model", defaultModel(t)}, frames...)
+	args := append([]string{"segment", "--json", "--model", defaultModel(t)}, frames...)
 	plain := exec.Command(bin, args...)
-	plain.Env = os.Environ()
-	want := run(plain)
-	got := run(underMDWE(append([]string{bin}, args...)...))
-	if !bytes.Equal(stripTimings(got), stripTimings(want)) {
-		t.Errorf("output differs under MDWE:\n%s\nwithout:\n%s", got, want)
+	plain.Env = append(os.Environ(), "ONNXRUNTIME_LIB="+lib)
+	want := coverages(t, plain)
+	mdwe := underMDWE(append([]string{bin}, args...)...)
+	mdwe.Env = append(mdwe.Env, "ONNXRUNTIME_LIB="+lib)
+	got := coverages(t, mdwe)
+	if len(got) != len(frames) {
+		t.Fatalf("segmented %d of %d frames under MDWE", len(got), len(frames))
 	}
-	t.Logf("under MDWE:\n%s", got)
+	for f, c := range want {
+		if got[f] != c {
+			t.Errorf("%s: coverage %v under MDWE, %v without", filepath.Base(f), got[f], c)
+		}
+	}
 	for _, f := range []string{bin, lib} {
 		out, err := exec.Command("readelf", "-dW", f).Output()
 		if err == nil && bytes.Contains(out, []byte("TEXTREL")) {

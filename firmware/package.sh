@@ -105,6 +105,7 @@ for arch in $arches; do
 	fi
 
 	stage=$(mktemp -d)
+	chmod 0755 "$stage"
 	trap 'rm -rf "$stage"' EXIT
 	umask 022
 	install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/forest-agent" \
