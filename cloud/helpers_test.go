@@ -448,3 +448,9 @@ func writeFile(t testing.TB, name string, b []byte) string {
 	}
 	return p
 }
+
+// startS3 starts a private S3 server this test may stop.
+func startS3(t testing.TB) *cloudtest.Server {
+	t.Helper()
+	return cloudtest.Start(t)
+}

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestHelpAndVersion(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "Examples:") {
+		t.Fatalf("help: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "forest-cloud ") {
+		t.Fatalf("version: %d %q", code, out.String())
+	}
+	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 {
+		t.Fatalf("unknown command: %d", code)
+	}
+}
+
+// TestExampleConfig checks that the shipped cloud.yaml is valid once its
+// environment references are set, and that a broken one names the field.
+func TestExampleConfig(t *testing.T) {
+	t.Setenv("AMQP_PASSWORD", "secret")
+	t.Setenv("FOREST_BUCKET", "forest-frames")
+	var out, errb bytes.Buffer
+	if code := run([]string{"config", "check", "cloud.yaml"}, &out, &errb); code != 0 {
+		t.Fatalf("config check: %d %s", code, errb.String())
+	}
+	t.Setenv("FOREST_BUCKET", "")
+	errb.Reset()
+	if code := run([]string{"config", "check", "cloud.yaml"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "s3.bucket: must be set") {
+		t.Fatalf("config check without bucket: %d %q", code, errb.String())
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("amqp:\n  url: amqp://x@127.0.0.1/\n  prefetch: -1\ns3:\n  bucket: b\n  bukket: c\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	errb.Reset()
+	if code := run([]string{"run", "--config", bad}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "bukket") {
+		t.Fatalf("unknown key: %d %q", code, errb.String())
+	}
+}

@@ -1,0 +1,179 @@
+package cloud_test
+
+import (
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func manyFrames(t testing.TB, prefix string, n int) []frame {
+	t.Helper()
+	devs := []string{"dev-a", "dev-b", "dev-c"}
+	frames := make([]frame, n)
+	for i := range n {
+		frames[i] = makeFrame(t, prefix, devs[i%3], i, "forest-admin")
+	}
+	return frames
+}
+
+// sidecars counts the frames whose sidecar (written last) is stored.
+func sidecars(got map[string]int64) int {
+	n := 0
+	for k := range got {
+		if strings.HasSuffix(k, ".json") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestKill9 kills the consumer process with SIGKILL at random points while
+// it works through 1,000 messages, several times. After each kill every
+// message is stored or still in the queue; after a final run every message
+// is in S3 exactly once with the right checksum and nothing is
+// dead-lettered.
+func TestKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	e := newEnv(t, nil)
+	e.declare(t)
+	frames := manyFrames(t, e.cfg.S3.Prefix, 1000)
+	e.publishFrames(t, frames)
+	cfgPath := writeFile(t, "cloud.yaml", e.yaml)
+	logPath := filepath.Join(t.TempDir(), "child.log")
+	for round := range 6 {
+		log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"="+cfgPath)
+		cmd.Stdout, cmd.Stderr = log, log
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		before := sidecars(e.keys(t))
+		time.Sleep(time.Duration(200+rand.IntN(800)) * time.Millisecond)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		log.Close()
+		got := sidecars(e.keys(t))
+		depth := e.queueDepth(t, e.cfg.AMQP.Queue)
+		t.Logf("round %d: killed with %d frames stored (+%d), %d in the queue", round, got, got-before, depth)
+		if got+depth < len(frames) {
+			t.Fatalf("round %d: %d stored + %d queued < %d: messages lost", round, got, depth, len(frames))
+		}
+	}
+	r := e.start(t, nil)
+	waitFor(t, 60*time.Second, "backlog cleared", func() bool {
+		return sidecars(e.keys(t)) == len(frames) && e.queueDepth(t, e.cfg.AMQP.Queue) == 0 &&
+			counter(r.reg, "forest_cloud_inflight_messages") == 0
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	e.verifyExactlyOnce(t, frames)
+	if d := e.queueDepth(t, e.cfg.AMQP.DeadLetterQueue); d != 0 {
+		b, _ := os.ReadFile(logPath)
+		t.Fatalf("%d dead letters; child log:\n%s", d, b)
+	}
+}
+
+// TestS3Outage stops the S3 server for 60 seconds in the middle of a run:
+// nothing is lost, nothing is dead-lettered, and the backlog clears after
+// the server is back.
+func TestS3Outage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := startS3(t)
+	e := newEnv(t, srv)
+	e.declare(t)
+	frames := manyFrames(t, e.cfg.S3.Prefix, 600)
+	e.publishFrames(t, frames)
+	r := e.start(t, nil)
+	waitFor(t, 30*time.Second, "some frames stored", func() bool {
+		return counter(r.reg, "forest_cloud_messages_total", "result", "stored") >= 20
+	})
+	srv.Stop(t)
+	stoppedAt := counter(r.reg, "forest_cloud_messages_total", "result", "stored")
+	time.Sleep(5 * time.Second)
+	if r.svc.Ready() {
+		t.Error("ready while S3 is down")
+	}
+	time.Sleep(55 * time.Second)
+	if n := counter(r.reg, "forest_cloud_messages_total", "result", "stored"); n > stoppedAt+float64(e.cfg.Consumer.Workers) {
+		t.Errorf("%v frames stored while S3 was down", n-stoppedAt)
+	}
+	srv.Start(t)
+	t.Logf("S3 back after 60s: %v stored before, %v requeued, %v S3 errors", stoppedAt,
+		counter(r.reg, "forest_cloud_messages_total", "result", "requeued"), counter(r.reg, "forest_cloud_s3_errors_total"))
+	waitFor(t, 90*time.Second, "backlog cleared", func() bool {
+		return counter(r.reg, "forest_cloud_messages_total", "result", "stored")+
+			counter(r.reg, "forest_cloud_messages_total", "result", "duplicate") >= float64(len(frames)) &&
+			e.queueDepth(t, e.cfg.AMQP.Queue) == 0
+	})
+	if !r.svc.Ready() {
+		t.Error("not ready after S3 came back")
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := counter(r.reg, "forest_cloud_dead_letters_total"); n != 0 {
+		t.Errorf("%v dead letters", n)
+	}
+	if d := e.queueDepth(t, e.cfg.AMQP.DeadLetterQueue); d != 0 {
+		t.Errorf("%d messages in the dead-letter queue", d)
+	}
+	e.verifyExactlyOnce(t, frames)
+}
+
+// TestReplicas runs three consumers on one queue with some messages
+// published twice: every frame is stored once, every object written once,
+// and the redeliveries are suppressed duplicates.
+func TestReplicas(t *testing.T) {
+	e := newEnv(t, nil)
+	noLeaks(t)
+	e.declare(t)
+	frames := manyFrames(t, e.cfg.S3.Prefix, 600)
+	var rs []*running
+	for range 3 {
+		rs = append(rs, e.start(t, nil))
+	}
+	e.publishFrames(t, frames)
+	e.publishFrames(t, frames[:60])
+	sum := func(name string, labels ...string) float64 {
+		var s float64
+		for _, r := range rs {
+			s += counter(r.reg, name, labels...)
+		}
+		return s
+	}
+	waitFor(t, 60*time.Second, "all handled", func() bool { return sum("forest_cloud_messages_total") >= 660 })
+	for i, r := range rs {
+		if err := r.stop(); err != nil {
+			t.Fatal(err)
+		}
+		if n := counter(r.reg, "forest_cloud_messages_total"); n == 0 {
+			t.Errorf("replica %d handled nothing", i)
+		}
+	}
+	want := len(expectedKeys(t, e.cfg.S3.Prefix, frames))
+	if n := sum("forest_cloud_objects_stored_total"); n != float64(want) {
+		t.Errorf("%v objects written, want %d (each exactly once)", n, want)
+	}
+	if n := sum("forest_cloud_messages_total", "result", "duplicate"); n != 60 {
+		t.Errorf("%v duplicate messages, want 60", n)
+	}
+	if n := sum("forest_cloud_dead_letters_total"); n != 0 {
+		t.Errorf("%v dead letters", n)
+	}
+	e.verifyExactlyOnce(t, frames)
+}

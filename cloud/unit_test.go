@@ -1,0 +1,177 @@
+package cloud_test
+
+import (
+	"bytes"
+	"errors"
+	"image/png"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/forestwatch/forest/cloud"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+func TestConfigErrorsNameFields(t *testing.T) {
+	cases := map[string]string{
+		"amqp: {url: 'amqp://u@127.0.0.1/'}":                                                      "s3.bucket: must be set",
+		"s3: {bucket: b}":                                                                         "amqp.url: must be set",
+		"amqp: {url: 'http://x'}\ns3: {bucket: b}":                                                "amqp.url: must be an amqp://",
+		"amqp: {url: 'amqp://x', prefetch: 70000}\ns3: {bucket: b}":                               "amqp.prefetch: must be within 1..65535 (got 70000)",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, checksum: crc}":                                 `s3.checksum: must be sha256 or none (got "crc")`,
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, prefix: '../x'}":                                "s3.prefix: not a safe key prefix",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, access_key_id: k}":                              "s3.secret_access_key: s3.access_key_id and s3.secret_access_key must be set together",
+		"amqp: {url: 'amqp://x', reconnect_min: 2s, reconnect_max: 1s}\ns3: {bucket: b}":          "amqp.reconnect_max: must be >= amqp.reconnect_min",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nconsumer: {workers: 0, shutdown_timeout: -1s}": "consumer.shutdown_timeout: must be > 0 (got -1s)",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nidentity: {devices: {gw: ['*']}}":              "identity.devices.gw: wildcards are not allowed",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nhttp: {listen: nonsense}":                      "http.listen: must be host:port",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlog: {level: loud}":                            `log.level: must be debug, info, warn or error (got "loud")`,
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, bukket: c}":                                     "field bukket not found",
+	}
+	for in, want := range cases {
+		_, err := cloud.ParseConfig([]byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", in, err, want)
+		}
+	}
+	_, err := cloud.ParseConfig([]byte("amqp: {url: 'amqp://x'}"))
+	var fe *cloud.FieldError
+	if !errors.Is(err, cloud.ErrConfig) || !errors.As(err, &fe) || fe.Field != "s3.bucket" {
+		t.Errorf("typed error: %v", err)
+	}
+}
+
+func TestConfigEnvAndDefaults(t *testing.T) {
+	t.Setenv("T_BUCKET", "frames-prod")
+	c, err := cloud.ParseConfig([]byte("amqp: {url: 'amqp://u:${T_PASS:-pw}@127.0.0.1/'}\ns3: {bucket: '${T_BUCKET}'}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.S3.Bucket != "frames-prod" || c.AMQP.URL != "amqp://u:pw@127.0.0.1/" {
+		t.Errorf("expansion: %q %q", c.S3.Bucket, c.AMQP.URL)
+	}
+	if c.AMQP.Exchange != "forest.frames" || c.AMQP.Prefetch != 32 || c.Consumer.Workers != 8 || !*c.S3.ConditionalPut ||
+		c.S3.Checksum != "sha256" || c.S3.MaxConns != 16 || !*c.Identity.RequireUserID || c.AMQP.DeliveryLimit != 20 {
+		t.Errorf("defaults: %+v", c)
+	}
+}
+
+func TestKeysFor(t *testing.T) {
+	at := time.Date(2026, 3, 4, 23, 59, 0, 0, time.FixedZone("x", -3*3600)) // 2026-03-05 UTC
+	k, err := cloud.KeysFor("frames", "mast-01", "mast-01-000042", at, wire.JPEG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := cloud.FrameKeys{
+		Image:   "frames/mast-01/2026/03/05/mast-01-000042.jpg",
+		Mask:    "frames/mast-01/2026/03/05/mast-01-000042.mask.png",
+		Sidecar: "frames/mast-01/2026/03/05/mast-01-000042.json",
+	}
+	if k != want {
+		t.Errorf("got %+v", k)
+	}
+	for _, bad := range [][2]string{{"../x", "f"}, {"d", ".."}, {"d/e", "f"}, {"", "f"}} {
+		if _, err := cloud.KeysFor("p", bad[0], bad[1], at, wire.PNG); !errors.Is(err, cloud.ErrUnsafeName) {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if _, err := cloud.KeysFor("p", "d", "f", at, "image/gif"); !errors.Is(err, cloud.ErrNotImage) {
+		t.Errorf("gif: %v", err)
+	}
+}
+
+func TestSanitiseKey(t *testing.T) {
+	ok := []string{"a.png", "site 1/IMG_0001.JPG", "Floresta/árvore-2.jpg", "x(1)+y=z@w,v:u~.png"}
+	for _, n := range ok {
+		if got, err := cloud.SanitiseKey(n); err != nil || got != n {
+			t.Errorf("%q: %q %v", n, got, err)
+		}
+	}
+	bad := []string{"", "/abs", "..", "a/../b", "a/./b", "a//b", "a/", "a\\b", "a\x00b", "a\nb", "a\u202eb",
+		"\xff\xfe", strings.Repeat("a", 257), "a?b", "a#b", "a%2e%2e", " lead", "trail /x", "a..b", "1/2/3/4/5/6/7/8/9", "a*"}
+	for _, n := range bad {
+		if _, err := cloud.SanitiseKey(n); !errors.Is(err, cloud.ErrUnsafeName) {
+			t.Errorf("%q accepted: %v", n, err)
+		}
+	}
+	if k, err := cloud.LegacyKey("legacy", "cam/IMG 1.jpeg"); err != nil || k != "legacy/cam/IMG 1.png" {
+		t.Errorf("legacy key %q %v", k, err)
+	}
+	if k, err := cloud.LegacyKey("legacy", "noext"); err != nil || k != "legacy/noext.png" {
+		t.Errorf("legacy key %q %v", k, err)
+	}
+}
+
+func TestDecodeLegacy(t *testing.T) {
+	img := testImage(3, 5, 4)
+	l, err := cloud.DecodeLegacy(legacyBody(img, "a.jpg"), cloud.LegacyLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Name != "a.jpg" || l.Format != "png" || !bytes.Equal(l.PNG, img) || l.Width != 5 || l.Height != 4 {
+		t.Errorf("%+v", l)
+	}
+	_, err = cloud.DecodeLegacy(legacyBody(hugePNG(9000, 9000), "a"), cloud.LegacyLimits{MaxPixels: 1 << 20})
+	var pe *cloud.PoisonError
+	if !errors.As(err, &pe) || pe.Reason != cloud.ReasonTooLarge || !errors.Is(err, cloud.ErrTooLarge) {
+		t.Errorf("pixel bomb: %v", err)
+	}
+}
+
+// FuzzLegacy: the legacy decoder never panics, and whatever it accepts is a
+// PNG within the pixel limit.
+func FuzzLegacy(f *testing.F) {
+	f.Add(legacyBody(testImage(1, 3, 3), "a.png"))
+	f.Add(legacyBody(hugePNG(70000, 70000), "b.png"))
+	f.Add([]byte(`{"image":"","image_metadata":{"image_name":"x"}}`))
+	f.Add([]byte(`{"image":"R0lGODlhAQABAAAAACw=","image_metadata":{"image_name":"g.gif"}}`))
+	f.Add([]byte(`{"image":null,"image_metadata":null}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		l, err := cloud.DecodeLegacy(body, cloud.LegacyLimits{MaxPixels: 1 << 16, MaxBytes: 1 << 16})
+		if err != nil {
+			if !errors.Is(err, cloud.ErrPoison) {
+				t.Fatalf("error not poison: %v", err)
+			}
+			return
+		}
+		cfg, err := png.DecodeConfig(bytes.NewReader(l.PNG))
+		if err != nil || cfg.Width*cfg.Height > 1<<16 {
+			t.Fatalf("accepted %v %v", cfg, err)
+		}
+	})
+}
+
+// FuzzSanitiseKey: an accepted name is valid UTF-8, bounded, relative, has
+// no control characters, no "." or ".." segments, and is returned as is.
+func FuzzSanitiseKey(f *testing.F) {
+	for _, s := range []string{"a.png", "../x", "/x", "a/b/c.jpg", "a\x00", "é/ü.png", "a//b", "....", ". /x", "a\u2028b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		got, err := cloud.SanitiseKey(name)
+		if err != nil {
+			if !errors.Is(err, cloud.ErrUnsafeName) {
+				t.Fatalf("error %v", err)
+			}
+			return
+		}
+		if got != name || !utf8.ValidString(got) || len(got) > cloud.MaxNameBytes || strings.HasPrefix(got, "/") {
+			t.Fatalf("accepted %q", got)
+		}
+		for _, seg := range strings.Split(got, "/") {
+			if seg == "" || seg == "." || seg == ".." || strings.Contains(seg, "..") {
+				t.Fatalf("accepted %q", got)
+			}
+		}
+		for _, r := range got {
+			if r < 0x20 || r == 0x7f || r == '\\' {
+				t.Fatalf("accepted %q", got)
+			}
+		}
+		if k, err := cloud.LegacyKey("legacy", got); err != nil || !strings.HasPrefix(k, "legacy/") || !strings.HasSuffix(k, ".png") {
+			t.Fatalf("legacy key %q %v", k, err)
+		}
+	})
+}
