@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -178,6 +179,7 @@ func BenchmarkPutConcurrent4(b *testing.B) {
 			_, err := q.Put(context.Background(), r)
 			return err
 		})
+		b.ReportMetric(float64(b.N)/float64(q.Stats().PutCommits), "puts/commit")
 	})
 	b.Run("raw-bbolt", func(b *testing.B) {
 		db := openRaw(b)
@@ -185,6 +187,65 @@ func BenchmarkPutConcurrent4(b *testing.B) {
 		var seq atomic.Uint64
 		run(b, func() error { return rawPut(db, &seq, v) })
 	})
+}
+
+// BenchmarkPutRatio interleaves rounds of spool Puts and raw bbolt Updates
+// (alternating which goes first) on the same disk and reports both rates
+// and their ratio, so that slow drifts in disk latency (other processes)
+// hit both sides alike.
+func BenchmarkPutRatio(b *testing.B) {
+	for _, producers := range []int{1, 4} {
+		b.Run(fmt.Sprintf("producers=%d", producers), func(b *testing.B) {
+			const round = 16
+			q := openBench(b)
+			db := openRaw(b)
+			v := benchValue()
+			var seq atomic.Uint64
+			recs := make(chan *Record, producers)
+			for i := range producers {
+				recs <- benchRecord(i)
+			}
+			spoolPut := func() error {
+				r := <-recs
+				defer func() { recs <- r }()
+				_, err := q.Put(context.Background(), r)
+				return err
+			}
+			rawOne := func() error { return rawPut(db, &seq, v) }
+			runRound := func(put func() error) time.Duration {
+				start := time.Now()
+				var wg sync.WaitGroup
+				var left atomic.Int64
+				left.Store(round)
+				for range producers {
+					wg.Go(func() {
+						for left.Add(-1) >= 0 {
+							if err := put(); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				return time.Since(start)
+			}
+			var tSpool, tRaw time.Duration
+			for i := range b.N {
+				if i%2 == 0 {
+					tSpool += runRound(spoolPut)
+					tRaw += runRound(rawOne)
+				} else {
+					tRaw += runRound(rawOne)
+					tSpool += runRound(spoolPut)
+				}
+			}
+			n := float64(b.N * round)
+			b.ReportMetric(n/tSpool.Seconds(), "spool-puts/s")
+			b.ReportMetric(n/tRaw.Seconds(), "raw-puts/s")
+			b.ReportMetric(tRaw.Seconds()/tSpool.Seconds(), "x-raw")
+		})
+	}
 }
 
 // BenchmarkAck64 times Ack of batches of 64 records handed out by Next

@@ -86,7 +86,10 @@
 // check, or on which bbolt panics or faults (truncated mmap) is renamed
 // aside, sound records are salvaged into a fresh file, the event is logged
 // at Error and counted in Stats.CorruptRenames, and Open succeeds: the
-// agent never crash-loops on a damaged spool. Check and Inspect work on a
+// agent never crash-loops on a damaged spool. Because the lost file's last
+// id may be unreadable, ids after such a restart continue from at least the
+// current time in microseconds, so they never repeat an id handed out
+// before. Check and Inspect work on a
 // spool no process holds (bbolt's file lock makes them fail with ErrInUse
 // otherwise) for `forest-agent spool check` and `forest-agent spool stats`.
 package spool

@@ -138,4 +138,7 @@ const (
 	defaultMaxBatch    = 64
 	defaultOpenTimeout = 200 * time.Millisecond
 	maxBatchBytes      = 32 << 20
+	// groupWait bounds how long a group commit waits for producers of
+	// the previous batch; far below one fsync.
+	groupWait = 2 * time.Millisecond
 )

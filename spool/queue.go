@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -67,8 +68,13 @@ type Queue struct {
 	closeMu sync.RWMutex // guards closing against Put submissions
 	closing bool
 	reqs    chan *putReq
-	quit    chan struct{}
-	wg      sync.WaitGroup
+	// recent holds the sizes of the last group commits; owned by the
+	// committer goroutine.
+	recent [8]int
+	nbatch int
+	inPut  atomic.Int64 // Put calls in progress
+	quit   chan struct{}
+	wg     sync.WaitGroup
 
 	wmu  sync.Mutex   // serializes write transactions and compaction
 	dbmu sync.RWMutex // guards db against the swap done by compaction and Close
@@ -197,6 +203,9 @@ func (q *Queue) openAndLoad() (*loadResult, error) {
 	q.log.Error("spool database corrupt: renamed aside and started fresh",
 		"error", err, "renamed_to", aside, "salvaged_records", sal.records, "salvage_error", errString(sal.err))
 	st, err = loadDB(db, true, q.now())
+	if err == nil {
+		err = raiseIDFloor(db, st, q.now())
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("load fresh spool: %w", err)
@@ -204,6 +213,21 @@ func (q *Queue) openAndLoad() (*loadResult, error) {
 	q.db = db
 	q.logProblems(st.problems)
 	return st, nil
+}
+
+// raiseIDFloor makes ids of a spool restarted after corruption continue
+// above any id the lost file may have handed out (its last id may be
+// unreadable): the next id becomes at least the current time in
+// microseconds, far above any counter a spool reaches by Puts alone.
+func raiseIDFloor(db *bolt.DB, st *loadResult, now time.Time) error {
+	floor := uint64(now.UnixMicro())
+	if st.nextID >= floor {
+		return nil
+	}
+	st.nextID = floor
+	return db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bktState).Put(keyNextID, u64Bytes(floor))
+	})
 }
 
 func errString(err error) string {
@@ -249,6 +273,8 @@ func (q *Queue) Put(ctx context.Context, r *Record) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("put: %w", err)
 	}
+	q.inPut.Add(1)
+	defer q.inPut.Add(-1)
 	created := r.Created
 	if created.IsZero() {
 		created = q.now()
@@ -298,18 +324,46 @@ func (q *Queue) committer() {
 	}
 }
 
+// gather collects the requests of one group commit: everything already
+// queued, and, when recent batches or the Puts in progress show that
+// several producers are active, up to groupWait more for the producers that
+// are still encoding their next record. A lone producer never waits.
 func (q *Queue) gather(first *putReq) []*putReq {
 	batch := []*putReq{first}
 	n := first.size
-	for len(batch) < q.opts.MaxBatch && n < maxBatchBytes {
+	full := func() bool { return len(batch) >= q.opts.MaxBatch || n >= maxBatchBytes }
+	for !full() {
 		select {
 		case r := <-q.reqs:
 			batch = append(batch, r)
 			n += r.size
+			continue
 		default:
-			return batch
 		}
+		break
 	}
+	target := int(q.inPut.Load())
+	for _, n := range q.recent {
+		target = max(target, n)
+	}
+	if len(batch) < target && !full() {
+		timer := time.NewTimer(groupWait)
+	wait:
+		for len(batch) < target && !full() {
+			select {
+			case r := <-q.reqs:
+				batch = append(batch, r)
+				n += r.size
+			case <-timer.C:
+				break wait
+			case <-q.quit:
+				break wait
+			}
+		}
+		timer.Stop()
+	}
+	q.recent[q.nbatch%len(q.recent)] = len(batch)
+	q.nbatch++
 	return batch
 }
 
