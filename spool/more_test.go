@@ -1,0 +1,212 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestCheckRepairsCorruptFile(t *testing.T) {
+	dir := t.TempDir()
+	orig := fill(t, dir, 10, 20000)
+	path := filepath.Join(dir, DBName)
+	fi, _ := os.Stat(path)
+	truncate(t, path, fi.Size()/2)
+	rep, err := Check(dir, false)
+	if err != nil || rep.OK || len(rep.Problems) != 1 || rep.Problems[0].Action != ActionRenameAside {
+		t.Fatalf("Check = %+v, %v", rep, err)
+	}
+	if _, err := Inspect(dir); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Inspect of corrupt spool: %v", err)
+	}
+	rep, err = Check(dir, true)
+	if err != nil || !rep.Repaired || rep.RenamedTo == "" {
+		t.Fatalf("Check repair = %+v, %v", rep, err)
+	}
+	if _, err := os.Stat(rep.RenamedTo); err != nil {
+		t.Fatalf("renamed file: %v", err)
+	}
+	st, err := Inspect(dir)
+	if err != nil || st.CorruptRenames != 1 || st.Frames != rep.Salvaged {
+		t.Fatalf("Inspect after repair = %+v, %v (salvaged %d)", st, err, rep.Salvaged)
+	}
+	q := openT(t, dir, Options{})
+	if got := drainAll(t, q, orig); len(got) != rep.Salvaged {
+		t.Fatalf("drained %d, salvaged %d", len(got), rep.Salvaged)
+	}
+}
+
+func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
+	dir := t.TempDir()
+	q := openT(t, dir, Options{CompactFreeBytes: 1 << 20})
+	var orig []*Record
+	for i := range 40 {
+		r := rec(i, 100_000, 0)
+		putT(t, q, r)
+		orig = append(orig, r)
+	}
+	before := q.Stats().FileBytes
+	if got := nextIDs(t, q, 3); !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Fatalf("Next %v", got)
+	}
+	ids := make([]uint64, 0, 35)
+	for id := uint64(4); id <= 38; id++ {
+		ids = append(ids, id)
+	}
+	if err := q.Ack(ids...); err != nil {
+		t.Fatal(err)
+	}
+	st := q.Stats()
+	if st.Compactions != 1 || st.FileBytes >= before/2 {
+		t.Fatalf("compactions %d, file %d -> %d", st.Compactions, before, st.FileBytes)
+	}
+	if st.InFlight != 3 || st.Frames != 5 {
+		t.Fatalf("after compaction %+v", st)
+	}
+	rs, err := q.Next(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := recordIDs(rs); !slices.Equal(got, []uint64{39, 40}) {
+		t.Fatalf("Next after compaction %v", got)
+	}
+	for _, r := range rs {
+		if !sameRecord(&r, orig[r.ID-1]) {
+			t.Fatalf("record %d changed by compaction", r.ID)
+		}
+	}
+	if id := putT(t, q, rec(1, 10, 0)); id != 41 {
+		t.Fatalf("id after compaction %d", id)
+	}
+	if _, err := os.Stat(filepath.Join(dir, DBName+compactSuffix)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("compaction left its temporary file: %v", err)
+	}
+}
+
+func TestStaleCompactionFileRemoved(t *testing.T) {
+	dir := t.TempDir()
+	fill(t, dir, 2, 100)
+	tmp := filepath.Join(dir, DBName+compactSuffix)
+	writeFile(t, tmp, []byte("half a copy"))
+	q := openT(t, dir, Options{})
+	if st := q.Stats(); st.Frames != 2 {
+		t.Fatalf("frames %d", st.Frames)
+	}
+	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale compaction file kept: %v", err)
+	}
+}
+
+// TestCloseWhilePutting closes the spool under concurrent Puts: every Put
+// that returned nil is present after reopening, the others report ErrClosed.
+func TestCloseWhilePutting(t *testing.T) {
+	dir := t.TempDir()
+	q, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var ok []uint64
+	var wg sync.WaitGroup
+	for p := range 6 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				id, err := q.Put(context.Background(), rec(p*100+i%100, 1000, 0))
+				if err != nil {
+					if !errors.Is(err, ErrClosed) {
+						t.Errorf("Put: %v", err)
+					}
+					return
+				}
+				mu.Lock()
+				ok = append(ok, id)
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	q = openT(t, dir, Options{})
+	got := liveIDs(q)
+	for _, id := range ok {
+		if !slices.Contains(got, id) {
+			t.Fatalf("acknowledged Put %d lost by Close", id)
+		}
+	}
+	if len(got) != len(ok) {
+		t.Fatalf("%d stored, %d acknowledged", len(got), len(ok))
+	}
+}
+
+// TestConcurrentUse hammers every method at once (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	one := sizeOf(rec(0, 2000, 0))
+	q := openT(t, t.TempDir(), Options{MaxBytes: 6 * one, MaxAge: time.Hour, Order: NewestFirst})
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	var puts, acks atomic.Int64
+	var wg sync.WaitGroup
+	for p := range 3 {
+		wg.Go(func() {
+			for i := 0; ctx.Err() == nil; i++ {
+				if _, err := q.Put(ctx, rec(i%10, 2000, (p+i)%3)); err != nil && !errors.Is(err, ErrFull) && !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("Put: %v", err)
+					return
+				}
+				puts.Add(1)
+			}
+		})
+	}
+	for range 2 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(1, 1))
+			for ctx.Err() == nil {
+				if err := q.Wait(ctx); err != nil {
+					return
+				}
+				rs, err := q.Next(1 + rng.IntN(8))
+				if err != nil {
+					t.Errorf("Next: %v", err)
+					return
+				}
+				ids := recordIDs(rs)
+				time.Sleep(3 * time.Millisecond) // a slow uplink: the spool fills up
+				if rng.IntN(4) == 0 {
+					q.Release(ids...)
+					continue
+				}
+				if err := q.Ack(ids...); err != nil {
+					t.Errorf("Ack: %v", err)
+					return
+				}
+				acks.Add(int64(len(ids)))
+			}
+		})
+	}
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			st := q.Stats()
+			if st.Bytes > 6*one {
+				t.Errorf("Bytes %d over MaxBytes", st.Bytes)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	wg.Wait()
+	st := q.Stats()
+	t.Logf("%d puts, %d acks, stats %+v", puts.Load(), acks.Load(), st)
+	if st.Evictions[ReasonMaxBytes] == 0 {
+		t.Errorf("no eviction exercised")
+	}
+}
