@@ -1,0 +1,432 @@
+// Package uplink publishes frames to RabbitMQ with publisher confirms over a
+// link that comes and goes (LTE, satellite), and reports exactly which
+// messages the broker confirmed.
+//
+// # Guarantee
+//
+// Publish reports a message Confirmed only when the broker acked it (basic.ack
+// in confirm mode) and did not return it as unroutable: the message is then
+// in every queue bound to the route (persisted for durable queues). Every
+// other outcome (Nacked, Returned, TimedOut, Lost, Unsent) means the caller
+// must keep the message and retry it later; a retry may produce a duplicate
+// at the consumer, never a loss. Delivery is therefore at least once, and
+// consumers deduplicate by message id.
+//
+// # Concurrency
+//
+// A Publisher is used by two parties: Run, the connection supervisor, which
+// one goroutine calls once; and Publish and State, which any goroutine may
+// call (concurrent Publish calls are serialized). Run dials, keeps at most
+// one connection with one confirm-mode channel, and reconnects after any
+// failure with jittered exponential backoff. Each connection has a pump
+// goroutine that drains every notification channel the library offers
+// (NotifyClose on connection and channel, NotifyPublish, NotifyReturn,
+// NotifyBlocked), registered afresh on every connection before anything is
+// published, so the library never blocks on them. Run waits for every
+// goroutine it started before returning.
+//
+// While the link is down, Publish returns ErrNotConnected at once so that
+// the caller (the agent's drain loop) can back off. While the broker blocks
+// the connection (memory or disk alarm), Publish holds further messages back
+// until the block lifts or its context ends.
+package uplink
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// Outcome is what became of one message given to Publish.
+type Outcome int
+
+// Outcomes of Publish. Only Confirmed means the broker has the message.
+const (
+	// Unsent: not published (link down or lost, broker blocked until the
+	// context ended, or the context ended first).
+	Unsent Outcome = iota
+	// Confirmed: acked by the broker and not returned.
+	Confirmed
+	// Nacked: the broker refused it (for example a full queue with
+	// overflow=reject-publish).
+	Nacked
+	// Returned: the broker could not route it to any queue.
+	Returned
+	// TimedOut: no confirm within Options.ConfirmTimeout.
+	TimedOut
+	// Lost: published, but the connection closed or the caller's context
+	// ended before the confirm arrived. The broker may or may not have it.
+	Lost
+)
+
+// String returns the outcome's name.
+func (o Outcome) String() string {
+	switch o {
+	case Unsent:
+		return "unsent"
+	case Confirmed:
+		return "confirmed"
+	case Nacked:
+		return "nacked"
+	case Returned:
+		return "returned"
+	case TimedOut:
+		return "timed_out"
+	case Lost:
+		return "lost"
+	}
+	return fmt.Sprintf("outcome(%d)", int(o))
+}
+
+// label is the result label of forest_agent_uplink_publish_total.
+func (o Outcome) label() string {
+	switch o {
+	case Confirmed:
+		return "ack"
+	case Nacked:
+		return "nack"
+	case Returned:
+		return "returned"
+	case TimedOut:
+		return "timeout"
+	}
+	return "error"
+}
+
+// Result is the outcome of one message of a Publish batch.
+type Result struct {
+	// MessageID is the message's id, as given.
+	MessageID string
+	// Outcome says whether the broker has the message.
+	Outcome Outcome
+	// Err explains any outcome but Confirmed; it wraps ErrNacked,
+	// ErrReturned, ErrConfirmTimeout, ErrConnectionLost, ErrNotConnected or
+	// a context error.
+	Err error
+}
+
+// LinkState is the state of the link to the broker.
+type LinkState int
+
+// Link states, as shown on the status page.
+const (
+	StateDown LinkState = iota
+	StateConnecting
+	StateConnected
+	StateBlocked
+)
+
+// String returns the state's name.
+func (s LinkState) String() string {
+	switch s {
+	case StateDown:
+		return "down"
+	case StateConnecting:
+		return "connecting"
+	case StateConnected:
+		return "connected"
+	case StateBlocked:
+		return "blocked"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// Status is a snapshot of the link for the status page.
+type Status struct {
+	// State is the link's state and Since when it entered it.
+	State LinkState
+	Since time.Time
+	// LastError is the most recent connection error (nil if none yet).
+	LastError error
+	// Reconnects counts connections lost and dialled again.
+	Reconnects int
+	// Inflight is the number of published, unconfirmed messages.
+	Inflight int
+}
+
+// Publisher publishes batches of wire messages with publisher confirms. It
+// is created by New and connected by Run.
+type Publisher struct {
+	opts    Options
+	tls     *tls.Config
+	log     *slog.Logger
+	metrics *metrics
+	bucket  *bucket
+
+	running atomic.Bool
+	pubMu   sync.Mutex // serializes Publish
+
+	mu     sync.Mutex
+	sess   *session // nil while not connected
+	status Status
+}
+
+// New validates opts and returns a Publisher; it does not connect (Run
+// does). It fails with ErrInvalidOptions naming the field, or if the TLS
+// files cannot be loaded or the metrics cannot be registered.
+func New(opts Options) (*Publisher, error) {
+	o, err := opts.normalize()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := o.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	p := &Publisher{
+		opts:    o,
+		tls:     tc,
+		log:     o.Logger,
+		metrics: m,
+		bucket:  newBucket(o.RateLimit, o.Burst),
+		status:  Status{State: StateDown, Since: time.Now()},
+	}
+	m.setState(StateDown)
+	return p, nil
+}
+
+// State returns a snapshot of the link.
+func (p *Publisher) State() Status {
+	p.mu.Lock()
+	st, s := p.status, p.sess
+	p.mu.Unlock()
+	if s != nil {
+		s.mu.Lock()
+		st.Inflight = len(s.pending)
+		s.mu.Unlock()
+	}
+	return st
+}
+
+// setState records a state change. With s non-nil the change applies only
+// while s is the current session (a dying session must not overwrite the
+// state of its successor).
+func (p *Publisher) setState(s *session, st LinkState, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s != nil && p.sess != s {
+		return
+	}
+	if err != nil {
+		p.status.LastError = err
+	}
+	if p.status.State != st {
+		p.status.State, p.status.Since = st, time.Now()
+		p.metrics.setState(st)
+	}
+}
+
+func (p *Publisher) current() *session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sess
+}
+
+// Run is the connection supervisor. It dials the broker, keeps the
+// connection, and after any failure dials again with jittered exponential
+// backoff between Options.BackoffMin and BackoffMax, until ctx is cancelled.
+// On cancellation it waits up to Options.CloseTimeout for outstanding
+// confirms, closes the connection and returns nil once every goroutine it
+// started has ended. Run may be called once at a time (else ErrRunning).
+func (p *Publisher) Run(ctx context.Context) error {
+	if !p.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer p.running.Store(false)
+	defer p.setState(nil, StateDown, nil)
+	log := p.log.With("component", "uplink", "url", redact(p.opts.URL))
+	bo := newBackoff(p.opts.BackoffMin, p.opts.BackoffMax)
+	for {
+		p.setState(nil, StateConnecting, nil)
+		s, err := p.dial(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			p.setState(nil, StateDown, err)
+			d := bo.next()
+			log.Warn("connect failed", "err", err, "retry_in", d)
+			if !sleep(ctx, d) {
+				return nil
+			}
+			continue
+		}
+		started := time.Now()
+		p.mu.Lock()
+		p.sess = s
+		p.mu.Unlock()
+		p.setState(s, StateConnected, nil)
+		log.Info("connected")
+
+		select {
+		case <-s.dead:
+		case <-ctx.Done():
+		}
+		p.mu.Lock()
+		p.sess = nil
+		p.mu.Unlock()
+		if ctx.Err() != nil {
+			s.close(p.opts.CloseTimeout, errors.New("publisher stopped"))
+			return nil
+		}
+		s.close(0, errors.New("connection lost"))
+		p.mu.Lock()
+		p.status.Reconnects++
+		p.mu.Unlock()
+		p.metrics.reconnects.Inc()
+		p.setState(nil, StateDown, s.deadErr)
+		if time.Since(started) > bo.ceiling() {
+			bo.reset()
+		}
+		d := bo.next()
+		log.Warn("connection lost", "err", s.deadErr, "retry_in", d)
+		if !sleep(ctx, d) {
+			return nil
+		}
+	}
+}
+
+// sleep waits d or until ctx is done, reporting whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// redact drops the password from an AMQP URL for logs.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable url)"
+	}
+	return u.Redacted()
+}
+
+// Publish publishes msgs, in order, to the exchange with the mandatory flag
+// and waits for the broker's confirms. It keeps at most Options.Window
+// messages unconfirmed, holds back while the broker blocks the connection,
+// and publishes a message whose id equals an unconfirmed one's only after
+// that one resolves (returns are matched by message id).
+//
+// The results correspond to msgs by index. Only messages reported Confirmed
+// are safe to forget. The error is nil when every message was published
+// and its confirm (ack or nack) or return was awaited; otherwise it says why
+// the batch stopped: ErrNotConnected (nothing was published; back off),
+// ErrConnectionLost, or the context's error. Results are valid either way.
+func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result, error) {
+	res := make([]Result, len(msgs))
+	for i := range msgs {
+		res[i].MessageID = msgs[i].MessageID
+	}
+	p.pubMu.Lock()
+	defer p.pubMu.Unlock()
+	s := p.current()
+	if s == nil {
+		for i := range res {
+			res[i].Err = ErrNotConnected
+		}
+		return res, ErrNotConnected
+	}
+	// A context that ends while a message is stuck in a socket write (a
+	// stalled link) can only interrupt it by dropping the connection.
+	stop := context.AfterFunc(ctx, func() {
+		if s.writing.Load() {
+			s.kill(fmt.Errorf("publish abandoned: %w", context.Cause(ctx)))
+		}
+	})
+	defer stop()
+
+	flights := make([]*flight, len(msgs))
+	var stopErr error
+	for i := range msgs {
+		m := &msgs[i]
+		if err := s.waitReady(ctx, m.MessageID); err != nil {
+			stopErr = err
+			break
+		}
+		if err := p.bucket.wait(ctx, len(m.Body)); err != nil {
+			stopErr = err
+			break
+		}
+		f, err := s.publish(p.opts.Exchange, p.route(m), m.MessageID, publishing(m))
+		if err != nil {
+			stopErr = err
+			break
+		}
+		flights[i] = f
+	}
+	for i, f := range flights {
+		if f == nil {
+			if stopErr != nil {
+				res[i].Err = stopErr
+			}
+			continue
+		}
+		select {
+		case <-f.done:
+			res[i].Outcome, res[i].Err = f.outcome, f.err
+			p.metrics.publish.WithLabelValues(f.outcome.label()).Inc()
+			if f.outcome == Confirmed {
+				p.metrics.latency.Observe(f.at.Sub(f.sent).Seconds())
+			} else if stopErr == nil && f.outcome == Lost {
+				stopErr = f.err
+			}
+		case <-ctx.Done():
+			res[i].Outcome, res[i].Err = Lost, ctx.Err()
+			p.metrics.publish.WithLabelValues(Lost.label()).Inc()
+			if stopErr == nil {
+				stopErr = ctx.Err()
+			}
+		}
+	}
+	return res, stopErr
+}
+
+// route returns the routing key of m.
+func (p *Publisher) route(m *wire.Message) string {
+	if p.opts.Route != nil {
+		return p.opts.Route(m)
+	}
+	if p.opts.RoutingKey != "" {
+		return p.opts.RoutingKey
+	}
+	if d, ok := m.Headers[wire.HeaderDevice].(string); ok && d != "" {
+		return "frames." + d
+	}
+	return "frames.unknown"
+}
+
+// publishing maps a wire message to the library's type: persistent, with
+// every property the wire format defines.
+func publishing(m *wire.Message) amqp.Publishing {
+	return amqp.Publishing{
+		DeliveryMode: amqp.Persistent,
+		ContentType:  m.ContentType,
+		MessageId:    m.MessageID,
+		Timestamp:    m.Timestamp,
+		AppId:        m.AppID,
+		Type:         m.Type,
+		UserId:       m.UserID,
+		Headers:      amqp.Table(m.Headers),
+		Body:         m.Body,
+	}
+}

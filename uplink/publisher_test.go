@@ -1,0 +1,287 @@
+package uplink_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/forestwatch/forest/uplink"
+	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// TestPublishRoundTrip publishes encoded frames through the publisher and
+// decodes what the queue holds: properties, headers and routing key survive.
+func TestPublishRoundTrip(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	withChannel(t, url, func(ch *amqp.Channel) {
+		if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		// Only dev-7's frames are routed here: the key must carry the device.
+		if _, err := ch.QueueDeclare("frames", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ch.QueueBind("frames", "frames.dev-7", uplink.DefaultExchange, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	reg := prometheus.NewRegistry()
+	o := testOptions(url)
+	o.Registerer = reg
+	p := start(t, o)
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+
+	captured := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var msgs []wire.Message
+	for i := range 5 {
+		m, err := wire.Encode(&wire.Frame{
+			ID: fmt.Sprintf("frame-%d", i), Device: "dev-7", Seq: uint64(i), Captured: captured,
+			ContentType: wire.JPEG, Image: []byte(fmt.Sprintf("jpeg bytes %d", i)), Width: 256, Height: 256,
+			Coverage: 0.5, Model: "forest-v1", Mask: []byte("png mask"), Agent: "forest-agent/1.0",
+			User: uplinktest.AdminUser,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := p.Publish(ctx, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Outcome != uplink.Confirmed || r.MessageID != msgs[i].MessageID {
+			t.Fatalf("result %d: %+v", i, r)
+		}
+	}
+	withChannel(t, url, func(ch *amqp.Channel) {
+		for i := range msgs {
+			d, ok, err := ch.Get("frames", true)
+			if err != nil || !ok {
+				t.Fatalf("get %d: ok=%v err=%v", i, ok, err)
+			}
+			if d.DeliveryMode != amqp.Persistent || d.RoutingKey != "frames.dev-7" || d.Exchange != uplink.DefaultExchange {
+				t.Errorf("delivery mode %d key %q exchange %q", d.DeliveryMode, d.RoutingKey, d.Exchange)
+			}
+			f, err := wire.Decode(wire.Message{
+				ContentType: d.ContentType, MessageID: d.MessageId, Timestamp: d.Timestamp, AppID: d.AppId,
+				Type: d.Type, UserID: d.UserId, Headers: d.Headers, Body: d.Body,
+			})
+			if err != nil {
+				t.Fatalf("decode %d: %v", i, err)
+			}
+			if f.ID != msgs[i].MessageID || f.Device != "dev-7" || f.Seq != uint64(i) || string(f.Image) != fmt.Sprintf("jpeg bytes %d", i) || !f.Captured.Equal(captured) {
+				t.Errorf("decoded %d: %+v", i, f)
+			}
+		}
+	})
+	if got := metric(t, reg, "forest_agent_uplink_publish_total", "ack"); got != 5 {
+		t.Errorf("publish_total{result=ack} = %v, want 5", got)
+	}
+}
+
+// metric finds a counter or gauge in reg by name and optional label value.
+func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			if label != "" && (len(m.Label) == 0 || m.Label[0].GetValue() != label) {
+				continue
+			}
+			v := 0.0
+			if m.Counter != nil {
+				v = m.Counter.GetValue()
+			} else if m.Gauge != nil {
+				v = m.Gauge.GetValue()
+			}
+			return v
+		}
+	}
+	t.Fatalf("metric %s{%s} not found", name, label)
+	return 0
+}
+
+// TestNotConnected: without a link Publish fails fast with ErrNotConnected,
+// reports every message Unsent, and Run keeps retrying until cancelled.
+func TestNotConnected(t *testing.T) {
+	leakCheck(t)
+	ports, err := uplinktest.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, testOptions(fmt.Sprintf("amqp://u:p@127.0.0.1:%d/", ports[0])))
+	msgs := frames(t, "nc", 3, 10)
+	began := time.Now()
+	res, err := p.Publish(context.Background(), msgs)
+	if !errors.Is(err, uplink.ErrNotConnected) {
+		t.Fatalf("err = %v, want ErrNotConnected", err)
+	}
+	if time.Since(began) > 100*time.Millisecond {
+		t.Errorf("Publish took %s while not connected", time.Since(began))
+	}
+	for _, r := range res {
+		if r.Outcome != uplink.Unsent || !errors.Is(r.Err, uplink.ErrNotConnected) {
+			t.Errorf("result %+v", r)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	st := p.State()
+	if st.State == uplink.StateConnected || st.LastError == nil {
+		t.Errorf("state %+v, want down with an error", st)
+	}
+}
+
+// TestReturned: an exchange with no binding returns every mandatory
+// message; none is reported Confirmed until a queue is bound, then all are.
+func TestReturned(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	reg := prometheus.NewRegistry()
+	o := testOptions(url)
+	o.Registerer = reg
+	p := start(t, o)
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	msgs := frames(t, "ret", 40, 1000)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := p.Publish(ctx, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Outcome != uplink.Returned || !errors.Is(r.Err, uplink.ErrReturned) {
+			t.Fatalf("unroutable message: %+v", r)
+		}
+	}
+	if got := metric(t, reg, "forest_agent_uplink_publish_total", "returned"); got != 40 {
+		t.Errorf("publish_total{result=returned} = %v", got)
+	}
+	topology(t, url, "frames", nil)
+	l := newLedger()
+	if err := deliverAll(ctx, t, p, msgs, 16, l); err != nil {
+		t.Fatal(err)
+	}
+	checkDelivered(t, msgs, l, queued(t, url, "frames"))
+}
+
+// TestNacked: a quorum queue with x-max-length and reject-publish nacks
+// what does not fit; nacked messages are retried once a consumer makes room,
+// and every message arrives.
+func TestNacked(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	topology(t, url, "small", amqp.Table{"x-max-length": int64(10), "x-overflow": "reject-publish"})
+	p := start(t, testOptions(url))
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	msgs := frames(t, "nack", 60, 2000)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	res, err := p.Publish(ctx, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nacked := 0
+	for _, r := range res {
+		if r.Outcome == uplink.Nacked {
+			nacked++
+			if !errors.Is(r.Err, uplink.ErrNacked) {
+				t.Errorf("nack error %v", r.Err)
+			}
+		}
+	}
+	if nacked < 30 {
+		t.Fatalf("%d of 60 nacked by a queue of 10, want >= 30", nacked)
+	}
+	inQueue := queued(t, url, "small")
+	l := newLedger()
+	for i, r := range res {
+		if r.Outcome == uplink.Confirmed {
+			l.confirmed[msgs[i].MessageID]++
+		}
+	}
+	// Retry the rest while a consumer empties the queue.
+	var retry []wire.Message
+	for i, r := range res {
+		if r.Outcome != uplink.Confirmed {
+			retry = append(retry, msgs[i])
+		}
+	}
+	cctx, ccancel := context.WithCancel(ctx)
+	got := make(chan map[string]int)
+	go func() {
+		m := map[string]int{}
+		defer func() { got <- m }()
+		conn, err := amqp.Dial(url)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		ch, _ := conn.Channel()
+		for cctx.Err() == nil {
+			d, ok, err := ch.Get("small", true)
+			if err != nil {
+				return
+			}
+			if ok {
+				m[d.MessageId]++
+			} else {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}()
+	if err := deliverAll(ctx, t, p, retry, 8, l); err != nil {
+		t.Fatal(err)
+	}
+	ccancel()
+	for id, n := range <-got {
+		inQueue[id] += n
+	}
+	for id, n := range queued(t, url, "small") {
+		inQueue[id] += n
+	}
+	checkDelivered(t, msgs, l, inQueue)
+}
+
+// TestRateLimit: 600 KB through a 300 KB/s bucket (burst 300 KB) takes about
+// one second.
+func TestRateLimit(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	topology(t, url, "frames", nil)
+	o := testOptions(url)
+	o.RateLimit = 300_000
+	p := start(t, o)
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	msgs := frames(t, "rate", 12, 50_000)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	began := time.Now()
+	if _, err := p.Publish(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	el := time.Since(began)
+	if el < 900*time.Millisecond || el > 3*time.Second {
+		t.Errorf("600 KB at 300 KB/s with 300 KB burst took %s, want about 1s", el)
+	}
+}
