@@ -97,6 +97,7 @@ func (q *Queue) reopenLocked(cause error) error {
 	if err != nil {
 		return fmt.Errorf("reopen spool after compaction: %w", err)
 	}
+	dropMapped(db)
 	q.db = db
 	return cause
 }

@@ -182,6 +182,7 @@ func (q *Queue) openAndLoad() (*loadResult, error) {
 		}
 	}
 	if err == nil {
+		dropMapped(db)
 		q.db = db
 		q.logProblems(st.problems)
 		return st, nil
@@ -210,6 +211,7 @@ func (q *Queue) openAndLoad() (*loadResult, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("load fresh spool: %w", err)
 	}
+	dropMapped(db)
 	q.db = db
 	q.logProblems(st.problems)
 	return st, nil
@@ -664,6 +666,7 @@ func (q *Queue) Ack(ids ...uint64) error {
 	q.removeLocked(drop)
 	q.mu.Unlock()
 	q.maybeCompactLocked()
+	q.dropMappedLocked() // pages Next read for these records
 	return nil
 }
 
