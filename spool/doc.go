@@ -3,8 +3,9 @@
 //
 // A spool is a directory. It holds one bbolt file, DBName, with the encoded
 // records (image, mask and caller-owned metadata behind a versioned,
-// checksummed header; see format.go, owned by this package), a small index
-// per record, a quarantine for damaged records and persistent counters. A
+// checksummed header; see format.go, owned by this package), each in its
+// own sub-bucket so that a Put writes only its own pages, a small index per
+// record, a quarantine for damaged records and persistent counters. A
 // damaged file is renamed aside in the same directory as
 // DBName+".corrupt-<UTC time>"; nothing is ever deleted silently.
 //
@@ -14,8 +15,10 @@
 //     committed in a bbolt transaction that ended with fdatasync.
 //   - A record leaves the spool only through Ack, which deletes it in one
 //     durable transaction (call it after the broker confirmed the record),
-//     or through a counted eviction (MaxBytes, MinFreeBytes, MaxAge) or a
-//     counted quarantine. Each of these is logged once per burst.
+//     or through a counted eviction (MaxBytes, MinFreeBytes, MaxAge), a
+//     counted quarantine, or a counted rename aside of a damaged file
+//     (records that cannot be salvaged stay in the renamed file). Each is
+//     logged: evictions once per burst, damage at Error.
 //   - After a crash at any instant (kill -9, power cut), reopening yields
 //     every record whose Put returned nil and that was not acknowledged,
 //     exactly once, under the same id; ids are unique and increasing and
@@ -37,12 +40,16 @@
 // (started by Open, stopped and waited for by Close). The committer takes
 // every Put waiting at the time the previous commit ended, up to
 // Options.MaxBatch records, and commits them in one transaction with one
-// fsync (group commit without a timer: a lone Put is committed at once,
-// concurrent Puts share fsyncs). Ack, eviction, expiry, quarantine and
+// fsync. When recent batches or the Puts in progress show several
+// producers, it waits up to 2 ms for those still encoding; a lone Put is
+// committed at once. Ack, eviction, expiry, quarantine and
 // compaction are serialized with the committer by a write mutex; Next reads
 // in a read transaction concurrently with writes. An in-memory index (about
 // 100 bytes per record) holds ids, priorities, creation times and sizes, so
-// Next, eviction and Stats never scan the file.
+// Next, eviction and Stats never scan the file. On Linux the spool unmaps
+// bbolt's mmap'd pages from the process after Open, compaction and every
+// Ack (madvise MADV_DONTNEED; the page cache keeps them), so resident
+// memory does not grow with the records read or walked.
 //
 // # Bounds and eviction
 //
@@ -68,9 +75,10 @@
 // than CompactFreeBytes (default 32 MiB) of free pages and either half the
 // file is free or the file exceeds MaxBytes+CompactFreeBytes, the live data
 // is copied to DBName+".compact", synced, and renamed over the file. So the
-// file stays within max(2×live, live+CompactFreeBytes) after each Ack, and
-// within MaxBytes + CompactFreeBytes + one batch (≤ 32 MiB) overall; a
-// compaction briefly needs a second copy of the live data. Keeping blobs
+// file's pages stay within max(2×live, live+CompactFreeBytes) after each
+// Ack, and within MaxBytes + CompactFreeBytes + one batch (≤ 32 MiB) plus
+// page rounding (under 4 KiB per record) overall (TestDiskBoundedAfterChurn);
+// a compaction briefly needs a second copy of the live data on disk. Keeping blobs
 // as files beside a bbolt index was measured as the alternative
 // (BenchmarkAltBlobFiles): it costs a file fsync and a directory fsync on
 // top of the index commit, so sequential durable Put fell well short of raw
