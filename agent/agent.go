@@ -100,7 +100,7 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 			a = nil
 		}
 	}()
-	if a.m, err = newMetrics(a.reg, a.spoolStats); err != nil {
+	if a.m, err = newMetrics(a.reg, a.spoolStats, a.linkUp); err != nil {
 		return a, fmt.Errorf("register metrics: %w", err)
 	}
 	if a.st, err = openState(cfg.Device.StateDir); err != nil {
@@ -163,9 +163,6 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 		if a.pub, err = newPub(uo); err != nil {
 			return a, fmt.Errorf("%w: uplink: %w", ErrConfig, err)
 		}
-		a.m.linkUp.Set(0)
-	} else {
-		a.m.linkUp.Set(-1)
 	}
 	return a, nil
 }
@@ -189,12 +186,18 @@ func (a *Agent) link() linkInfo {
 	if s.LastError != nil {
 		li.LastError = s.LastError.Error()
 	}
-	if li.Connected {
-		a.m.linkUp.Set(1)
-	} else {
-		a.m.linkUp.Set(0)
-	}
 	return li
+}
+
+// linkUp is the value of forest_agent_link_up.
+func (a *Agent) linkUp() float64 {
+	switch l := a.link(); {
+	case l.Offline:
+		return -1
+	case l.Connected:
+		return 1
+	}
+	return 0
 }
 
 func (a *Agent) trace(step string) {

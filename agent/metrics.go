@@ -20,11 +20,11 @@ type metrics struct {
 	segmentSeconds prometheus.Histogram
 	frameSeconds   prometheus.Histogram
 	publishSeconds prometheus.Histogram
-	linkUp         prometheus.Gauge
+	linkUp         prometheus.GaugeFunc
 	stats          func() (spool.Stats, bool)
 }
 
-func newMetrics(reg prometheus.Registerer, stats func() (spool.Stats, bool)) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, stats func() (spool.Stats, bool), linkUp func() float64) (*metrics, error) {
 	m := &metrics{
 		captured: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forest_agent_frames_captured_total", Help: "Images captured, by source.",
@@ -62,9 +62,9 @@ func newMetrics(reg prometheus.Registerer, stats func() (spool.Stats, bool)) (*m
 			Name: "forest_agent_publish_seconds", Help: "Time to publish one batch and receive its confirms.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}),
-		linkUp: prometheus.NewGauge(prometheus.GaugeOpts{
+		linkUp: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "forest_agent_link_up", Help: "1 when the broker link is connected, 0 when it is not, -1 when no broker is configured (offline).",
-		}),
+		}, linkUp),
 		stats: stats,
 	}
 	for _, s := range []string{"dir", "http", "exec"} {

@@ -152,8 +152,9 @@ func TestChainUnderFaults(t *testing.T) {
 	period := time.Duration(envInt("FOREST_E2E_SECONDS", 200)) * time.Second
 	s := newStack(t, []AgentOptions{
 		{Device: "mast-a"},
-		// mast-b's spool holds about 30 frames: its link is cut for 40 s.
-		{Device: "mast-b", SpoolMaxBytes: 1 << 20},
+		// mast-b's spool holds about 20 frames (~12 KB each); its link is
+		// cut for 40 s while it captures about 50.
+		{Device: "mast-b", SpoolMaxBytes: 256 << 10},
 	}, "")
 	frames, err := LoadFrames(s.Root, 256)
 	if err != nil {

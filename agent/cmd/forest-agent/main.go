@@ -41,7 +41,20 @@ Examples:
 Run "forest-agent <command> --help" for the flags of a command.
 `
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+// version and commit may be set with -ldflags "-X main.version=... -X
+// main.commit=..." (the Makefile does); they override agent.Version and
+// agent.Commit, which may be set the same way.
+var version, commit string
+
+func main() {
+	if version != "" {
+		agent.Version = version
+	}
+	if commit != "" {
+		agent.Commit = commit
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {

@@ -1,0 +1,62 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/forestwatch/forest/segment"
+)
+
+// The agent's per-frame cost against the raw library in the same run:
+// BenchmarkFrameRaw is segment.Decode + Model.Segment on a 256×256
+// Sentinel-2 tile (what the library alone costs); BenchmarkFramePipeline is
+// the whole pipeline for the same tile: decode, segment, JPEG re-encode,
+// mask PNG, thumbnail, durable spool Put (fsync) and metrics. The ratio is
+// reported in BENCHMARKS.md.
+
+func benchTile(b *testing.B) []byte {
+	needModel(b)
+	data, err := os.ReadFile(sampleFrames(b)[2])
+	if err != nil {
+		b.Fatal(err)
+	}
+	return data
+}
+
+func BenchmarkFrameRaw(b *testing.B) {
+	data := benchTile(b)
+	m, err := segment.Load(modelPath, segment.Options{Threads: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		f, err := segment.Decode(data, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := m.Segment(f.Image); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkFramePipeline(b *testing.B) {
+	data := benchTile(b)
+	cfg := testConfig(b)
+	a, err := New(cfg, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := a.pipe.handle(ctx, &Capture{Source: "dir", Name: "tile.png", Data: data, Time: time.Now()}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
