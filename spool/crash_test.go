@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
@@ -24,7 +25,10 @@ import (
 // and Ack that returned nil. The parent SIGKILLs it at a random moment,
 // reopens the spool and checks the durability contract.
 
-const crashChildEnv = "SPOOL_CRASH_CHILD"
+const (
+	crashChildEnv    = "SPOOL_CRASH_CHILD"
+	crashMaxBytesEnv = "SPOOL_CRASH_MAX_BYTES" // bounded mode: evictions race with kills
+)
 
 // crashPayload derives a record's content from its tag so that the parent
 // can verify every byte without having seen it.
@@ -40,7 +44,8 @@ func crashPayload(tag string) *Record {
 }
 
 func crashChild(dir string) {
-	q, err := Open(dir, Options{CompactFreeBytes: 256 << 10})
+	maxBytes, _ := strconv.ParseInt(os.Getenv(crashMaxBytesEnv), 10, 64)
+	q, err := Open(dir, Options{CompactFreeBytes: 64 << 10, MaxBytes: maxBytes})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(2)
@@ -61,6 +66,9 @@ func crashChild(dir string) {
 			for {
 				tag := fmt.Sprintf("%d-%d", pid, seq.Add(1))
 				id, err := q.Put(context.Background(), crashPayload(tag))
+				if errors.Is(err, ErrFull) {
+					continue // the new record is the least valuable
+				}
 				if err != nil {
 					fmt.Fprintln(os.Stderr, "child put:", err)
 					os.Exit(4)
@@ -73,6 +81,9 @@ func crashChild(dir string) {
 	for {
 		if err := q.Wait(context.Background()); err != nil {
 			os.Exit(5)
+		}
+		if maxBytes > 0 {
+			time.Sleep(time.Duration(rng.IntN(8)) * time.Millisecond) // a slow uplink
 		}
 		rs, err := q.Next(1 + rng.IntN(16))
 		if err != nil {
@@ -113,14 +124,21 @@ func TestCrashKill(t *testing.T) {
 	if s := os.Getenv("SPOOL_CRASH_KILLS"); s != "" {
 		kills, _ = strconv.Atoi(s)
 	}
+	t.Run("unbounded", func(t *testing.T) { crashKills(t, kills, 0) })
+	// MaxBytes of about 25 records with a slow drain: Puts evict.
+	t.Run("bounded", func(t *testing.T) { crashKills(t, kills/2, 400<<10) })
+}
+
+func crashKills(t *testing.T, kills int, maxBytes int64) {
 	dir := t.TempDir()
+	gone := map[uint64]bool{} // acknowledged Puts found missing: must be counted evictions
 	putOK := map[uint64]string{} // id -> tag of every Put that returned nil
 	acked := map[uint64]bool{}   // ids of every Ack that returned nil
 	var lastID uint64
 	var totalPuts, totalAcks, compactions int
 	start := time.Now()
 	for i := range kills {
-		lines := runAndKill(t, dir, time.Duration(rand.IntN(250))*time.Millisecond)
+		lines := runAndKill(t, dir, maxBytes, time.Duration(rand.IntN(250))*time.Millisecond)
 		acking := map[uint64]bool{} // ids of the Ack that started but did not report
 		runCompactions := 0
 		for _, l := range lines {
@@ -155,18 +173,18 @@ func TestCrashKill(t *testing.T) {
 			}
 		}
 		compactions += runCompactions
-		lastID = verifyCrashState(t, i, dir, putOK, acked, acking)
+		lastID = verifyCrashState(t, i, dir, maxBytes, putOK, acked, acking, gone)
 	}
-	t.Logf("%d kills in %v: %d acknowledged puts, %d acknowledged acks, %d compactions, last id %d",
-		kills, time.Since(start).Round(time.Millisecond), totalPuts, totalAcks, compactions, lastID)
+	t.Logf("%d kills in %v: %d acknowledged puts, %d acknowledged acks, %d evicted, %d compactions, last id %d",
+		kills, time.Since(start).Round(time.Millisecond), totalPuts, totalAcks, len(gone), compactions, lastID)
 }
 
 // runAndKill starts a child on dir, lets it run for d after it is ready,
 // SIGKILLs it and returns the complete lines it wrote.
-func runAndKill(t *testing.T, dir string, d time.Duration) []string {
+func runAndKill(t *testing.T, dir string, maxBytes int64, d time.Duration) []string {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("%s=%d", crashMaxBytesEnv, maxBytes))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -220,10 +238,11 @@ func runAndKill(t *testing.T, dir string, d time.Duration) []string {
 }
 
 // verifyCrashState reopens the spool after a kill and checks: every
-// acknowledged Put not acknowledged by Ack is present with intact content,
-// nothing acknowledged by Ack is present, no tag is stored twice, the
-// remaining ids have no gap, and Stats agree with the content.
-func verifyCrashState(t *testing.T, kill int, dir string, putOK map[uint64]string, acked, acking map[uint64]bool) uint64 {
+// acknowledged Put not acknowledged by Ack is present with intact content
+// (bounded: or counted as evicted), nothing acknowledged by Ack is present,
+// no tag is stored twice, the remaining ids have no gap (unbounded), and
+// Stats agree with the content and the bound.
+func verifyCrashState(t *testing.T, kill int, dir string, maxBytes int64, putOK map[uint64]string, acked, acking, gone map[uint64]bool) uint64 {
 	t.Helper()
 	q, err := Open(dir, Options{CompactFreeBytes: -1})
 	if err != nil {
@@ -273,19 +292,35 @@ func verifyCrashState(t *testing.T, kill int, dir string, putOK map[uint64]strin
 	if bytes != st.Bytes {
 		t.Fatalf("kill %d: Stats.Bytes %d, content %d", kill, st.Bytes, bytes)
 	}
+	var evicted uint64
+	for _, n := range st.Evictions {
+		evicted += n
+	}
 	for id := range putOK {
-		if !acked[id] && !acking[id] && !slices.Contains(ids, id) {
+		if !acked[id] && !acking[id] && !gone[id] && !slices.Contains(ids, id) {
 			if _, ok := tags[putOK[id]]; !ok {
-				t.Fatalf("kill %d: acknowledged Put %d (%s) lost", kill, id, putOK[id])
+				if maxBytes == 0 {
+					t.Fatalf("kill %d: acknowledged Put %d (%s) lost", kill, id, putOK[id])
+				}
+				gone[id] = true
 			}
 		}
+	}
+	if uint64(len(gone)) > evicted {
+		t.Fatalf("kill %d: %d acknowledged Puts missing, only %d evictions counted", kill, len(gone), evicted)
+	}
+	if maxBytes > 0 && st.Bytes > maxBytes {
+		t.Fatalf("kill %d: %d bytes stored over MaxBytes %d", kill, st.Bytes, maxBytes)
+	}
+	if maxBytes == 0 && evicted != 0 {
+		t.Fatalf("kill %d: %d evictions without bounds", kill, evicted)
 	}
 	for id := range acking {
 		if !slices.Contains(ids, id) {
 			acked[id] = true // the interrupted Ack took effect
 		}
 	}
-	for i := 1; i < len(ids); i++ {
+	for i := 1; i < len(ids) && maxBytes == 0; i++ {
 		if ids[i] != ids[i-1]+1 {
 			t.Fatalf("kill %d: gap in remaining ids: %d then %d", kill, ids[i-1], ids[i])
 		}
