@@ -131,7 +131,7 @@ func TestCrashKill(t *testing.T) {
 
 func crashKills(t *testing.T, kills int, maxBytes int64) {
 	dir := t.TempDir()
-	gone := map[uint64]bool{} // acknowledged Puts found missing: must be counted evictions
+	gone := map[uint64]bool{}    // acknowledged Puts found missing: must be counted evictions
 	putOK := map[uint64]string{} // id -> tag of every Put that returned nil
 	acked := map[uint64]bool{}   // ids of every Ack that returned nil
 	var lastID uint64
