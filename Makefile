@@ -16,7 +16,7 @@ export FOREST_VERSITYGW ?= $(CURDIR)/.cache/bin/versitygw
 # Benchmarks: -count 5 so that BENCHMARKS.md can quote medians.
 BENCH_COUNT ?= 5
 
-.PHONY: help build deps run test bench lint clean
+.PHONY: help build deps run test bench lint clean demo soak package
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,14 @@ test: ## install what is missing, start the servers, run every test, stop the se
 
 bench: deps ## benchmarks against the raw libraries (figures for BENCHMARKS.md)
 	bash .ci/bench.sh $(BENCH_COUNT)
+
+demo: deps ## broker, S3 server, forest-cloud and two agents on this machine; Ctrl-C stops all
+	$(GO) run ./agent/e2e/demo
+
+SOAK_MINUTES ?= 30
+soak: deps ## the end-to-end fault test for SOAK_MINUTES (default 30), with its tally
+	FOREST_E2E_SECONDS=$$(( $(SOAK_MINUTES) * 60 )) FOREST_E2E_FRAMES=$$(( $(SOAK_MINUTES) * 150 )) \
+		$(GO) test -count=1 -run 'TestChainUnderFaults' -timeout $$(( $(SOAK_MINUTES) + 20 ))m -v ./agent/e2e
 
 lint: deps ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

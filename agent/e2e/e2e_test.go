@@ -192,6 +192,14 @@ func TestChainUnderFaults(t *testing.T) {
 
 	bAgent := s.Agents[1]
 	var counts = map[string]int{}
+	// The consumer's counter of suppressed duplicates, summed over its
+	// lives: scraped before each kill and at the end.
+	var dupsSuppressed float64
+	scrapeDups := func() {
+		if v, err := Metric(context.Background(), s.Cloud.HTTP, "forest_cloud_duplicates_suppressed_total"); err == nil {
+			dupsSuppressed += v
+		}
+	}
 	restartAgent := func(ag *Agent) func() {
 		return func() {
 			ag.Kill()
@@ -223,6 +231,7 @@ func TestChainUnderFaults(t *testing.T) {
 		}
 		for _, at := range []time.Duration{45, 105, 165} {
 			events = append(events, event{c + at*time.Second, "consumer kill -9", func() {
+				scrapeDups()
 				s.Cloud.Kill()
 				time.Sleep(2 * time.Second)
 				if err := s.Cloud.Start(); err != nil {
@@ -257,6 +266,7 @@ func TestChainUnderFaults(t *testing.T) {
 	for _, ag := range s.Agents {
 		ag.Stop(20 * time.Second)
 	}
+	scrapeDups()
 	s.Cloud.Stop(20 * time.Second)
 	if !drained {
 		t.Error("the chain did not drain within 5 minutes")
@@ -314,8 +324,8 @@ func TestChainUnderFaults(t *testing.T) {
 	if q["forest.cloud.frames"] != 0 || q["forest.cloud.frames.dlq"] != 0 {
 		t.Errorf("queues not empty: %v", q)
 	}
-	t.Logf("TALLY captured=%d stored=%d missing=%v evicted=%v duplicates_stored=%d dead_lettered=%d agent_starts=[%d %d] consumer_starts=%d",
-		len(fed), len(stored), missing, evicted, dups, q["forest.cloud.frames.dlq"],
+	t.Logf("TALLY captured=%d stored=%d missing=%v evicted=%v duplicates_stored=%d duplicates_suppressed>=%.0f dead_lettered=%d agent_starts=[%d %d] consumer_starts=%d",
+		len(fed), len(stored), missing, evicted, dups, dupsSuppressed, q["forest.cloud.frames.dlq"],
 		s.Agents[0].Starts(), s.Agents[1].Starts(), s.Cloud.Starts())
 	checkNoSecrets(t, s)
 }

@@ -197,7 +197,9 @@ disk_free_limit.absolute = 50MB
 	if err := os.WriteFile(filepath.Join(dir, "enabled_plugins"), []byte("[].\n"), 0o600); err != nil {
 		return nil, err
 	}
-	loopback := "-kernel inet_dist_use_interface {127,0,0,1}"
+	// Erlang distribution on loopback only, and never an epmd of Erlang's
+	// own starting: the harness runs one per broker and kills it after.
+	loopback := "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
 	b.env = append(os.Environ(),
 		"RABBITMQ_NODENAME="+b.node,
 		"RABBITMQ_NODE_IP_ADDRESS=127.0.0.1",
@@ -208,7 +210,11 @@ disk_free_limit.absolute = 50MB
 		"RABBITMQ_MNESIA_BASE="+filepath.Join(dir, "mnesia"),
 		"RABBITMQ_LOG_BASE="+filepath.Join(dir, "log"),
 		"RABBITMQ_PID_FILE="+filepath.Join(dir, "rabbit.pid"),
-		"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+loopback+" "+Marker+" "+dir,
+		// ALLOW_INPUT makes the script exec the VM instead of waiting for
+		// it in a shell, so the VM is the harness's child and dies with
+		// it (Pdeathsig); -noinput keeps it from reading stdin all the same.
+		"RABBITMQ_ALLOW_INPUT=true",
+		"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+loopback+" -noinput "+Marker+" "+dir,
 		"RABBITMQ_CTL_ERL_ARGS="+loopback,
 		"ERL_EPMD_ADDRESS=127.0.0.1",
 		"ERL_EPMD_PORT="+strconv.Itoa(ports[2]),
