@@ -2,6 +2,7 @@
 # Installs everything the build and the tests need from outside the Go module,
 # idempotently. Installs go to .cache/ (git-ignored) except the Debian packages.
 #
+#   Chromium      apt-get install chromium (the status page test)
 #   RabbitMQ      apt-get install rabbitmq-server (not started: the test
 #                 harness starts its own broker on 127.0.0.1)
 #   versitygw     go install at a pinned version into .cache/bin
@@ -66,7 +67,7 @@ onnxruntime() {
 	touch "$dir/.ok"
 }
 
-apt_install rabbitmq-server ca-certificates
+apt_install rabbitmq-server ca-certificates chromium
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 onnxruntime
