@@ -3,11 +3,14 @@ package cloud
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/forestwatch/forest/uplink/wire"
@@ -105,18 +108,21 @@ func (s *Service) plan(m wire.Message, now time.Time) (*planned, error) {
 		return nil, poison(ReasonInvalid, err)
 	}
 	p := &planned{device: f.Device, id: f.ID}
-	img := newObject("image", keys.Image, f.ContentType, f.Image)
+	imgSum, _ := m.Headers[wire.HeaderSHA256].(string)
+	img := verifiedObject("image", keys.Image, f.ContentType, f.Image, strings.ToLower(imgSum))
 	p.objects = append(p.objects, img)
 	sc := Sidecar{
 		Schema: SidecarSchema, FrameID: f.ID, Device: f.Device, Seq: f.Seq,
 		CapturedAt: f.Captured.UTC(), ReceivedAt: now.UTC(), SentAt: f.Sent.UTC(),
 		ContentType: f.ContentType, Width: f.Width, Height: f.Height, Coverage: f.Coverage,
 		Model: f.Model, Agent: f.Agent, User: m.UserID, GPS: f.GPS, Camera: f.Camera,
-		Image: ObjectRef{Key: keys.Image, Bytes: len(f.Image), SHA256: wire.Sum(f.Image)},
+		Image: ObjectRef{Key: keys.Image, Bytes: len(f.Image), SHA256: hex.EncodeToString(img.sum[:])},
 	}
 	if f.Mask != nil {
-		p.objects = append(p.objects, newObject("mask", keys.Mask, wire.PNG, f.Mask))
-		sc.Mask = &ObjectRef{Key: keys.Mask, Bytes: len(f.Mask), SHA256: wire.Sum(f.Mask)}
+		maskSum, _ := m.Headers[wire.HeaderMaskSHA256].(string)
+		mo := verifiedObject("mask", keys.Mask, wire.PNG, f.Mask, strings.ToLower(maskSum))
+		p.objects = append(p.objects, mo)
+		sc.Mask = &ObjectRef{Key: keys.Mask, Bytes: len(f.Mask), SHA256: hex.EncodeToString(mo.sum[:])}
 	}
 	body, err := json.MarshalIndent(&sc, "", "  ")
 	if err != nil {
@@ -197,18 +203,32 @@ func checkImage(f *wire.Frame, maxPixels int) error {
 	return nil
 }
 
-// store writes the planned objects in order (the sidecar last) and reports
-// how many were already there.
+// storeAll writes the planned objects: all but the last (the image and the
+// mask) concurrently, then the last (the sidecar), so that a stored sidecar
+// means a complete frame. It reports how many objects were already there.
 func (s *Service) storeAll(ctx context.Context, p *planned) (dups int, err error) {
-	for _, o := range p.objects {
-		dup, err := s.store.put(ctx, o)
-		if err != nil {
-			if errors.Is(err, ErrConflict) {
-				return dups, poison(ReasonConflict, err)
-			}
-			return dups, err
+	objs := p.objects
+	first, last := objs[:len(objs)-1], objs[len(objs)-1]
+	dupOf := make([]bool, len(objs))
+	errs := make([]error, len(objs))
+	if len(first) == 1 {
+		dupOf[0], errs[0] = s.store.put(ctx, first[0])
+	} else {
+		var wg sync.WaitGroup
+		for i, o := range first {
+			wg.Go(func() { dupOf[i], errs[i] = s.store.put(ctx, o) })
 		}
-		if dup {
+		wg.Wait()
+	}
+	if err := pick(errs); err != nil {
+		return 0, err
+	}
+	i := len(objs) - 1
+	if dupOf[i], errs[i] = s.store.put(ctx, last); errs[i] != nil {
+		return 0, pick(errs)
+	}
+	for i, o := range objs {
+		if dupOf[i] {
 			dups++
 			s.m.duplicates.Inc()
 		} else {
@@ -217,4 +237,19 @@ func (s *Service) storeAll(ctx context.Context, p *planned) (dups int, err error
 		}
 	}
 	return dups, nil
+}
+
+// pick returns the error that decides a message's fate: a conflict (poison)
+// before a transient error.
+func pick(errs []error) error {
+	var first error
+	for _, err := range errs {
+		if errors.Is(err, ErrConflict) {
+			return poison(ReasonConflict, err)
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
 }
