@@ -3,6 +3,7 @@ package uplink_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"net/url"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/uplink/wire"
 )
 
 // viaProxy rewrites an AMQP URL to go through a fault-injecting proxy.
@@ -108,6 +110,12 @@ func TestLinkCut(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	o := testOptions(viaProxy(t, vh, px))
 	o.Registerer = reg
+	o.Route = func(m *wire.Message) string {
+		if strings.HasPrefix(m.MessageID, "unroutable") {
+			return "nowhere"
+		}
+		return "frames.dev-1"
+	}
 	p := start(t, o)
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	drainWhile(t, p, vh, "frames", 600, 10_000, 60*time.Second, func(l *ledger) {
@@ -119,15 +127,19 @@ func TestLinkCut(t *testing.T) {
 	if got := metric(t, reg, "forest_agent_uplink_reconnects_total", ""); got < 3 {
 		t.Errorf("reconnects_total = %v, want >= 3", got)
 	}
-	// After the reconnects, returns are still noticed.
+	// After the reconnects, returns are still noticed: NotifyReturn was
+	// registered on the new channel.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
-	o2 := frames(t, "unroutable", 1, 10)
-	o2[0].Headers = nil // routed to frames.unknown, still bound by frames.#
-	res, err := p.Publish(ctx, o2)
-	if err != nil || res[0].Outcome != uplink.Confirmed {
-		t.Fatalf("after reconnect: %+v %v", res, err)
+	res, err := p.Publish(ctx, frames(t, "unroutable", 3, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Outcome != uplink.Returned {
+			t.Fatalf("unroutable after reconnect: %+v", r)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 type metrics struct {
 	publish        *prometheus.CounterVec
+	byOutcome      map[Outcome]prometheus.Counter
 	publishedBytes prometheus.Counter
 	latency        prometheus.Histogram
 	blocked        prometheus.Counter
@@ -54,8 +55,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Messages published and not yet confirmed.",
 		}),
 	}
+	m.byOutcome = map[Outcome]prometheus.Counter{}
 	for _, r := range []Outcome{Confirmed, Nacked, Returned, TimedOut, Lost} {
-		m.publish.WithLabelValues(r.label())
+		m.byOutcome[r] = m.publish.WithLabelValues(r.label())
 	}
 	for s := StateDown; s <= StateBlocked; s++ {
 		m.state.WithLabelValues(s.String())

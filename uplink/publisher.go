@@ -16,7 +16,9 @@
 //
 // A Publisher is used by two parties: Run, the connection supervisor, which
 // one goroutine calls once; and Publish and State, which any goroutine may
-// call (concurrent Publish calls are serialized). Run dials, keeps at most
+// call. Concurrent Publish calls send one after the other, but a call waits
+// for its confirms without holding the next one back, so a caller may
+// pipeline batches. Run dials, keeps at most
 // one connection with one confirm-mode channel, and reconnects after any
 // failure with jittered exponential backoff. Each connection has a pump
 // goroutine that drains every notification channel the library offers
@@ -164,7 +166,7 @@ type Publisher struct {
 	bucket  *bucket
 
 	running atomic.Bool
-	pubMu   sync.Mutex // serializes Publish
+	pubMu   sync.Mutex // serializes the sending part of Publish
 
 	mu     sync.Mutex
 	sess   *session // nil while not connected
@@ -338,9 +340,9 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 		res[i].MessageID = msgs[i].MessageID
 	}
 	p.pubMu.Lock()
-	defer p.pubMu.Unlock()
 	s := p.current()
 	if s == nil {
+		p.pubMu.Unlock()
 		for i := range res {
 			res[i].Err = ErrNotConnected
 		}
@@ -374,6 +376,8 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 		}
 		flights[i] = f
 	}
+	// Sending is done; later calls may send while this one waits.
+	p.pubMu.Unlock()
 	for i, f := range flights {
 		if f == nil {
 			if stopErr != nil {
@@ -384,7 +388,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 		select {
 		case <-f.done:
 			res[i].Outcome, res[i].Err = f.outcome, f.err
-			p.metrics.publish.WithLabelValues(f.outcome.label()).Inc()
+			p.metrics.byOutcome[f.outcome].Inc()
 			if f.outcome == Confirmed {
 				p.metrics.latency.Observe(f.at.Sub(f.sent).Seconds())
 			} else if stopErr == nil && f.outcome == Lost {
@@ -392,7 +396,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 			}
 		case <-ctx.Done():
 			res[i].Outcome, res[i].Err = Lost, ctx.Err()
-			p.metrics.publish.WithLabelValues(Lost.label()).Inc()
+			p.metrics.byOutcome[Lost].Inc()
 			if stopErr == nil {
 				stopErr = ctx.Err()
 			}

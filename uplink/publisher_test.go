@@ -285,3 +285,79 @@ func TestRateLimit(t *testing.T) {
 		t.Errorf("600 KB at 300 KB/s with 300 KB burst took %s, want about 1s", el)
 	}
 }
+
+// TestSameIDInBatch: two messages with one id in a batch are published one
+// after the other (returns are matched by id) and both are confirmed.
+func TestSameIDInBatch(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	topology(t, url, "frames", nil)
+	p := start(t, testOptions(url))
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	msgs := frames(t, "same", 4, 100)
+	for i := range msgs {
+		msgs[i].MessageID = "same-id"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := p.Publish(ctx, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.Outcome != uplink.Confirmed {
+			t.Fatalf("%+v", r)
+		}
+	}
+	if got := queued(t, url, "frames")["same-id"]; got != 4 {
+		t.Fatalf("%d copies in queue, want 4", got)
+	}
+	// Run is single-use at a time.
+	if err := p.Run(ctx); !errors.Is(err, uplink.ErrRunning) {
+		t.Fatalf("second Run: %v", err)
+	}
+}
+
+// TestPublishAbandonedOnStalledLink: a Publish whose context ends while the
+// link is stalled returns promptly (the stuck socket write is interrupted by
+// dropping the connection), with nothing reported Confirmed that the broker
+// did not confirm; the supervisor recovers once the link moves again.
+func TestPublishAbandonedOnStalledLink(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	vh := b.Vhost(t)
+	topology(t, vh, "frames", nil)
+	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
+	o := testOptions(viaProxy(t, vh, px))
+	o.Heartbeat = 30 * time.Second // only the context can end the wait
+	o.ConfirmTimeout = time.Minute
+	o.Window = 64
+	p := start(t, o)
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	px.Stall(true)
+	msgs := frames(t, "stall", 64, 200_000) // 12.8 MB: more than socket buffers hold
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	began := time.Now()
+	res, err := p.Publish(ctx, msgs)
+	if el := time.Since(began); el > 5*time.Second {
+		t.Errorf("Publish returned %s after its context ended", el-2*time.Second)
+	}
+	if err == nil {
+		t.Fatal("Publish on a stalled link succeeded")
+	}
+	for _, r := range res {
+		if r.Outcome == uplink.Confirmed {
+			t.Fatalf("confirmed over a stalled link: %+v", r)
+		}
+	}
+	px.Stall(false)
+	l := newLedger()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel2()
+	if err := deliverAll(ctx2, t, p, msgs, 16, l); err != nil {
+		t.Fatal(err)
+	}
+	checkDelivered(t, msgs, l, queued(t, vh, "frames"))
+}

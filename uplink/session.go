@@ -53,7 +53,7 @@ type session struct {
 	blocked   bool
 	blockedAt time.Time
 	unblocked chan struct{} // closed when the block lifts
-	changed   chan struct{} // closed and replaced whenever a flight resolves
+	changed   chan struct{} // if non-nil, closed (and reset) when a flight resolves
 }
 
 // flight is one published message waiting for its confirm.
@@ -77,7 +77,6 @@ func newSession(p *Publisher) *session {
 		pending:   map[uint64]*flight{},
 		byID:      map[string]*flight{},
 		unblocked: make(chan struct{}),
-		changed:   make(chan struct{}),
 	}
 	close(s.unblocked)
 	return s
@@ -204,8 +203,10 @@ func (s *session) resolve(f *flight, o Outcome, err error) {
 	if s.byID[f.id] == f {
 		delete(s.byID, f.id)
 	}
-	close(s.changed)
-	s.changed = make(chan struct{})
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 	s.p.metrics.inflight.Dec()
 }
 
@@ -407,7 +408,7 @@ func (s *session) waitReady(ctx context.Context, id string) error {
 		case s.blocked:
 			wait = s.unblocked
 		case len(s.pending) >= s.p.opts.Window:
-			wait = s.changed
+			wait = s.changedChan()
 		case s.byID[id] != nil:
 			wait = s.byID[id].done
 		}
@@ -423,6 +424,15 @@ func (s *session) waitReady(ctx context.Context, id string) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// changedChan returns a channel closed when the next flight resolves; s.mu
+// is held.
+func (s *session) changedChan() chan struct{} {
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return s.changed
 }
 
 func isClosed(c chan struct{}) bool {
@@ -479,7 +489,7 @@ func (s *session) close(timeout time.Duration, reason error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		s.mu.Lock()
-		n, changed := len(s.pending), s.changed
+		n, changed := len(s.pending), s.changedChan()
 		s.mu.Unlock()
 		if n == 0 || !time.Now().Before(deadline) {
 			break

@@ -1,0 +1,286 @@
+package uplink_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/forestwatch/forest/uplink"
+	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// benchWindow is the confirm window of both the publisher and the bare
+// library loop; benchBatch the messages per Publish call (a drain batch).
+const (
+	benchWindow = 32
+	benchBatch  = 64
+)
+
+// BenchmarkPublish publishes b.N messages to a durable quorum queue through
+// the Publisher and, in the same run, through bare amqp091-go with the same
+// bytes, properties, mandatory flag and confirm window. Run it with
+// -benchtime 2000x (the figure); compare msgs/s of uplink and bare.
+func BenchmarkPublish(b *testing.B) {
+	br := uplinktest.Shared(b)
+	for _, size := range []int{200_000, 1_000} {
+		url := br.Vhost(b)
+		setupBenchQueue(b, url)
+		b.Run(fmt.Sprintf("size=%dKB/bare", size/1000), func(b *testing.B) {
+			msgs := frames(b, "bare", min(b.N, 512), size)
+			purge(b, url)
+			conn, err := amqp.Dial(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			ch, err := conn.Channel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := ch.Confirm(false); err != nil {
+				b.Fatal(err)
+			}
+			returns := ch.NotifyReturn(make(chan amqp.Return, benchWindow))
+			go func() {
+				for range returns {
+				}
+			}()
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			var window []*amqp.DeferredConfirmation
+			for i := range b.N {
+				m := &msgs[i%len(msgs)]
+				if len(window) == benchWindow {
+					if !window[0].Wait() {
+						b.Fatal("nack")
+					}
+					window = window[1:]
+				}
+				dc, err := ch.PublishWithDeferredConfirm(uplink.DefaultExchange, "frames.dev-1", true, false, amqp.Publishing{
+					DeliveryMode: amqp.Persistent, ContentType: m.ContentType, MessageId: m.MessageID,
+					Timestamp: m.Timestamp, AppId: m.AppID, Type: m.Type, Headers: amqp.Table(m.Headers), Body: m.Body,
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				window = append(window, dc)
+			}
+			for _, dc := range window {
+				if !dc.Wait() {
+					b.Fatal("nack")
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+		b.Run(fmt.Sprintf("size=%dKB/uplink", size/1000), func(b *testing.B) {
+			msgs := frames(b, "uplink", min(b.N, 512), size)
+			purge(b, url)
+			o := testOptions(url)
+			o.DeclareExchange = false
+			o.Window = benchWindow
+			o.ConfirmTimeout = time.Minute
+			p, err := uplink.New(o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- p.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			for p.State().State != uplink.StateConnected {
+				time.Sleep(5 * time.Millisecond)
+			}
+			batch := make([]wire.Message, 0, benchBatch)
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			for i := 0; i < b.N; {
+				batch = batch[:0]
+				for ; len(batch) < benchBatch && i < b.N; i++ {
+					batch = append(batch, msgs[i%len(msgs)])
+				}
+				res, err := p.Publish(ctx, batch)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range res {
+					if r.Outcome != uplink.Confirmed {
+						b.Fatalf("%+v", r)
+					}
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+func setupBenchQueue(b *testing.B, url string) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("bench", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.QueueBind("bench", "frames.#", uplink.DefaultExchange, false, nil); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// purge empties the bench queue so that runs do not pile up in the broker.
+func purge(b *testing.B, url string) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ch.QueuePurge("bench", false); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkPublishRatio alternates chunks of 250 messages between bare
+// amqp091-go and the Publisher on one queue, so that both see the same load
+// from whatever else runs on the machine, and reports the throughput ratio
+// uplink/bare. One op is one chunk each way: -benchtime 8x moves 2,000
+// messages each way.
+func BenchmarkPublishRatio(b *testing.B) {
+	br := uplinktest.Shared(b)
+	for _, size := range []int{200_000, 1_000} {
+		b.Run(fmt.Sprintf("size=%dKB", size/1000), func(b *testing.B) {
+			url := br.Vhost(b)
+			setupBenchQueue(b, url)
+			msgs := frames(b, "ratio", 250, size)
+			conn, err := amqp.Dial(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			ch, err := conn.Channel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := ch.Confirm(false); err != nil {
+				b.Fatal(err)
+			}
+			returns := ch.NotifyReturn(make(chan amqp.Return, benchWindow))
+			go func() {
+				for range returns {
+				}
+			}()
+			o := testOptions(url)
+			o.DeclareExchange = false
+			o.Window = benchWindow
+			o.ConfirmTimeout = time.Minute
+			p, err := uplink.New(o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- p.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			for p.State().State != uplink.StateConnected {
+				time.Sleep(5 * time.Millisecond)
+			}
+			var bare, up time.Duration
+			b.ResetTimer()
+			for i := range b.N {
+				b.StopTimer()
+				purge(b, url)
+				b.StartTimer()
+				runBare := func() {
+					t0 := time.Now()
+					if err := barePublish(ch, msgs); err != nil {
+						b.Fatal(err)
+					}
+					bare += time.Since(t0)
+				}
+				runUp := func() {
+					t0 := time.Now()
+					if err := upPublish(ctx, p, msgs); err != nil {
+						b.Fatal(err)
+					}
+					up += time.Since(t0)
+				}
+				if i%2 == 0 {
+					runBare()
+					runUp()
+				} else {
+					runUp()
+					runBare()
+				}
+			}
+			b.StopTimer()
+			n := float64(b.N * len(msgs))
+			b.ReportMetric(n/bare.Seconds(), "bare_msgs/s")
+			b.ReportMetric(n/up.Seconds(), "uplink_msgs/s")
+			b.ReportMetric(bare.Seconds()/up.Seconds(), "ratio")
+		})
+	}
+}
+
+// barePublish is the reference: the library alone, same window, same
+// message, mandatory, persistent, waiting for every confirm.
+func barePublish(ch *amqp.Channel, msgs []wire.Message) error {
+	window := make([]*amqp.DeferredConfirmation, 0, benchWindow)
+	for i := range msgs {
+		m := &msgs[i]
+		if len(window) == benchWindow {
+			if !window[0].Wait() {
+				return fmt.Errorf("nack")
+			}
+			window = window[1:]
+		}
+		dc, err := ch.PublishWithDeferredConfirm(uplink.DefaultExchange, "frames.dev-1", true, false, amqp.Publishing{
+			DeliveryMode: amqp.Persistent, ContentType: m.ContentType, MessageId: m.MessageID,
+			Timestamp: m.Timestamp, AppId: m.AppID, Type: m.Type, Headers: amqp.Table(m.Headers), Body: m.Body,
+		})
+		if err != nil {
+			return err
+		}
+		window = append(window, dc)
+	}
+	for _, dc := range window {
+		if !dc.Wait() {
+			return fmt.Errorf("nack")
+		}
+	}
+	return nil
+}
+
+// upPublish is the drain loop's way: batches of benchBatch, one after the
+// other, every message confirmed.
+func upPublish(ctx context.Context, p *uplink.Publisher, msgs []wire.Message) error {
+	for len(msgs) > 0 {
+		n := min(benchBatch, len(msgs))
+		res, err := p.Publish(ctx, msgs[:n])
+		if err != nil {
+			return err
+		}
+		for _, r := range res {
+			if r.Outcome != uplink.Confirmed {
+				return fmt.Errorf("%s: %v", r.Outcome, r.Err)
+			}
+		}
+		msgs = msgs[n:]
+	}
+	return nil
+}
