@@ -3,8 +3,8 @@ package uplink_test
 import (
 	"context"
 	"fmt"
-	"strings"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
