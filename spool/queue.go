@@ -143,14 +143,14 @@ func Open(dir string, opts Options) (*Queue, error) {
 	if q.opts.OpenTimeout <= 0 {
 		q.opts.OpenTimeout = defaultOpenTimeout
 	}
-	// A crash during compaction leaves a partial copy; the original is intact.
-	_ = os.Remove(q.path + compactSuffix)
 	q.corrupt = countCorrupt(q.path)
-
 	st, err := q.openAndLoad()
 	if err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", dir, err)
 	}
+	// A crash during compaction leaves a partial copy; the original is
+	// intact. Removed only now that this process holds the file lock.
+	_ = os.Remove(q.path + compactSuffix)
 	q.applyLoad(st)
 	q.wg.Add(1)
 	go q.committer()
