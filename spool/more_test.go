@@ -3,6 +3,7 @@ package spool
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func TestCheckRepairsCorruptFile(t *testing.T) {
@@ -208,5 +211,38 @@ func TestConcurrentUse(t *testing.T) {
 	t.Logf("%d puts, %d acks, stats %+v", puts.Load(), acks.Load(), st)
 	if st.Evictions[ReasonMaxBytes] == 0 {
 		t.Errorf("no eviction exercised")
+	}
+}
+
+func TestUnknownFormatVersionRenamedAside(t *testing.T) {
+	dir := t.TempDir()
+	orig := fill(t, dir, 3, 100)
+	mutate(t, dir, func(tx *bolt.Tx) error { return tx.Bucket(bktState).Put(keyFormat, []byte{9}) })
+	sink := &logSink{}
+	q := openT(t, dir, Options{Logger: slog.New(sink)})
+	st := q.Stats()
+	if st.CorruptRenames != 1 || sink.count("spool database corrupt: renamed aside and started fresh") != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if got := drainAll(t, q, orig); len(got) != 3 {
+		t.Fatalf("salvaged %v, want all 3", got)
+	}
+}
+
+func TestOpenErrorsThatAreNotCorruption(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "plain")
+	writeFile(t, file, []byte("x"))
+	if _, err := Open(filepath.Join(file, "spool"), Options{}); err == nil || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open below a regular file: %v", err)
+	}
+	// A directory where the file should be is junk bbolt calls invalid: it
+	// is renamed aside like a damaged file, and the spool starts fresh.
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, DBName), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	q := openT(t, dir, Options{})
+	if st := q.Stats(); st.CorruptRenames != 1 {
+		t.Fatalf("stats %+v", st)
 	}
 }
