@@ -151,6 +151,13 @@ func Open(dir string, opts Options) (*Queue, error) {
 	// A crash during compaction leaves a partial copy; the original is
 	// intact. Removed only now that this process holds the file lock.
 	_ = os.Remove(q.path + compactSuffix)
+	// bbolt syncs the file it creates but not the directory entries: make
+	// the file's (and a new spool directory's) names durable before the
+	// first Put can claim durability.
+	if err := errors.Join(syncDir(dir), syncDir(filepath.Dir(filepath.Clean(dir)))); err != nil {
+		_ = q.db.Close()
+		return nil, fmt.Errorf("open spool %s: %w", dir, err)
+	}
 	q.applyLoad(st)
 	q.wg.Add(1)
 	go q.committer()
