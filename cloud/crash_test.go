@@ -64,12 +64,21 @@ func TestKill9(t *testing.T) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		log.Close()
-		got := sidecars(e.keys(t))
-		depth := e.queueDepth(t, e.cfg.AMQP.Queue)
-		t.Logf("round %d: killed with %d frames stored (+%d), %d in the queue", round, got, got-before, depth)
-		if got+depth < len(frames) {
-			t.Fatalf("round %d: %d stored + %d queued < %d: messages lost", round, got, depth, len(frames))
+		// The broker returns the dead connection's unacknowledged messages
+		// to the queue asynchronously: allow it a moment.
+		var got, depth int
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			got, depth = sidecars(e.keys(t)), e.queueDepth(t, e.cfg.AMQP.Queue)
+			if got+depth >= len(frames) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d stored + %d queued < %d: messages lost", round, got, depth, len(frames))
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
+		t.Logf("round %d: killed with %d frames stored (+%d), %d in the queue", round, got, got-before, depth)
 	}
 	r := e.start(t, nil)
 	waitFor(t, 60*time.Second, "backlog cleared", func() bool {
