@@ -138,7 +138,12 @@ func crashKills(t *testing.T, kills int, maxBytes int64) {
 	var totalPuts, totalAcks, compactions int
 	start := time.Now()
 	for i := range kills {
-		lines := runAndKill(t, dir, maxBytes, time.Duration(rand.IntN(250))*time.Millisecond)
+		early := i%5 == 4
+		d := time.Duration(rand.IntN(250)) * time.Millisecond
+		if early {
+			d = time.Duration(rand.IntN(40)) * time.Millisecond
+		}
+		lines := runAndKill(t, dir, maxBytes, early, d)
 		acking := map[uint64]bool{} // ids of the Ack that started but did not report
 		runCompactions := 0
 		for _, l := range lines {
@@ -179,9 +184,10 @@ func crashKills(t *testing.T, kills int, maxBytes int64) {
 		kills, time.Since(start).Round(time.Millisecond), totalPuts, totalAcks, len(gone), compactions, lastID)
 }
 
-// runAndKill starts a child on dir, lets it run for d after it is ready,
-// SIGKILLs it and returns the complete lines it wrote.
-func runAndKill(t *testing.T, dir string, maxBytes int64, d time.Duration) []string {
+// runAndKill starts a child on dir, lets it run for d after it is ready
+// (early: after it started), SIGKILLs it and returns the complete lines it
+// wrote.
+func runAndKill(t *testing.T, dir string, maxBytes int64, early bool, d time.Duration) []string {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("%s=%d", crashMaxBytesEnv, maxBytes))
@@ -214,18 +220,24 @@ func runAndKill(t *testing.T, dir string, maxBytes int64, d time.Duration) []str
 			lines = append(lines, strings.TrimSuffix(l, "\n"))
 		}
 	}()
-	select {
-	case <-ready:
-	case <-readDone:
-		_ = cmd.Wait()
-		t.Fatalf("child exited before ready: %s", stderr.String())
-	case <-time.After(20 * time.Second):
-		_ = cmd.Process.Kill()
-		<-readDone
-		_ = cmd.Wait()
-		t.Fatalf("child not ready: %s", stderr.String())
+	if early {
+		// Kill at any point from process start, also inside Open (its
+		// checks, repairs, expiry and directory syncs).
+		time.Sleep(d)
+	} else {
+		select {
+		case <-ready:
+		case <-readDone:
+			_ = cmd.Wait()
+			t.Fatalf("child exited before ready: %s", stderr.String())
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-readDone
+			_ = cmd.Wait()
+			t.Fatalf("child not ready: %s", stderr.String())
+		}
+		time.Sleep(d)
 	}
-	time.Sleep(d)
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
