@@ -2,6 +2,7 @@
 # Builds the forest-agent Debian packages:
 #
 #   bash firmware/package.sh [amd64|arm64|all]    (default: all)
+#   bash firmware/package.sh version              (print the version only)
 #
 # writes dist/forest-agent_<version>_<arch>.deb, each holding
 #
@@ -31,8 +32,8 @@ die() { say "$*"; exit 1; }
 arches=${1:-all}
 case "$arches" in
 all) arches="amd64 arm64" ;;
-amd64 | arm64) ;;
-*) die "usage: bash firmware/package.sh [amd64|arm64|all]" ;;
+amd64 | arm64 | version) ;;
+*) die "usage: bash firmware/package.sh [amd64|arm64|all|version]" ;;
 esac
 
 dist=${DIST:-$root/dist}
@@ -54,23 +55,29 @@ apt_install() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# deb_version turns `git describe` output into a Debian version.
+# deb_version turns `git describe --tags --always --dirty` into a Debian
+# version. Only output naming a tag (v1.2.3, v1.2.3-4-gabc1234) counts as
+# one; a bare commit id (which may start with a digit) means "no tag yet".
 deb_version() {
 	local d sha date dirty=
 	d=$(git describe --tags --always --dirty 2>/dev/null) || d=unknown
 	case "$d" in *-dirty) dirty=.dirty d=${d%-dirty} ;; esac
-	if [[ $d =~ ^v?([0-9][0-9A-Za-z.~+]*)-([0-9]+)-g([0-9a-f]+)$ ]]; then
-		echo "${BASH_REMATCH[1]}+git${BASH_REMATCH[2]}.g${BASH_REMATCH[3]}$dirty"
-	elif [[ $d =~ ^v?([0-9][0-9A-Za-z.~+]*)$ ]]; then
-		echo "${BASH_REMATCH[1]}${dirty:++dirty}"
-	else
-		sha=$(git rev-parse --short=7 HEAD 2>/dev/null || echo 0000000)
-		date=$(git log -1 --format=%cd --date=format:%Y%m%d 2>/dev/null || date -u +%Y%m%d)
-		echo "0.0.0~git$date.$sha$dirty"
+	if git describe --tags --abbrev=0 >/dev/null 2>&1; then
+		if [[ $d =~ ^v?([0-9][0-9A-Za-z.~+]*)-([0-9]+)-g([0-9a-f]+)$ ]]; then
+			echo "${BASH_REMATCH[1]}+git${BASH_REMATCH[2]}.g${BASH_REMATCH[3]}$dirty"
+			return
+		elif [[ $d =~ ^v?([0-9][0-9A-Za-z.~+]*)$ ]]; then
+			echo "${BASH_REMATCH[1]}${dirty:++dirty}"
+			return
+		fi
 	fi
+	sha=$(git rev-parse --short=7 HEAD 2>/dev/null || echo 0000000)
+	date=$(git log -1 --format=%cd --date=format:%Y%m%d 2>/dev/null || date -u +%Y%m%d)
+	echo "0.0.0~git$date.$sha$dirty"
 }
 
 version=${VERSION:-$(deb_version)}
+[ "$arches" != version ] || { echo "$version"; exit 0; }
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ $version =~ ^[0-9][A-Za-z0-9.+~]*$ ]] || die "not a Debian version: $version"
 # Reproducible timestamps: the commit time.
