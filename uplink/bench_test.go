@@ -3,6 +3,8 @@ package uplink_test
 import (
 	"context"
 	"fmt"
+	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,18 +158,30 @@ func purge(b *testing.B, url string) {
 	}
 }
 
-// BenchmarkPublishRatio alternates chunks of 250 messages between bare
+// BenchmarkPublishRatio alternates rounds of 125 messages between bare
 // amqp091-go and the Publisher on one queue, so that both see the same load
 // from whatever else runs on the machine, and reports the throughput ratio
-// uplink/bare. One op is one chunk each way: -benchtime 8x moves 2,000
-// messages each way.
+// uplink/bare over all rounds (ratio), its median over rounds
+// (ratio_median_round, robust to bursts of load from other processes) and
+// the client CPU time per message each way. One op is one round each way:
+// -benchtime 16x moves 2,000 messages each way. The Publisher is driven as the agent's drain drives
+// it, one batch after the other, for several batch sizes: each batch ends
+// by waiting for its last confirms, which the bare loop never does.
 func BenchmarkPublishRatio(b *testing.B) {
 	br := uplinktest.Shared(b)
 	for _, size := range []int{200_000, 1_000} {
-		b.Run(fmt.Sprintf("size=%dKB", size/1000), func(b *testing.B) {
+		for _, batch := range []int{16, 64, 256} {
+			benchRatio(b, br, size, batch)
+		}
+	}
+}
+
+func benchRatio(b *testing.B, br *uplinktest.Broker, size, batch int) {
+	{
+		b.Run(fmt.Sprintf("size=%dKB/batch=%d", size/1000, batch), func(b *testing.B) {
 			url := br.Vhost(b)
 			setupBenchQueue(b, url)
-			msgs := frames(b, "ratio", 250, size)
+			msgs := frames(b, "ratio", 125, size)
 			conn, err := amqp.Dial(url)
 			if err != nil {
 				b.Fatal(err)
@@ -200,25 +214,30 @@ func BenchmarkPublishRatio(b *testing.B) {
 			for p.State().State != uplink.StateConnected {
 				time.Sleep(5 * time.Millisecond)
 			}
-			var bare, up time.Duration
+			// Per round: wall time and this process's CPU time each way.
+			var bare, up, bareCPU, upCPU time.Duration
+			var ratios []float64
 			b.ResetTimer()
 			for i := range b.N {
 				b.StopTimer()
 				purge(b, url)
 				b.StartTimer()
+				var tb, tu time.Duration
 				runBare := func() {
-					t0 := time.Now()
+					t0, c0 := time.Now(), cpuTime()
 					if err := barePublish(ch, msgs); err != nil {
 						b.Fatal(err)
 					}
-					bare += time.Since(t0)
+					tb = time.Since(t0)
+					bareCPU += cpuTime() - c0
 				}
 				runUp := func() {
-					t0 := time.Now()
-					if err := upPublish(ctx, p, msgs); err != nil {
+					t0, c0 := time.Now(), cpuTime()
+					if err := upPublish(ctx, p, msgs, batch); err != nil {
 						b.Fatal(err)
 					}
-					up += time.Since(t0)
+					tu = time.Since(t0)
+					upCPU += cpuTime() - c0
 				}
 				if i%2 == 0 {
 					runBare()
@@ -227,14 +246,29 @@ func BenchmarkPublishRatio(b *testing.B) {
 					runUp()
 					runBare()
 				}
+				bare, up = bare+tb, up+tu
+				ratios = append(ratios, tb.Seconds()/tu.Seconds())
 			}
 			b.StopTimer()
 			n := float64(b.N * len(msgs))
 			b.ReportMetric(n/bare.Seconds(), "bare_msgs/s")
 			b.ReportMetric(n/up.Seconds(), "uplink_msgs/s")
 			b.ReportMetric(bare.Seconds()/up.Seconds(), "ratio")
+			slices.Sort(ratios)
+			b.ReportMetric(ratios[len(ratios)/2], "ratio_median_round")
+			b.ReportMetric(float64(bareCPU.Microseconds())/n, "bare_cpu_us/msg")
+			b.ReportMetric(float64(upCPU.Microseconds())/n, "uplink_cpu_us/msg")
 		})
 	}
+}
+
+// cpuTime is the user plus system CPU time of this process so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // barePublish is the reference: the library alone, same window, same
@@ -266,11 +300,11 @@ func barePublish(ch *amqp.Channel, msgs []wire.Message) error {
 	return nil
 }
 
-// upPublish is the drain loop's way: batches of benchBatch, one after the
-// other, every message confirmed.
-func upPublish(ctx context.Context, p *uplink.Publisher, msgs []wire.Message) error {
+// upPublish is the drain loop's way: batches one after the other, every
+// message confirmed.
+func upPublish(ctx context.Context, p *uplink.Publisher, msgs []wire.Message, batch int) error {
 	for len(msgs) > 0 {
-		n := min(benchBatch, len(msgs))
+		n := min(batch, len(msgs))
 		res, err := p.Publish(ctx, msgs[:n])
 		if err != nil {
 			return err

@@ -20,6 +20,11 @@ var (
 	// ErrReturned means the broker could not route a mandatory message to
 	// any queue (basic.return).
 	ErrReturned = errors.New("uplink: returned unroutable")
+	// ErrInvalidMessage means a message cannot be encoded as AMQP (a header
+	// value of an unsupported type, a property longer than 255 bytes). It
+	// was not published, and retrying will not help: the caller should set
+	// it aside.
+	ErrInvalidMessage = errors.New("uplink: invalid message")
 	// ErrRunning means Run was called while another Run of the same
 	// Publisher is active.
 	ErrRunning = errors.New("uplink: already running")

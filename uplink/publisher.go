@@ -330,7 +330,9 @@ func redact(raw string) string {
 // that one resolves (returns are matched by message id).
 //
 // The results correspond to msgs by index. Only messages reported Confirmed
-// are safe to forget. The error is nil when every message was published
+// are safe to forget; a message whose Err wraps ErrInvalidMessage can never
+// be published and should be set aside. The error is nil when every valid
+// message was published
 // and its confirm (ack or nack) or return was awaited; otherwise it says why
 // the batch stopped: ErrNotConnected (nothing was published; back off),
 // ErrConnectionLost, or the context's error. Results are valid either way.
@@ -361,6 +363,13 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 	var stopErr error
 	for i := range msgs {
 		m := &msgs[i]
+		pub := publishing(m)
+		if err := validate(&pub); err != nil {
+			// Publishing it would fail inside the library and cost the
+			// connection; report it and go on with the others.
+			res[i].Err = fmt.Errorf("%w: message %q: %w", ErrInvalidMessage, m.MessageID, err)
+			continue
+		}
 		if err := s.waitReady(ctx, m.MessageID); err != nil {
 			stopErr = err
 			break
@@ -369,7 +378,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 			stopErr = err
 			break
 		}
-		f, err := s.publish(p.opts.Exchange, p.route(m), m.MessageID, publishing(m))
+		f, err := s.publish(ctx, p.opts.Exchange, p.route(m), m.MessageID, pub)
 		if err != nil {
 			stopErr = err
 			break
@@ -380,7 +389,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 	p.pubMu.Unlock()
 	for i, f := range flights {
 		if f == nil {
-			if stopErr != nil {
+			if stopErr != nil && res[i].Err == nil {
 				res[i].Err = stopErr
 			}
 			continue
@@ -417,6 +426,25 @@ func (p *Publisher) route(m *wire.Message) string {
 		return "frames." + d
 	}
 	return "frames.unknown"
+}
+
+// validate checks what the library would refuse only while writing.
+func validate(m *amqp.Publishing) error {
+	for name, v := range map[string]string{"content_type": m.ContentType, "message_id": m.MessageId,
+		"app_id": m.AppId, "type": m.Type, "user_id": m.UserId} {
+		if len(v) > 255 {
+			return fmt.Errorf("%s longer than 255 bytes", name)
+		}
+	}
+	for k := range m.Headers {
+		if len(k) > 255 {
+			return fmt.Errorf("header name %.20q... longer than 255 bytes", k)
+		}
+	}
+	if err := m.Headers.Validate(); err != nil {
+		return fmt.Errorf("headers: %w", err)
+	}
+	return nil
 }
 
 // publishing maps a wire message to the library's type: persistent, with

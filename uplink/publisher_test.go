@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -360,4 +361,33 @@ func TestPublishAbandonedOnStalledLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkDelivered(t, msgs, l, queued(t, vh, "frames"))
+}
+
+// TestInvalidMessage: a message the library cannot encode is reported with
+// ErrInvalidMessage and costs neither the connection nor its neighbours.
+func TestInvalidMessage(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	topology(t, url, "frames", nil)
+	p := start(t, testOptions(url))
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	msgs := frames(t, "inv", 4, 100)
+	msgs[1].Headers["nested"] = map[string]any{"a": 1} // not an AMQP table
+	msgs[2].MessageID = strings.Repeat("x", 300)       // longer than a shortstr
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := p.Publish(ctx, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		bad := i == 1 || i == 2
+		if bad != errors.Is(r.Err, uplink.ErrInvalidMessage) || bad != (r.Outcome == uplink.Unsent) || !bad && r.Outcome != uplink.Confirmed {
+			t.Errorf("message %d: %+v", i, r)
+		}
+	}
+	if st := p.State(); st.Reconnects != 0 || st.State != uplink.StateConnected {
+		t.Errorf("state after invalid messages: %+v", st)
+	}
 }

@@ -130,8 +130,9 @@ func (p *Publisher) dial(ctx context.Context) (*session, error) {
 	s.blocks = conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	ch, err := conn.Channel()
 	if err != nil {
-		go drainAll(s.connClose, s.blocks)
-		return fail("open channel", err)
+		_, err = fail("open channel", err)
+		drainAll(s.connClose, s.blocks) // closed by the library's shutdown
+		return nil, err
 	}
 	s.ch = ch
 	s.chanClose = ch.NotifyClose(make(chan *amqp.Error, 1))
@@ -452,7 +453,16 @@ func (s *session) lostErr() error {
 // publish registers a flight under the delivery tag the library will assign
 // and writes the message. Registering first means the pump always finds the
 // flight, however fast the confirm comes back.
-func (s *session) publish(exchange, key string, id string, msg amqp.Publishing) (*flight, error) {
+//
+// The writing flag is raised before ctx is checked, so a context that ends
+// at any moment is seen either here or by Publish's AfterFunc, which then
+// drops the connection to interrupt the write.
+func (s *session) publish(ctx context.Context, exchange, key string, id string, msg amqp.Publishing) (*flight, error) {
+	s.writing.Store(true)
+	defer s.writing.Store(false)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	if isClosed(s.dead) {
 		s.mu.Unlock()
@@ -466,9 +476,7 @@ func (s *session) publish(exchange, key string, id string, msg amqp.Publishing) 
 	s.p.metrics.inflight.Inc()
 	s.mu.Unlock()
 
-	s.writing.Store(true)
 	dc, err := s.ch.PublishWithDeferredConfirm(exchange, key, true, false, msg)
-	s.writing.Store(false)
 	if err == nil && (dc == nil || dc.DeliveryTag != f.tag) {
 		err = fmt.Errorf("delivery tag out of step (want %d)", f.tag)
 	}
