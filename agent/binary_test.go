@@ -3,11 +3,9 @@ package agent
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"image"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -318,6 +316,3 @@ func checkFrames(t *testing.T, msgs []wire.Message, device, user string) {
 		}
 	}
 }
-
-var _ = io.Discard
-var _ = context.Background

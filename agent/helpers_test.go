@@ -3,11 +3,10 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"io"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -145,9 +144,6 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-var _ = io.Discard
-var _ = runtime.NumGoroutine
-
 type ioDiscard struct{}
 
 func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }
@@ -165,3 +161,5 @@ func openSpoolT(t testing.TB, dir string) *spool.Queue {
 	t.Cleanup(func() { q.Close() })
 	return q
 }
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

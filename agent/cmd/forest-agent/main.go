@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/forestwatch/forest/agent"
@@ -210,18 +211,24 @@ Example:
   forest-agent config check /etc/forest-agent/agent.yaml
 `
 	fs := flags("config", help, stdout)
-	if code, ok := parse(fs, args, stderr); !ok {
-		return code
-	}
-	if fs.NArg() != 2 || fs.Arg(0) != "check" {
+	if len(args) > 0 && args[0] == "check" {
+		args = args[1:]
+	} else if len(args) == 0 || !strings.HasPrefix(args[0], "-") {
 		fmt.Fprint(stderr, help)
 		return 2
 	}
-	if _, err := agent.LoadConfig(fs.Arg(1)); err != nil {
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprint(stderr, help)
+		return 2
+	}
+	if _, err := agent.LoadConfig(fs.Arg(0)); err != nil {
 		fmt.Fprintf(stderr, "forest-agent config check: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: ok\n", fs.Arg(1))
+	fmt.Fprintf(stdout, "%s: ok\n", fs.Arg(0))
 	return 0
 }
 

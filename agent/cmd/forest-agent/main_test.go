@@ -27,7 +27,7 @@ func TestHelpAndUnknown(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "Examples:") || !strings.Contains(out, "run --config") {
 		t.Fatalf("--help: %d %q", code, out)
 	}
-	for _, sub := range [][]string{{"run", "--help"}, {"config", "--help"}, {"segment", "--help"}, {"spool", "--help"}} {
+	for _, sub := range [][]string{{"run", "--help"}, {"config", "--help"}, {"config", "check", "--help"}, {"segment", "--help"}, {"spool", "stats", "--help"}, {"spool", "--help"}} {
 		code, out, errOut := runCLI(sub...)
 		if code != 0 || !strings.Contains(out, "Example") {
 			t.Errorf("%v: %d %q %q", sub, code, out, errOut)

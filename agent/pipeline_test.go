@@ -1,0 +1,206 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"image/jpeg"
+	"math"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/forestwatch/forest/segment"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// exifJPEG re-encodes a sample frame as a JPEG carrying EXIF: camera make
+// and model, DateTimeOriginal with OffsetTimeOriginal, and GPS 9°36'18"S
+// 59°42'W at 250.5 m.
+func exifJPEG(t *testing.T) []byte {
+	t.Helper()
+	data, _ := os.ReadFile(sampleFrames(t)[1])
+	f, err := segment.Decode(data, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	jpeg.Encode(&buf, f.Image, &jpeg.Options{Quality: 95})
+	le := binary.LittleEndian
+	type ent struct {
+		tag, typ uint16
+		count    uint32
+		data     []byte
+	}
+	ascii := func(tag uint16, s string) ent { return ent{tag, 2, uint32(len(s) + 1), append([]byte(s), 0)} }
+	long := func(tag uint16, v uint32) ent { return ent{tag, 4, 1, le.AppendUint32(nil, v)} }
+	rat := func(tag uint16, v ...uint32) ent {
+		var b []byte
+		for i := 0; i < len(v); i += 2 {
+			b = le.AppendUint32(le.AppendUint32(b, v[i]), v[i+1])
+		}
+		return ent{tag, 5, uint32(len(v) / 2), b}
+	}
+	ifd := func(off uint32, es []ent) []byte {
+		head := 2 + 12*len(es) + 4
+		var out, extra []byte
+		out = le.AppendUint16(out, uint16(len(es)))
+		for _, e := range es {
+			out = le.AppendUint32(le.AppendUint16(le.AppendUint16(out, e.tag), e.typ), e.count)
+			if len(e.data) <= 4 {
+				v := make([]byte, 4)
+				copy(v, e.data)
+				out = append(out, v...)
+			} else {
+				out = le.AppendUint32(out, off+uint32(head+len(extra)))
+				extra = append(extra, e.data...)
+			}
+		}
+		return append(le.AppendUint32(out, 0), extra...)
+	}
+	block := make([]byte, 800)
+	copy(block, "II*\x00\x08\x00\x00\x00")
+	copy(block[8:], ifd(8, []ent{ascii(0x010F, "Forestwatch"), ascii(0x0110, "Mast Cam 2"), long(0x8769, 400), long(0x8825, 600)}))
+	copy(block[400:], ifd(400, []ent{ascii(0x9003, "2024:06:11 10:20:30"), ascii(0x9011, "-04:00")}))
+	copy(block[600:], ifd(600, []ent{ascii(1, "S"), rat(2, 9, 1, 36, 1, 1800, 100), ascii(3, "W"), rat(4, 59, 1, 42, 1, 0, 1),
+		{5, 1, 1, []byte{0}}, rat(6, 2505, 10)}))
+	seg := append([]byte("Exif\x00\x00"), block...)
+	j := buf.Bytes()
+	out := append([]byte{}, j[:2]...)
+	out = append(out, 0xFF, 0xE1, byte((len(seg)+2)>>8), byte(len(seg)+2))
+	out = append(out, seg...)
+	return append(out, j[2:]...)
+}
+
+// TestPipelineEXIFToWire follows one frame from capture to the wire: EXIF
+// time, GPS and camera travel in the spool's Meta and come out as headers
+// that wire.Decode accepts, with the body's and mask's checksums.
+func TestPipelineEXIFToWire(t *testing.T) {
+	needModel(t)
+	cfg := testConfig(t)
+	var rep FrameReport
+	a, err := New(cfg, Options{Logger: testLogger(t), Report: func(r FrameReport) { rep = r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	data := exifJPEG(t)
+	if err := a.pipe.handle(context.Background(), &Capture{Source: "exec", Name: "cam", Data: data, Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := a.q.Next(1)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("spool: %v %v", recs, err)
+	}
+	r := recs[0]
+	if r.ID != rep.SpoolID || r.Priority != priority(rep.Coverage) {
+		t.Fatalf("record id %d prio %d, report %+v", r.ID, r.Priority, rep)
+	}
+	var m Meta
+	if err := json.Unmarshal(r.Meta, &m); err != nil {
+		t.Fatal(err)
+	}
+	d := &drain{agent: "forest-agent/test", user: "dev-user"}
+	msg, err := d.message(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := wire.Decode(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantTime := time.Date(2024, 6, 11, 14, 20, 30, 0, time.UTC)
+	if !f.Captured.Equal(wantTime) {
+		t.Errorf("captured %s, want %s (EXIF local time at -04:00)", f.Captured, wantTime)
+	}
+	if f.GPS == nil || math.Abs(f.GPS.Lat-(-(9+36/60.0+18/3600.0))) > 1e-9 || math.Abs(f.GPS.Lon-(-(59+42/60.0))) > 1e-9 || !f.GPS.HasAlt || f.GPS.Alt != 250.5 {
+		t.Errorf("GPS %+v", f.GPS)
+	}
+	if f.Camera == nil || f.Camera.Make != "Forestwatch" || f.Camera.Model != "Mast Cam 2" {
+		t.Errorf("camera %+v", f.Camera)
+	}
+	if f.ID != "test-dev-000000000000" || f.Device != "test-dev" || f.User != "dev-user" || f.Agent != "forest-agent/test" {
+		t.Errorf("ids: %+v", f)
+	}
+	if f.ContentType != wire.JPEG || f.Width != 256 || f.Height != 256 || f.Coverage != rep.Coverage || f.Model != a.modelID {
+		t.Errorf("frame %s %dx%d cov %v model %s", f.ContentType, f.Width, f.Height, f.Coverage, f.Model)
+	}
+	if msg.Headers[wire.HeaderMask] == nil || len(f.Mask) == 0 {
+		t.Error("no mask")
+	}
+}
+
+// TestCoverageFilter checks keep, thin and drop below segment.min_coverage.
+func TestCoverageFilter(t *testing.T) {
+	needModel(t)
+	data, _ := os.ReadFile(sampleFrames(t)[0]) // 0 % forest
+	for _, tc := range []struct {
+		filter  string
+		spooled int
+	}{{"keep", 6}, {"thin", 2}, {"drop", 0}} {
+		t.Run(tc.filter, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.Segment.Filter, cfg.Segment.MinCoverage, cfg.Segment.ThinEvery = tc.filter, 0.5, 4
+			a, err := New(cfg, Options{Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			for i := 0; i < 6; i++ {
+				if err := a.pipe.handle(context.Background(), &Capture{Source: "dir", Name: "bare.png", Data: data}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if st := a.q.Stats(); st.Frames != tc.spooled {
+				t.Fatalf("%s: %d frames spooled, want %d", tc.filter, st.Frames, tc.spooled)
+			}
+		})
+	}
+}
+
+// TestSeqAcrossRestarts: sequence numbers stay unique and increasing when
+// the state is reopened, including after a "crash" (no clean close).
+func TestSeqAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	var last uint64
+	first := true
+	for life := 0; life < 5; life++ {
+		st, err := openState(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 100; i++ {
+			s, err := st.seqFor("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !first && s <= last {
+				t.Fatalf("life %d: seq %d after %d", life, s, last)
+			}
+			last, first = s, false
+		}
+	}
+	if _, err := os.Stat(dir + "/seq"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBadFrameIsTyped(t *testing.T) {
+	needModel(t)
+	cfg := testConfig(t)
+	cfg.Segment.MaxPixels = 1000
+	a, err := New(cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	data, _ := os.ReadFile(sampleFrames(t)[0])
+	for _, d := range [][]byte{[]byte("text"), data} { // not an image; more pixels than max_pixels
+		if err := a.pipe.handle(context.Background(), &Capture{Name: "x", Data: d}); !isBad(err) {
+			t.Fatalf("want ErrBadFrame, got %v", err)
+		}
+	}
+}
+
+func isBad(err error) bool { return err != nil && errorsIs(err, ErrBadFrame) }
