@@ -246,3 +246,29 @@ func TestOpenErrorsThatAreNotCorruption(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestEvictedBetweenPickAndReadIsNotQuarantined covers the race in which
+// eviction removes a record after Next picked it and before Next read it.
+func TestEvictedBetweenPickAndReadIsNotQuarantined(t *testing.T) {
+	q := openT(t, t.TempDir(), Options{})
+	for i := range 3 {
+		putT(t, q, rec(i, 100, 0))
+	}
+	ids := q.pick(3)
+	q.wmu.Lock()
+	err := q.evictLocked([]victim{{id: 2, reason: ReasonMaxBytes}})
+	q.wmu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, bad, err := q.read(ids)
+	if err != nil || len(recs) != 2 || len(bad) != 1 || bad[0].id != 2 {
+		t.Fatalf("read = %d records, bad %+v, %v", len(recs), bad, err)
+	}
+	if err := q.quarantine(bad); err != nil {
+		t.Fatal(err)
+	}
+	if st := q.Stats(); st.Quarantined != 0 || st.QuarantinedTotal != 0 || st.Frames != 2 {
+		t.Fatalf("evicted record quarantined: %+v", st)
+	}
+}

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -580,6 +581,15 @@ func (q *Queue) read(ids []uint64) (recs []Record, bad []badRecord, err error) {
 func (q *Queue) quarantine(bad []badRecord) error {
 	q.wmu.Lock()
 	defer q.wmu.Unlock()
+	// A record evicted or acknowledged between Next's pick and its read
+	// looks missing but is not damaged. With q.wmu held the in-memory index
+	// matches the file, so only records still indexed are quarantined.
+	q.mu.Lock()
+	bad = slices.DeleteFunc(slices.Clone(bad), func(b badRecord) bool { return !q.hasLocked(b.id) })
+	q.mu.Unlock()
+	if len(bad) == 0 {
+		return nil
+	}
 	at := q.now()
 	sizes := make([]int64, len(bad))
 	err := q.update("quarantine", func(tx *bolt.Tx) error {
@@ -617,6 +627,12 @@ func (q *Queue) quarantine(bad []badRecord) error {
 		q.log.Error("spool record quarantined", "id", b.id, "reason", b.reason, "raw_bytes", len(b.raw))
 	}
 	return nil
+}
+
+// hasLocked reports whether id is in the in-memory index. q.mu must be held.
+func (q *Queue) hasLocked(id uint64) bool {
+	_, ok := slices.BinarySearchFunc(q.ents, id, func(e entry, id uint64) int { return cmp.Compare(e.id, id) })
+	return ok
 }
 
 // removeLocked drops ids from the in-memory index and in-flight set and
