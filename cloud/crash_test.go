@@ -64,22 +64,32 @@ func TestKill9(t *testing.T) {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		log.Close()
-		// The broker returns the dead connection's unacknowledged messages
-		// to the queue asynchronously: allow it a moment.
-		var got, depth int
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			got, depth = sidecars(e.keys(t)), e.queueDepth(t, e.cfg.AMQP.Queue)
-			if got+depth >= len(frames) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: %d stored + %d queued < %d: messages lost", round, got, depth, len(frames))
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		got, depth := noLoss(t, e, len(frames))
 		t.Logf("round %d: killed with %d frames stored (+%d), %d in the queue", round, got, got-before, depth)
 	}
+	// A SIGTERM stops the consumer cleanly: exit status 0 within the
+	// shutdown timeout, and again nothing lost.
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+cfgPath)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("after SIGTERM: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Errorf("no exit within 20s of SIGTERM")
+		<-done
+	}
+	noLoss(t, e, len(frames))
 	r := e.start(t, nil)
 	waitFor(t, 60*time.Second, "backlog cleared", func() bool {
 		return sidecars(e.keys(t)) == len(frames) && e.queueDepth(t, e.cfg.AMQP.Queue) == 0 &&
@@ -185,4 +195,23 @@ func TestReplicas(t *testing.T) {
 		t.Errorf("%v dead letters", n)
 	}
 	e.verifyExactlyOnce(t, frames)
+}
+
+// noLoss checks that every one of n frames is stored (its sidecar, written
+// last, exists) or still in the queue. The broker returns a closed
+// connection's unacknowledged messages to the queue asynchronously, so it
+// is allowed a moment.
+func noLoss(t *testing.T, e *env, n int) (stored, queued int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		stored, queued = sidecars(e.keys(t)), e.queueDepth(t, e.cfg.AMQP.Queue)
+		if stored+queued >= n {
+			return stored, queued
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stored + %d queued < %d: messages lost", stored, queued, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
