@@ -175,7 +175,7 @@ type Problem struct {
 	// Reason describes the defect.
 	Reason string `json:"reason"`
 	// Action is what repair does (or did): quarantine, rebuild_index,
-	// drop_index, rename_aside.
+	// drop_key, rename_aside.
 	Action string `json:"action"`
 }
 
