@@ -93,3 +93,66 @@ func TestHTTPAndReconnect(t *testing.T) {
 	}
 	e.verifyExactlyOnce(t, frames)
 }
+
+// TestDeliveryLimit: a message that keeps failing transiently is returned to
+// the queue each time and never acknowledged; past amqp.delivery_limit the
+// broker dead-letters it, and dlq list shows the reason. After S3 is back,
+// requeueing stores it.
+func TestDeliveryLimit(t *testing.T) {
+	srv := startS3(t)
+	e := newEnv(t, srv)
+	e.cfg.AMQP.DeliveryLimit = 2
+	e.cfg.S3.RetryMaxElapsed = 200 * time.Millisecond
+	e.cfg.S3.RequestTimeout = time.Second
+	e.declare(t)
+	r := e.start(t, nil)
+	waitFor(t, 30*time.Second, "ready", r.svc.Ready)
+	srv.Stop(t)
+	f := makeFrame(t, e.cfg.S3.Prefix, "dev-a", 1, "forest-admin")
+	e.publishFrames(t, []frame{f})
+	waitFor(t, 60*time.Second, "dead-lettered by the broker", func() bool {
+		return e.queueDepth(t, e.cfg.AMQP.DeadLetterQueue) == 1
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := counter(r.reg, "forest_cloud_messages_total", "result", "requeued"); n < 2 {
+		t.Errorf("requeued %v times, want >= 2", n)
+	}
+	if n := counter(r.reg, "forest_cloud_messages_total", "result", "stored") + counter(r.reg, "forest_cloud_dead_letters_total"); n != 0 {
+		t.Errorf("transient failure acknowledged: %v", n)
+	}
+	dls, err := cloud.ListDeadLetters(t.Context(), e.cfg, cloud.DLQOptions{})
+	if err != nil || len(dls) != 1 || dls[0].Reason != "delivery_limit" || dls[0].User != "" || dls[0].RoutingKey != "frames.dev-a" {
+		t.Fatalf("dead letters %+v %v", dls, err)
+	}
+	srv.Start(t)
+	if n, err := cloud.RequeueDeadLetters(t.Context(), e.cfg, cloud.DLQOptions{}); n != 1 || err != nil {
+		t.Fatalf("requeue %d %v", n, err)
+	}
+	r2 := e.start(t, nil)
+	waitFor(t, 30*time.Second, "stored", func() bool {
+		return counter(r2.reg, "forest_cloud_messages_total", "result", "stored") == 1
+	})
+	e.verifyExactlyOnce(t, []frame{f})
+}
+
+// TestNoConditionalNoChecksum: for servers without If-None-Match or
+// flexible checksums, a HEAD-before-PUT mode still stores frames once and
+// suppresses redeliveries.
+func TestNoConditionalNoChecksum(t *testing.T) {
+	e := newEnv(t, nil)
+	no := false
+	e.cfg.S3.ConditionalPut = &no
+	e.cfg.S3.Checksum = "none"
+	e.declare(t)
+	frames := manyFrames(t, e.cfg.S3.Prefix, 10)
+	e.publishFrames(t, frames)
+	e.publishFrames(t, frames[:3])
+	r := e.start(t, nil)
+	waitFor(t, 30*time.Second, "handled", func() bool { return counter(r.reg, "forest_cloud_messages_total") == 13 })
+	if n := counter(r.reg, "forest_cloud_messages_total", "result", "duplicate"); n != 3 {
+		t.Errorf("%v duplicates", n)
+	}
+	e.verifyExactlyOnce(t, frames)
+}
