@@ -37,8 +37,16 @@
 // a SHA-256 checksum (PUT with If-None-Match: *), or was found to exist with
 // the same content (a redelivery: counted as a suppressed duplicate). An
 // object that exists with different content is a conflict and the message is
-// dead-lettered. The sidecar is written after the image and mask, so a
-// sidecar's presence means its frame is complete.
+// dead-lettered. The image and mask are written concurrently and the
+// sidecar only after both are stored, so a sidecar's presence means its
+// frame is complete. With s3.checksum "sha256" the body's SHA-256 (already
+// verified against the message) travels as x-amz-checksum-sha256 and the
+// server verifies it; the SigV4 signature then covers the headers only
+// (UNSIGNED-PAYLOAD) instead of hashing the body a second time.
+//
+// Legacy messages carry no device, so no identity check applies to them;
+// If-None-Match still keeps any publisher from replacing an existing
+// object.
 //
 // Poison messages (undecodable, failing validation, checksum mismatch,
 // oversized, unknown schema, identity mismatch, conflicting content, unsafe
@@ -65,6 +73,22 @@
 // requeued from the dead-letter queue by `forest-cloud dlq requeue` is
 // published by the consumer's own user, and only for that user is the
 // x-forest-user-id header trusted as the original publisher.
+//
+// # Operations
+//
+// Metrics (on the registry in Options): forest_cloud_messages_total{result}
+// (stored, duplicate, dead_lettered, requeued),
+// forest_cloud_dead_letters_total{reason}, forest_cloud_objects_stored_total{kind},
+// forest_cloud_duplicates_suppressed_total, forest_cloud_stored_bytes_total,
+// forest_cloud_s3_put_seconds, forest_cloud_s3_retries_total,
+// forest_cloud_s3_errors_total, forest_cloud_s3_healthy,
+// forest_cloud_broker_connected, forest_cloud_broker_reconnects_total,
+// forest_cloud_inflight_messages and forest_cloud_handle_seconds.
+// /readyz is 503 unless the consumer is consuming and the last S3 write
+// succeeded. Run first runs Check: S3 credentials, bucket present and
+// writable (a probe object under {prefix}/.forest-cloud-check/ is written
+// and deleted), broker reachable and topology declarable; a failure is a
+// *StartupError naming what is missing and how to fix it.
 //
 // # Concurrency
 //

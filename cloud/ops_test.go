@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/forestwatch/forest/cloud"
 )
 
@@ -79,8 +81,31 @@ func TestHTTPAndReconnect(t *testing.T) {
 	if n := counter(r.reg, "forest_cloud_broker_reconnects_total"); n < 1 {
 		t.Errorf("reconnects %v", n)
 	}
+	// The queue deleted under the consumer: the broker cancels it; the
+	// service reconnects, declares the queue again and goes on.
+	conn, err := amqp.Dial(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDelete(e.cfg.AMQP.Queue, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	waitFor(t, 30*time.Second, "second reconnect", func() bool {
+		return counter(r.reg, "forest_cloud_broker_reconnects_total") >= 2 && r.svc.Ready()
+	})
+	more := manyFrames(t, e.cfg.S3.Prefix, 110)[100:]
+	e.publishFrames(t, more)
+	waitFor(t, 30*time.Second, "frames after the queue came back", func() bool {
+		return counter(r.reg, "forest_cloud_messages_total", "result", "stored") == 110
+	})
+	frames = append(frames, more...)
 	code, body := get("/metrics")
-	for _, want := range []string{"forest_cloud_messages_total{result=\"stored\"} 100", "forest_cloud_s3_put_seconds_bucket", "forest_cloud_broker_connected 1"} {
+	for _, want := range []string{"forest_cloud_messages_total{result=\"stored\"} 110", "forest_cloud_s3_put_seconds_bucket", "forest_cloud_broker_connected 1"} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -310,8 +310,14 @@ func (s *Service) session(ctx context.Context) error {
 			}
 		}()
 	}
+	workersDone := make(chan struct{})
+	go func() { wg.Wait(); close(workersDone) }()
 	var cause error
 	select {
+	case <-workersDone:
+		// The delivery channel closed: the broker cancelled the consumer
+		// (queue deleted, node shutting down) or the channel died.
+		cause = errors.New("consumer cancelled by the broker")
 	case <-ctx.Done():
 	case e := <-connClosed:
 		cause = fmt.Errorf("connection closed: %w", amqpErr(e))
@@ -321,8 +327,7 @@ func (s *Service) session(ctx context.Context) error {
 		cause = fmt.Errorf("publish channel closed: %w", amqpErr(e))
 	}
 	close(stop)
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	done := workersDone
 	if cause == nil {
 		s.log.Info("shutting down: finishing in-flight messages", "timeout", s.cfg.Consumer.ShutdownTimeout)
 		select {
