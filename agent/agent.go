@@ -236,7 +236,9 @@ func (a *Agent) Close() error {
 //  5. stop the HTTP server, close the model, close the spool.
 //
 // systemd is told READY=1 once everything runs, WATCHDOG=1 every half
-// $WATCHDOG_USEC, and STOPPING=1 when shutdown starts. Run returns nil on
+// $WATCHDOG_USEC while no frame has been in flight for longer than
+// $WATCHDOG_USEC (so a hung frame gets the agent restarted), and
+// STOPPING=1 when shutdown starts. Run returns nil on
 // a clean shutdown, or the first error that stopped a component.
 func (a *Agent) Run(ctx context.Context) (err error) {
 	defer func() { err = errors.Join(err, a.Close()) }()
@@ -329,6 +331,13 @@ loop:
 			a.log.Error("component failed, shutting down", "err", runErr)
 			break loop
 		case <-tick:
+			// A frame stuck for longer than the watchdog timeout (a hung
+			// camera read or inference) stops the keep-alives, so systemd
+			// restarts the agent.
+			if d := a.pipe.busyFor(); d > 2*wd {
+				a.log.Error("frame in flight for longer than the watchdog timeout; withholding WATCHDOG=1", "busy", d.Round(time.Second))
+				continue
+			}
 			_ = a.notify.send("WATCHDOG=1")
 		}
 	}

@@ -11,7 +11,8 @@ import (
 
 // TestSystemdNotify runs the agent under a fake systemd: a unix datagram
 // socket in $NOTIFY_SOCKET and a 300 ms watchdog. It must send READY=1,
-// then WATCHDOG=1 keep-alives, then STOPPING=1 on shutdown.
+// then WATCHDOG=1 keep-alives — withheld while a frame is stuck — then
+// STOPPING=1 on shutdown.
 func TestSystemdNotify(t *testing.T) {
 	needModel(t)
 	sock := filepath.Join(t.TempDir(), "notify.sock")
@@ -53,6 +54,23 @@ func TestSystemdNotify(t *testing.T) {
 	}
 	if d := time.Since(t0); d < 300*time.Millisecond || d > 2*time.Second {
 		t.Fatalf("3 keep-alives took %s; want about 450ms (half the watchdog interval each)", d)
+	}
+	// A frame stuck for longer than the watchdog timeout: keep-alives stop.
+	a.pipe.busy.Store(time.Now().Add(-time.Hour).UnixNano())
+	time.Sleep(200 * time.Millisecond) // let a keep-alive already due go out
+	for drained := false; !drained; {
+		conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := conn.Read(buf); err != nil {
+			drained = true
+		}
+	}
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	if n, err := conn.Read(buf); err == nil {
+		t.Fatalf("got %q while a frame was stuck; want no keep-alive", buf[:n])
+	}
+	a.pipe.busy.Store(0)
+	if m := read(); m != "WATCHDOG=1" {
+		t.Fatalf("got %q after the frame finished, want WATCHDOG=1", m)
 	}
 	cancel()
 	for {

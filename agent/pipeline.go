@@ -80,6 +80,7 @@ type pipeline struct {
 	// hook, in tests, is called with "put" before the spool Put.
 	hook  func(stage string)
 	below atomic.Uint64 // frames below min_coverage seen, for thinning
+	busy  atomic.Int64  // start of the frame in flight (unix ns), 0 when idle
 }
 
 // priority maps coverage to a spool priority: 0 (<25 % forest) to 4 (100 %).
@@ -91,6 +92,8 @@ func priority(coverage float64) int { return int(coverage * 4) }
 // handed over, Put completes (see spool.Queue.Put).
 func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	t0 := time.Now()
+	p.busy.Store(t0.UnixNano())
+	defer p.busy.Store(0)
 	if seq, id, ok := p.st.spooledAlready(c.Key); ok {
 		p.log.Info("file was spooled before a restart; not spooling it again", "file", c.Name, "seq", seq, "spool_id", id)
 		return nil
@@ -191,6 +194,15 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 		p.report(rep)
 	}
 	return nil
+}
+
+// busyFor returns how long the frame in flight has been processed, 0 when
+// the pipeline is idle.
+func (p *pipeline) busyFor() time.Duration {
+	if t := p.busy.Load(); t != 0 {
+		return time.Since(time.Unix(0, t))
+	}
+	return 0
 }
 
 func (p *pipeline) writeOverlay(dir, name string, seq uint64, enc *encoded) string {

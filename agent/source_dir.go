@@ -108,9 +108,10 @@ func (s *dirSource) Run(ctx context.Context, h Handler) error {
 	rescan := func() {
 		names, err := s.list()
 		if err != nil {
-			s.env.log.Warn("scan incoming directory", "err", err)
+			s.env.failed("dir", fmt.Errorf("%w: scan: %w", ErrCapture, err))
 			return
 		}
+		s.env.ok("dir") // the directory is readable: the source works
 		for _, n := range names {
 			add(n)
 		}
