@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -540,36 +541,76 @@ func salvage(path string, dst *bolt.DB) salvageResult {
 		batch = batch[:0]
 		return err
 	}
-	var size int
-	res.err = guard("salvage", func() error {
-		return src.View(func(tx *bolt.Tx) error {
-			if st := tx.Bucket(bktState); st != nil {
-				maxID = getU64(st.Get(keyNextID))
-			}
-			data := tx.Bucket(bktData)
-			if data == nil {
-				return errors.New("no data bucket")
-			}
-			c := data.Cursor()
-			for k, v := c.First(); k != nil; k, v = c.Next() {
-				v = dataValue(data, k, v)
-				id, ok := keyID(k)
-				if !ok || verifyRecord(id, v) != nil {
-					continue
+	// Collect ids from both the index and the data bucket, each scan under
+	// its own guard, then read every record under its own guard: damage to
+	// one page loses the records on that page, not everything after it.
+	ids := map[uint64]bool{}
+	var errs []error
+	scan := func(bucket []byte) {
+		err := guard("salvage scan", func() error {
+			return src.View(func(tx *bolt.Tx) error {
+				if bucket == nil {
+					if st := tx.Bucket(bktState); st != nil {
+						maxID = getU64(st.Get(keyNextID))
+					}
+					return nil
 				}
-				maxID = max(maxID, id)
-				batch = append(batch, rec{id: id, v: slices.Clone(v)})
-				size += len(v)
-				if size > maxBatchBytes {
-					size = 0
-					if err := flush(); err != nil {
-						return err
+				b := tx.Bucket(bucket)
+				if b == nil {
+					return fmt.Errorf("no %s bucket", bucket)
+				}
+				c := b.Cursor()
+				for k, _ := c.First(); k != nil; k, _ = c.Next() {
+					if id, ok := keyID(k); ok {
+						ids[id] = true
 					}
 				}
-			}
-			return nil
+				return nil
+			})
 		})
-	})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	scan(nil)
+	scan(bktIdx)
+	scan(bktData)
+	var size int
+	for _, id := range slices.Sorted(maps.Keys(ids)) {
+		var v []byte
+		err := guard("salvage read", func() error {
+			return src.View(func(tx *bolt.Tx) error {
+				data := tx.Bucket(bktData)
+				if data == nil {
+					return nil
+				}
+				if raw := dataGet(data, idKey(id)); raw != nil && verifyRecord(id, raw) == nil {
+					v = slices.Clone(raw)
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if v == nil {
+			continue
+		}
+		maxID = max(maxID, id)
+		batch = append(batch, rec{id: id, v: v})
+		size += len(v)
+		if size > maxBatchBytes {
+			size = 0
+			if err := flush(); err != nil {
+				errs = append(errs, err)
+				break
+			}
+		}
+	}
+	if len(errs) > 0 {
+		res.err = errs[0]
+	}
 	if err := flush(); err != nil && res.err == nil {
 		res.err = err
 	}
