@@ -16,7 +16,7 @@ export FOREST_VERSITYGW ?= $(CURDIR)/.cache/bin/versitygw
 # Benchmarks: -count 5 so that BENCHMARKS.md can quote medians.
 BENCH_COUNT ?= 5
 
-.PHONY: help build deps run test bench lint clean demo soak package
+.PHONY: help build deps run test bench lint clean demo soak package package-check
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,12 @@ SOAK_MINUTES ?= 30
 soak: deps ## the end-to-end fault test for SOAK_MINUTES (default 30), with its tally
 	FOREST_E2E_SECONDS=$$(( $(SOAK_MINUTES) * 60 )) FOREST_E2E_FRAMES=$$(( $(SOAK_MINUTES) * 150 )) \
 		$(GO) test -count=1 -run 'TestChainUnderFaults' -timeout $$(( $(SOAK_MINUTES) + 20 ))m -v ./agent/e2e
+
+package: deps ## .deb packages of forest-agent for amd64 and arm64 into dist/
+	bash firmware/package.sh all
+
+package-check: package ## run the arm64 package under qemu-user-static against amd64
+	bash firmware/qemu-check.sh
 
 lint: deps ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
