@@ -19,7 +19,7 @@ BENCH_COUNT ?= 5
 .PHONY: help build deps run test bench lint clean demo soak package package-check
 
 help: ## list the targets
-	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build bin/forest-agent and bin/forest-cloud
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./agent/cmd/forest-agent ./cloud/cmd/forest-cloud
