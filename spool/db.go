@@ -19,6 +19,7 @@ import (
 const (
 	corruptSuffix = ".corrupt-"
 	compactSuffix = ".compact"
+	freshSuffix   = ".fresh"
 	allocSize     = 32 << 20
 )
 

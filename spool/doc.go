@@ -89,15 +89,23 @@
 // Every record value carries a header checksum and a payload checksum
 // (CRC-32C). A record that fails to decode when Next reads it, or whose
 // index and data disagree at Open, is moved to the quarantine bucket with
-// its reason and raw bytes, logged at Error and counted. At Open the spool
-// runs bbolt's consistency check; a file bbolt cannot open, that fails the
-// check, or on which bbolt panics or faults (truncated mmap) is renamed
-// aside, sound records are salvaged into a fresh file, the event is logged
-// at Error and counted in Stats.CorruptRenames, and Open succeeds: the
-// agent never crash-loops on a damaged spool. Because the lost file's last
-// id may be unreadable, ids after such a restart continue from at least the
-// current time in microseconds, so they never repeat an id handed out
-// before. Check and Inspect work on a
-// spool no process holds (bbolt's file lock makes them fail with ErrInUse
-// otherwise) for `forest-agent spool check` and `forest-agent spool stats`.
+// its reason and raw bytes, logged at Error and counted.
+//
+// At Open the spool first walks every page with cursors on a read-only
+// handle under a panic and fault guard (bbolt's own walks run in goroutines
+// where a panic would kill the process), then runs bbolt's consistency
+// check. A file bbolt cannot open, that fails either, or on which bbolt
+// panics or faults (a truncated mmap) is replaced: its sound records are
+// salvaged into DBName+".fresh" (each read under its own guard, so one
+// damaged page loses only the records on it), which is synced; then the
+// damaged file is renamed aside and the new one into place. A crash at any
+// step is finished or redone by the next Open. The event is logged at
+// Error and counted in Stats.CorruptRenames, and Open succeeds: the agent
+// never crash-loops on a damaged spool. Because the lost file's last id may
+// be unreadable, ids after such a restart continue from at least the current
+// time in microseconds, so they never repeat an id handed out before.
+//
+// Check and Inspect work on a spool no process holds (bbolt's file lock
+// makes them fail with ErrInUse otherwise) for `forest-agent spool check`
+// and `forest-agent spool stats`.
 package spool

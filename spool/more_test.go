@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -271,4 +272,47 @@ func TestEvictedBetweenPickAndReadIsNotQuarantined(t *testing.T) {
 	if st := q.Stats(); st.Quarantined != 0 || st.QuarantinedTotal != 0 || st.Frames != 2 {
 		t.Fatalf("evicted record quarantined: %+v", st)
 	}
+}
+
+// TestInterruptedRecovery covers the crash states of replacing a corrupt
+// file (see openAndLoad).
+func TestInterruptedRecovery(t *testing.T) {
+	t.Run("replacement built, not installed", func(t *testing.T) {
+		src := t.TempDir()
+		orig := fill(t, src, 3, 100)
+		dir := t.TempDir()
+		if err := os.Rename(filepath.Join(src, DBName), filepath.Join(dir, DBName+freshSuffix)); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, DBName+corruptSuffix+"20260101T000000Z"), []byte("junk"))
+		q := openT(t, dir, Options{})
+		if got := drainAll(t, q, orig); len(got) != 3 {
+			t.Fatalf("records %v", got)
+		}
+		if st := q.Stats(); st.CorruptRenames != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+	t.Run("corrupt file and a partial replacement", func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, DBName), bytes.Repeat([]byte("junk"), 4096))
+		writeFile(t, filepath.Join(dir, DBName+freshSuffix), []byte("half"))
+		q := openT(t, dir, Options{})
+		putT(t, q, rec(1, 10, 0))
+		if st := q.Stats(); st.CorruptRenames != 1 || st.Frames != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+	t.Run("sound file and a stale replacement", func(t *testing.T) {
+		dir := t.TempDir()
+		fill(t, dir, 2, 10)
+		writeFile(t, filepath.Join(dir, DBName+freshSuffix), []byte("stale"))
+		q := openT(t, dir, Options{})
+		if st := q.Stats(); st.Frames != 2 || st.CorruptRenames != 0 {
+			t.Fatalf("stats %+v", st)
+		}
+		if _, err := os.Stat(filepath.Join(dir, DBName+freshSuffix)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("stale replacement kept: %v", err)
+		}
+	})
 }

@@ -174,9 +174,27 @@ func Open(dir string, opts Options) (*Queue, error) {
 	return q, nil
 }
 
-// openAndLoad opens the bbolt file, checks and loads it, and handles a
-// corrupt file by renaming it aside, salvaging and starting fresh.
+// openAndLoad opens the bbolt file, checks and loads it, and replaces a
+// corrupt file. Replacement builds the new file under DBName+".fresh"
+// (salvaged records, raised id floor, all synced), then renames the corrupt
+// file aside and the new one into place, syncing the directory after each.
+// Crash states: before the first rename the corrupt file is still in place
+// and the next Open starts over; between the renames DBName is missing and
+// the next Open installs the complete ".fresh" file; after the second
+// rename the new file is in place.
 func (q *Queue) openAndLoad() (*loadResult, error) {
+	fresh := q.path + freshSuffix
+	if _, err := os.Lstat(q.path); errors.Is(err, os.ErrNotExist) {
+		if _, ferr := os.Lstat(fresh); ferr == nil {
+			if err := os.Rename(fresh, q.path); err != nil {
+				return nil, fmt.Errorf("install replacement of corrupt spool: %w", err)
+			}
+			if err := syncDir(q.dir); err != nil {
+				return nil, err
+			}
+			q.log.Warn("spool installed the replacement of a corrupt file after an interrupted recovery", "path", q.path)
+		}
+	}
 	err := preflight(q.path, q.opts.OpenTimeout)
 	var db *bolt.DB
 	if err == nil {
@@ -190,6 +208,7 @@ func (q *Queue) openAndLoad() (*loadResult, error) {
 		}
 	}
 	if err == nil {
+		_ = os.Remove(fresh) // left by a recovery that crashed before renaming
 		dropMapped(db)
 		q.db = db
 		q.logProblems(st.problems)
@@ -198,31 +217,59 @@ func (q *Queue) openAndLoad() (*loadResult, error) {
 	if !errors.Is(err, ErrCorrupt) {
 		return nil, err
 	}
-	aside, rerr := renameAside(q.path, q.now())
+	sal, rerr := q.replaceCorrupt(fresh)
 	if rerr != nil {
 		return nil, errors.Join(err, rerr)
 	}
 	q.corrupt++
-	db, oerr := openBolt(q.path, false, q.opts.OpenTimeout)
-	if oerr != nil {
-		return nil, fmt.Errorf("start fresh after corruption: %w", oerr)
-	}
-	sal := salvage(aside, db)
-	q.salvaged, q.renamedTo = sal.records, aside
 	q.log.Error("spool database corrupt: renamed aside and started fresh",
-		"error", err, "renamed_to", aside, "salvaged_records", sal.records, "salvage_error", errString(sal.err))
-	st, err = loadDB(db, true, q.now())
-	if err == nil {
-		err = raiseIDFloor(db, st, q.now())
+		"error", err, "renamed_to", q.renamedTo, "salvaged_records", sal.records, "salvage_error", errString(sal.err))
+	db, err = openBolt(q.path, false, q.opts.OpenTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("open replacement of corrupt spool: %w", err)
 	}
+	st, err = loadDB(db, true, q.now())
 	if err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("load fresh spool: %w", err)
+		return nil, fmt.Errorf("load replacement of corrupt spool: %w", err)
 	}
 	dropMapped(db)
 	q.db = db
 	q.logProblems(st.problems)
 	return st, nil
+}
+
+// replaceCorrupt builds the replacement of the corrupt file at q.path in
+// fresh and installs it (see openAndLoad).
+func (q *Queue) replaceCorrupt(fresh string) (salvageResult, error) {
+	_ = os.Remove(fresh)
+	fdb, err := openBolt(fresh, false, q.opts.OpenTimeout)
+	if err != nil {
+		return salvageResult{}, fmt.Errorf("create replacement: %w", err)
+	}
+	var sal salvageResult
+	if _, err = loadDB(fdb, true, q.now()); err == nil {
+		sal = salvage(q.path, fdb)
+		var st *loadResult
+		if st, err = loadDB(fdb, true, q.now()); err == nil {
+			err = raiseIDFloor(fdb, st, q.now())
+		}
+	}
+	if cerr := fdb.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return sal, fmt.Errorf("build replacement: %w", err)
+	}
+	aside, err := renameAside(q.path, q.now())
+	if err != nil {
+		return sal, err
+	}
+	q.salvaged, q.renamedTo = sal.records, aside
+	if err := os.Rename(fresh, q.path); err != nil {
+		return sal, fmt.Errorf("install replacement: %w", err)
+	}
+	return sal, syncDir(q.dir)
 }
 
 // raiseIDFloor makes ids of a spool restarted after corruption continue
