@@ -36,7 +36,8 @@ func TestRealFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = q.Close() }) // before the unmount, also on failure
-	for i := range 300 {                // 30 MB of records into 24 MB
+	// 30 MB of records into 24 MB.
+	for i := range 300 {
 		if _, err := q.Put(context.Background(), rec(i, 100_000, 0)); err != nil {
 			t.Fatalf("Put %d with a reserve: %v", i, err)
 		}
