@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // TestSystemdNotify runs the agent under a fake systemd: a unix datagram
@@ -15,6 +17,7 @@ import (
 // STOPPING=1 on shutdown.
 func TestSystemdNotify(t *testing.T) {
 	needModel(t)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent()) // Run waits for every goroutine it started
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"go.uber.org/goleak"
 )
 
 // startAgent runs an offline agent with its HTTP server on 127.0.0.1:0 and
@@ -54,6 +55,11 @@ func get(t *testing.T, url string) (int, string) {
 // and a thumbnail, without a browser.
 func TestHTTPEndpoints(t *testing.T) {
 	needModel(t)
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { // runs after startAgent's cleanup stopped the agent
+		http.DefaultClient.CloseIdleConnections()
+		goleak.VerifyNone(t, ignore)
+	})
 	cfg := testConfig(t)
 	_, base := startAgent(t, cfg)
 	copyFile(t, sampleFrames(t)[2], filepath.Join(cfg.Source.Dir.Path, "f.png"))
