@@ -41,6 +41,8 @@ type Options struct {
 	Listener net.Listener
 	// Report, when set, is called after each processed capture.
 	Report func(FrameReport)
+	// ConfigPath names the configuration file in messages to people.
+	ConfigPath string
 
 	// trace, in tests, records shutdown steps in order.
 	trace func(step string)
@@ -453,7 +455,11 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 		fmt.Fprintf(w, "overlays: %s\n", abs(d))
 	}
 	if a.cfg.HTTP.Listen != "" {
-		fmt.Fprintf(w, "status:   http://%s/ (served while `forest-agent run --config FILE` runs)\n", a.cfg.HTTP.Listen)
+		cp := a.opts.ConfigPath
+		if cp == "" {
+			cp = "FILE"
+		}
+		fmt.Fprintf(w, "status:   http://%s/ (served while `forest-agent run --config %s` runs)\n", a.cfg.HTTP.Listen, cp)
 	}
 	fmt.Fprintf(w, "inspect:  forest-agent spool stats %s\n", abs(a.cfg.Spool.Dir))
 	return sum, nil

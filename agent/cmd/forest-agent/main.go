@@ -150,7 +150,7 @@ Examples:
 		return 1
 	}
 	log := logger(cfg, stderr)
-	a, err := agent.New(cfg, agent.Options{Logger: log})
+	a, err := agent.New(cfg, agent.Options{Logger: log, ConfigPath: *cfgPath})
 	if err != nil {
 		fmt.Fprintf(stderr, "forest-agent run: %v\n", err)
 		return 1
