@@ -31,6 +31,40 @@
 // the caller (the agent's drain loop) can back off. While the broker blocks
 // the connection (memory or disk alarm), Publish holds further messages back
 // until the block lifts or its context ends.
+//
+// # Failures, and what each one becomes
+//
+//   - Broker unreachable or refusing (TCP, TLS verification, AMQP auth):
+//     State is down with LastError; Run retries with backoff.
+//   - Connection closed by the broker (restart, forced close) or reset by
+//     the network: NotifyClose fires; unconfirmed messages become Lost.
+//   - Link stalled or half-open (no bytes, no close): the heartbeat read
+//     deadline (about three Heartbeat intervals) closes the connection; a
+//     publish stuck in a socket write is released because the session
+//     closes the socket itself before the library's shutdown needs the
+//     channel lock that writer holds.
+//   - Broker blocks publishing (connection.blocked): no new messages are
+//     written; confirm deadlines are suspended until the block lifts.
+//   - basic.nack: Nacked. basic.return then basic.ack: Returned.
+//   - No confirm within ConfirmTimeout on a live connection: TimedOut, and
+//     the connection is dropped so that no stale state survives.
+//   - Channel error (exchange missing without DeclareExchange, user_id not
+//     matching the connection's user, no write permission): the broker
+//     closes the channel, the connection is redialled and the messages are
+//     Lost. Such an error repeats on every batch until configuration is
+//     fixed; State().LastError shows it.
+//   - A message the library cannot encode: ErrInvalidMessage for that
+//     message only; the connection is kept.
+//
+// # The drain loop
+//
+// The caller (package agent) drains its spool: take a batch oldest first,
+// Publish it, delete from the spool exactly the messages reported
+// Confirmed, release the others for a later retry, set aside those whose
+// Err wraps ErrInvalidMessage, and back off when Publish returns
+// ErrNotConnected. Each Publish call ends by waiting for its last confirms,
+// so a batch of at least twice Window keeps the link busy; or the drain
+// may call Publish from two goroutines to overlap batches.
 package uplink
 
 import (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"strings"
 	"testing"
 	"time"
@@ -390,4 +391,94 @@ func TestInvalidMessage(t *testing.T) {
 	if st := p.State(); st.Reconnects != 0 || st.State != uplink.StateConnected {
 		t.Errorf("state after invalid messages: %+v", st)
 	}
+}
+
+// TestWriteOnlyUser: a device user that may only write to the exchange
+// publishes with DeclareExchange off; with it on, the declaration is refused
+// and the publisher reports why instead of connecting.
+func TestWriteOnlyUser(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	topology(t, url, "frames", nil)
+	u, err := neturl.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vhost, _ := neturl.PathUnescape(u.EscapedPath()[1:])
+	user := fmt.Sprintf("device-%d", time.Now().UnixNano())
+	b.AddUser(t, user, "device-secret", vhost, "^$", "^forest\\.frames$", "^$")
+	devURL := b.URLFor(user, "device-secret", vhost)
+
+	t.Run("declare refused", func(t *testing.T) {
+		leakCheck(t)
+		o := testOptions(devURL)
+		o.DeclareExchange = true
+		p := start(t, o)
+		deadline := time.Now().Add(10 * time.Second)
+		for p.State().LastError == nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		var ae *amqp.Error
+		if st := p.State(); st.State == uplink.StateConnected || !errors.As(st.LastError, &ae) || ae.Code != amqp.AccessRefused {
+			t.Fatalf("state %+v, want access refused", st)
+		}
+	})
+	t.Run("publish", func(t *testing.T) {
+		leakCheck(t)
+		o := testOptions(devURL)
+		o.DeclareExchange = false
+		p := start(t, o)
+		waitState(t, p, uplink.StateConnected, 10*time.Second)
+		msgs := frames(t, "dev", 10, 100)
+		for i := range msgs {
+			msgs[i].UserID = user // validated by the broker
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		l := newLedger()
+		if err := deliverAll(ctx, t, p, msgs, 10, l); err != nil {
+			t.Fatal(err)
+		}
+		checkDelivered(t, msgs, l, queued(t, url, "frames"))
+	})
+}
+
+// TestExchangeMissing: publishing to an exchange that does not exist makes
+// the broker close the channel; the messages are Lost (never Confirmed), the
+// reason shows in State, and once the exchange exists everything arrives.
+func TestExchangeMissing(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	o := testOptions(url)
+	o.DeclareExchange = false
+	p := start(t, o)
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	msgs := frames(t, "nox", 20, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := p.Publish(ctx, msgs)
+	if !errors.Is(err, uplink.ErrConnectionLost) {
+		t.Fatalf("err = %v, want ErrConnectionLost", err)
+	}
+	for _, r := range res {
+		if r.Outcome == uplink.Confirmed {
+			t.Fatalf("confirmed to a missing exchange: %+v", r)
+		}
+	}
+	var ae *amqp.Error
+	deadline := time.Now().Add(5 * time.Second)
+	for !errors.As(p.State().LastError, &ae) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ae == nil || ae.Code != amqp.NotFound {
+		t.Errorf("last error %v, want 404 not found", p.State().LastError)
+	}
+	topology(t, url, "frames", nil)
+	l := newLedger()
+	if err := deliverAll(ctx, t, p, msgs, 20, l); err != nil {
+		t.Fatal(err)
+	}
+	checkDelivered(t, msgs, l, queued(t, url, "frames"))
 }

@@ -239,7 +239,7 @@ func (s *session) pump() {
 		case c, ok := <-confirms:
 			if !ok {
 				confirms = nil
-				s.kill(errors.New("channel closed"))
+				s.kill(s.closeReason(cc, chc))
 				continue
 			}
 			// A basic.return precedes its basic.ack on the wire and the
@@ -262,7 +262,7 @@ func (s *session) pump() {
 		case e, ok := <-cc:
 			if !ok {
 				cc = nil
-				s.kill(errors.New("connection closed"))
+				s.kill(s.closeReason(nil, chc))
 				continue
 			}
 			returns = s.drainReturns(returns)
@@ -271,7 +271,7 @@ func (s *session) pump() {
 		case e, ok := <-chc:
 			if !ok {
 				chc = nil
-				s.kill(errors.New("channel closed"))
+				s.kill(s.closeReason(cc, nil))
 				continue
 			}
 			returns = s.drainReturns(returns)
@@ -288,6 +288,28 @@ func (s *session) pump() {
 			return
 		}
 	}
+}
+
+// closeReason looks for the error the library reports alongside a closing
+// notification channel (the close listeners get it before the others are
+// closed), so that State shows the broker's reason.
+func (s *session) closeReason(cc, chc chan *amqp.Error) error {
+	for _, c := range []struct {
+		what string
+		ch   chan *amqp.Error
+	}{{"connection", cc}, {"channel", chc}} {
+		if c.ch == nil {
+			continue
+		}
+		select {
+		case e, ok := <-c.ch:
+			if ok && e != nil {
+				return fmt.Errorf("%s closed by %s: %w", c.what, peer(e), e)
+			}
+		default:
+		}
+	}
+	return errors.New("connection closed")
 }
 
 func peer(e *amqp.Error) string {
@@ -482,7 +504,17 @@ func (s *session) publish(ctx context.Context, exchange, key string, id string, 
 	}
 	if err != nil {
 		// The library failed to write, so the channel is unusable: the
-		// flight and every other unconfirmed one are lost.
+		// flight and every other unconfirmed one are lost. If it was
+		// closed under us, the pump is about to kill the session with the
+		// broker's reason, which says more than ErrClosed.
+		if errors.Is(err, amqp.ErrClosed) {
+			t := time.NewTimer(time.Second)
+			select {
+			case <-s.dead:
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		s.kill(fmt.Errorf("publish: %w", err))
 		return f, nil
 	}
