@@ -294,12 +294,21 @@ func errString(err error) string {
 	return err.Error()
 }
 
+// maxLoggedProblems bounds the per-record lines of one repair; the rest are
+// summed up in one line.
+const maxLoggedProblems = 10
+
 func (q *Queue) logProblems(ps []Problem) {
-	for _, p := range ps {
-		q.log.Error("spool record damaged", "id", p.ID, "bucket", p.Bucket, "reason", p.Reason, "action", p.Action)
+	for i, p := range ps {
+		if i < maxLoggedProblems {
+			q.log.Error("spool record damaged", "id", p.ID, "bucket", p.Bucket, "reason", p.Reason, "action", p.Action)
+		}
 		if p.Action == ActionQuarantine {
 			q.quarTotal++
 		}
+	}
+	if len(ps) > maxLoggedProblems {
+		q.log.Error("spool records damaged, not logged one by one", "more", len(ps)-maxLoggedProblems, "total", len(ps))
 	}
 }
 
