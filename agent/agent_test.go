@@ -163,7 +163,8 @@ func TestShutdownOrder(t *testing.T) {
 }
 
 // TestDrainAcksOnlyConfirmed checks the drain acks exactly the confirmed
-// records and releases the others (mock publisher for this one branch).
+// records, releases the others for a retry and sets aside (keeps, never
+// deletes) one the uplink cannot encode (mock publisher for this branch).
 func TestDrainAcksOnlyConfirmed(t *testing.T) {
 	needModel(t)
 	cfg := testConfig(t)
@@ -172,13 +173,13 @@ func TestDrainAcksOnlyConfirmed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	for i, f := range sampleFrames(t)[:4] {
+	for i, f := range sampleFrames(t)[:5] {
 		data, _ := os.ReadFile(f)
 		if err := a.pipe.handle(context.Background(), &Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	outcomes := []uplink.Outcome{uplink.Confirmed, uplink.Nacked, uplink.Confirmed, uplink.TimedOut}
+	outcomes := []uplink.Outcome{uplink.Confirmed, uplink.Nacked, uplink.Confirmed, uplink.TimedOut, uplink.Unsent}
 	pub := publishFunc(func(ctx context.Context, msgs []wire.Message) ([]uplink.Result, error) {
 		res := make([]uplink.Result, len(msgs))
 		for i := range msgs {
@@ -189,20 +190,23 @@ func TestDrainAcksOnlyConfirmed(t *testing.T) {
 			if outcomes[i] != uplink.Confirmed {
 				res[i].Err = errors.New(outcomes[i].String())
 			}
+			if i == 4 {
+				res[i].Err = fmt.Errorf("header: %w", uplink.ErrInvalidMessage)
+			}
 		}
 		return res, nil
 	})
-	d := &drain{q: a.q, pub: pub, batch: 4, agent: "forest-agent/test", m: a.m, status: a.status, log: testLogger(t)}
-	recs, _ := a.q.Next(4)
+	d := &drain{q: a.q, pub: pub, batch: 5, agent: "forest-agent/test", m: a.m, status: a.status, log: testLogger(t)}
+	recs, _ := a.q.Next(5)
 	ok, err := d.publish(context.Background(), recs)
 	if ok || err == nil {
 		t.Fatalf("publish reported success with nacks: %v %v", ok, err)
 	}
 	st := a.q.Stats()
-	if st.Frames != 2 || st.InFlight != 0 {
-		t.Fatalf("after 2 confirms of 4: %d frames, %d in flight", st.Frames, st.InFlight)
+	if st.Frames != 3 || st.InFlight != 1 {
+		t.Fatalf("after 2 confirms of 5, one invalid: %d frames, %d in flight; want 3 and 1 (the invalid one set aside)", st.Frames, st.InFlight)
 	}
-	left, _ := a.q.Next(4)
+	left, _ := a.q.Next(5)
 	if len(left) != 2 || left[0].ID != recs[1].ID || left[1].ID != recs[3].ID {
 		t.Fatalf("the unconfirmed frames should remain: %v", left)
 	}

@@ -243,7 +243,7 @@ func Default() Config {
 			Policy: "drop-oldest", Order: "oldest-first",
 		},
 		Uplink: UplinkConfig{
-			Exchange: "forest.frames", Window: 32, Batch: 16,
+			Exchange: "forest.frames", Window: 32, Batch: 64,
 			ConfirmTimeout: Duration(30 * time.Second), DialTimeout: Duration(15 * time.Second),
 			Heartbeat: Duration(10 * time.Second), BackoffMax: Duration(time.Minute),
 		},

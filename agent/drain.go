@@ -96,6 +96,9 @@ func (d *drain) Run(stop, hard context.Context) error {
 // publish sends one batch and acks the confirmed records. It reports
 // whether every record was confirmed.
 func (d *drain) publish(ctx context.Context, recs []spool.Record) (bool, error) {
+	if d.bad == nil {
+		d.bad = map[uint64]bool{}
+	}
 	msgs := make([]wire.Message, 0, len(recs))
 	ids := make([]uint64, 0, len(recs))
 	for i := range recs {
@@ -120,6 +123,16 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (bool, error) 
 	for i, id := range ids {
 		if i < len(res) && res[i].Outcome == uplink.Confirmed {
 			acks = append(acks, id)
+			continue
+		}
+		if i < len(res) && errors.Is(res[i].Err, uplink.ErrInvalidMessage) {
+			// Can never be published: set aside (kept in flight, so in the
+			// spool, until restart), never deleted.
+			if !d.bad[id] {
+				d.bad[id] = true
+				d.m.publishFailed.WithLabelValues("invalid").Inc()
+				d.log.Error("spooled frame cannot be encoded for the broker; kept in the spool", "spool_id", id, "err", res[i].Err)
+			}
 			continue
 		}
 		rel = append(rel, id)
