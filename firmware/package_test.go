@@ -2,6 +2,7 @@ package firmware
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -175,14 +176,26 @@ func TestPackage(t *testing.T) {
 	}
 	runEnv(t, root, []string{"FOREST_DEVICE_ID=pi-1"}, bin, "config", "check", filepath.Join(root, "etc/forest-agent/agent.yaml"))
 
+	// Upgrade to a newer version whose default config changed, over an
+	// unmodified conffile: dpkg replaces it (root:root 0644) and postinst
+	// restricts it again.
+	conf := filepath.Join(root, "etc/forest-agent/agent.yaml")
+	newer := rebuilt(t, deb, m[1]+"+t1", "# changed default\n")
+	dpkg("-i", newer)
+	if fi, err := os.Stat(conf); err != nil || fi.Mode().Perm() != 0o640 || statOwner(fi) != [2]int{0, gid} {
+		t.Errorf("after an upgrade that replaced agent.yaml: %v %v, want 0640 root:forest-agent", fi.Mode(), err)
+	}
+	if b, _ := os.ReadFile(conf); !bytes.HasSuffix(b, []byte("# changed default\n")) {
+		t.Error("upgrade did not install the new default agent.yaml over the unmodified one")
+	}
+
 	// Upgrade (same version again) over a locally edited conffile: the edit
 	// survives, the user is not duplicated.
-	conf := filepath.Join(root, "etc/forest-agent/agent.yaml")
 	orig, err := os.ReadFile(conf)
 	must(t, err)
 	edited := append(orig, "# edited on the device\n"...)
 	must(t, os.WriteFile(conf, edited, 0o640))
-	dpkg("-i", deb)
+	dpkg("-i", newer)
 	if b, _ := os.ReadFile(conf); !bytes.Equal(b, edited) {
 		t.Error("upgrade replaced the locally edited agent.yaml")
 	}
@@ -211,6 +224,27 @@ func TestPackage(t *testing.T) {
 		}
 	}
 	checkUser(t, root)
+}
+
+// rebuilt returns a copy of deb with the given version and text appended to
+// its agent.yaml.
+func rebuilt(t *testing.T, deb, version, conf string) string {
+	t.Helper()
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	run(t, "", "dpkg-deb", "--raw-extract", deb, tree)
+	f, err := os.OpenFile(filepath.Join(tree, "etc/forest-agent/agent.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteString(conf)
+	must(t, errors.Join(err, f.Close()))
+	control := filepath.Join(tree, "DEBIAN/control")
+	b, err := os.ReadFile(control)
+	must(t, err)
+	b = regexp.MustCompile(`(?m)^Version: .*$`).ReplaceAll(b, []byte("Version: "+version))
+	must(t, os.WriteFile(control, b, 0o644))
+	out := filepath.Join(dir, "forest-agent_"+version+"_amd64.deb")
+	run(t, "", "dpkg-deb", "--build", "--root-owner-group", tree, out)
+	return out
 }
 
 // checkUser requires the system user and group forest-agent, in group
