@@ -123,7 +123,7 @@ func straightRGB(c color.Color) [3]byte {
 }
 
 func TestToRGBSubImagesAndYCbCr(t *testing.T) {
-	for _, ratio := range []image.YCbCrSubsampleRatio{image.YCbCrSubsampleRatio444, image.YCbCrSubsampleRatio422, image.YCbCrSubsampleRatio420} {
+	for ratio := image.YCbCrSubsampleRatio444; ratio <= image.YCbCrSubsampleRatio410; ratio++ {
 		m := image.NewYCbCr(image.Rect(0, 0, 21, 11), ratio)
 		for i := range m.Y {
 			m.Y[i] = uint8(i * 3)
@@ -133,6 +133,16 @@ func TestToRGBSubImagesAndYCbCr(t *testing.T) {
 		}
 		checkToRGB(t, m)
 		checkToRGB(t, m.SubImage(image.Rect(3, 2, 17, 9)))
+		checkToRGB(t, m.SubImage(image.Rect(1, 1, 20, 10)))
+		odd := image.NewYCbCr(image.Rect(-3, 5, 14, 16), ratio)
+		for i := range odd.Y {
+			odd.Y[i] = uint8(i * 7)
+		}
+		for i := range odd.Cb {
+			odd.Cb[i], odd.Cr[i] = uint8(i*11), uint8(i*3)
+		}
+		checkToRGB(t, odd)
+		checkToRGB(t, odd.SubImage(image.Rect(-1, 6, 9, 15)))
 	}
 	n := image.NewNRGBA(image.Rect(0, 0, 9, 9))
 	for i := range n.Pix {

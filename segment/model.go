@@ -1,12 +1,15 @@
 package segment
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"image"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -305,8 +308,14 @@ func dimsMatch(have ort.Shape, want []int64) bool {
 	return true
 }
 
-// Info returns the model's contract and identity.
-func (m *Model) Info() Info { return m.info }
+// Info returns the model's contract and identity. The result is a copy the caller may
+// modify.
+func (m *Model) Info() Info {
+	in := m.info
+	in.Classes = slices.Clone(in.Classes)
+	in.Metadata = maps.Clone(in.Metadata)
+	return in
+}
 
 // Close releases the session and tensors. It is safe to call more than once.
 func (m *Model) Close() error {
@@ -386,8 +395,10 @@ func (m *Model) Segment(img image.Image) (*Result, error) {
 	}
 	res.Coverage = float64(count) / float64(fw*fh)
 	res.Total = time.Since(t0)
-	m.log.Debug("frame segmented", "width", fw, "height", fh, "coverage", res.Coverage,
-		"runs", res.Runs, "ms", float64(res.Total.Microseconds())/1000)
+	if m.log.Enabled(context.Background(), slog.LevelDebug) {
+		m.log.Debug("frame segmented", "width", fw, "height", fh, "coverage", res.Coverage,
+			"runs", res.Runs, "ms", float64(res.Total.Microseconds())/1000)
+	}
 	return res, nil
 }
 

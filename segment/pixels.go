@@ -60,14 +60,30 @@ func toRGB(img image.Image, buf []byte) []byte {
 			}
 		}
 	case *image.YCbCr:
+		// Chroma is subsampled by xd horizontally and yd vertically (as in YCbCr.COffset).
+		xd, yd := 1, 1
+		switch m.SubsampleRatio {
+		case image.YCbCrSubsampleRatio422:
+			xd = 2
+		case image.YCbCrSubsampleRatio420:
+			xd, yd = 2, 2
+		case image.YCbCrSubsampleRatio440:
+			yd = 2
+		case image.YCbCrSubsampleRatio411:
+			xd = 4
+		case image.YCbCrSubsampleRatio410:
+			xd, yd = 4, 2
+		}
+		r := m.Rect
 		for y := 0; y < h; y++ {
 			dst := buf[y*w*3:][:w*3]
 			yy := b.Min.Y + y
-			yi := m.YOffset(b.Min.X, yy)
-			for x := 0; x < w; x++ {
-				ci := m.COffset(b.Min.X+x, yy)
-				r, g, bb := color.YCbCrToRGB(m.Y[yi+x], m.Cb[ci], m.Cr[ci])
-				dst[3*x], dst[3*x+1], dst[3*x+2] = r, g, bb
+			yrow := m.Y[m.YOffset(b.Min.X, yy):][:w]
+			cbase := (yy/yd-r.Min.Y/yd)*m.CStride - r.Min.X/xd
+			for x, yv := range yrow {
+				ci := cbase + (b.Min.X+x)/xd
+				rr, g, bb := color.YCbCrToRGB(yv, m.Cb[ci], m.Cr[ci])
+				dst[3*x], dst[3*x+1], dst[3*x+2] = rr, g, bb
 			}
 		}
 	default:

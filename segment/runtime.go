@@ -21,15 +21,21 @@ const EnvLibraryPath = "ONNXRUNTIME_LIB"
 // <executable dir>/../lib/forest-agent/libonnxruntime.so.1; else "libonnxruntime.so",
 // which the dynamic loader looks up in the system's library path.
 func LibraryPath(explicit string) string {
+	wd, _ := os.Getwd()
+	exe, _ := os.Executable()
+	return libraryPath(explicit, os.Getenv(EnvLibraryPath), wd, exe, archName())
+}
+
+func libraryPath(explicit, env, wd, exe, arch string) string {
 	if explicit != "" {
 		return explicit
 	}
-	if p := os.Getenv(EnvLibraryPath); p != "" {
-		return p
+	if env != "" {
+		return env
 	}
-	if dir, err := os.Getwd(); err == nil {
-		rel := filepath.Join(".cache", "onnxruntime", "linux-"+archName(), "libonnxruntime.so.1")
-		for {
+	if wd != "" {
+		rel := filepath.Join(".cache", "onnxruntime", "linux-"+arch, "libonnxruntime.so.1")
+		for dir := wd; ; {
 			if p := filepath.Join(dir, rel); fileExists(p) {
 				return p
 			}
@@ -43,10 +49,10 @@ func LibraryPath(explicit string) string {
 			dir = parent
 		}
 	}
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "..", "lib", "forest-agent", "libonnxruntime.so.1")
+	if exe != "" {
+		p := filepath.Clean(filepath.Join(filepath.Dir(exe), "..", "lib", "forest-agent", "libonnxruntime.so.1"))
 		if fileExists(p) {
-			return filepath.Clean(p)
+			return p
 		}
 	}
 	return "libonnxruntime.so"
@@ -67,20 +73,22 @@ func fileExists(p string) bool {
 }
 
 // The ONNX Runtime environment is process-global in onnxruntime_go. env reference-counts
-// its users: the first acquire loads the library and creates the environment, the last
-// release destroys it. All Models in a process therefore share one library; asking for a
-// different one while it is loaded is an error.
+// this package's users: the first acquire loads the library and creates the environment,
+// the last release destroys it. All Models in a process therefore share one library;
+// asking for a different one while it is loaded is an error. An environment initialised
+// by other code is used as is and never destroyed here.
 var env struct {
-	mu   sync.Mutex
-	refs int
-	path string
+	mu    sync.Mutex
+	refs  int
+	path  string
+	owned bool
 }
 
 func acquireEnv(path string) error {
 	env.mu.Lock()
 	defer env.mu.Unlock()
 	if env.refs > 0 {
-		if path != env.path {
+		if env.owned && path != env.path {
 			return fmt.Errorf("%w: library %q requested but %q is already loaded in this process",
 				ErrRuntime, path, env.path)
 		}
@@ -88,17 +96,14 @@ func acquireEnv(path string) error {
 		return nil
 	}
 	if ort.IsInitialized() {
-		// Someone outside this package owns the environment; share it without owning it.
-		env.path = path
-		env.refs = 1 << 30
+		env.refs, env.path, env.owned = 1, path, false
 		return nil
 	}
 	ort.SetSharedLibraryPath(path)
 	if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
 		return fmt.Errorf("%w: load %s: %w", ErrRuntime, path, err)
 	}
-	env.refs = 1
-	env.path = path
+	env.refs, env.path, env.owned = 1, path, true
 	return nil
 }
 
@@ -109,11 +114,12 @@ func releaseEnv() error {
 		return nil
 	}
 	env.refs--
-	if env.refs == 0 {
-		env.path = ""
-		if err := ort.DestroyEnvironment(); err != nil {
-			return fmt.Errorf("destroy onnx runtime environment: %w", err)
-		}
+	if env.refs > 0 || !env.owned {
+		return nil
+	}
+	env.path, env.owned = "", false
+	if err := ort.DestroyEnvironment(); err != nil {
+		return fmt.Errorf("destroy onnx runtime environment: %w", err)
 	}
 	return nil
 }

@@ -9,7 +9,7 @@ Reproducible: fixed seeds, fixed scene split, single fixed schedule. Run from th
 Writes the ONNX model (with the metadata contract the Go package reads), a JSON file of metrics
 beside it (<out>.metrics.json) and prints progress. Needs only Debian's python3-torch, numpy, PIL.
 """
-import argparse, json, math, os, random, struct, sys, time
+import argparse, copy, json, math, os, random, struct, sys, time
 
 import numpy as np
 import torch
@@ -74,10 +74,14 @@ class Block(nn.Module):
 
 
 class UNet(nn.Module):
+    """U-Net of depthwise-separable residual blocks. The stem has stride 2, so the network
+    works at half resolution (10 m imagery: forest edges are smooth at 20 m) and the logits
+    are upsampled bilinearly to the input size at the end; this quarters the compute."""
+
     def __init__(self, ch=(16, 32, 64, 96, 128)):
         super().__init__()
         c0, c1, c2, c3, c4 = ch
-        self.stem = nn.Sequential(nn.Conv2d(3, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(3, c0, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
         self.e0 = Block(c0, c0)
         self.e1 = Block(c0, c1)
         self.e2 = Block(c1, c2)
@@ -90,7 +94,8 @@ class UNet(nn.Module):
         self.d0 = Block(c1 + c0, c0)
         self.head = nn.Conv2d(c0, 1, 1)
 
-    def forward(self, x):
+    def forward(self, inp):
+        x = inp
         x0 = self.e0(self.stem(x))
         x1 = self.e1(F.max_pool2d(x0, 2))
         x2 = self.e2(F.max_pool2d(x1, 2))
@@ -102,10 +107,10 @@ class UNet(nn.Module):
         y = self.d2(up(y, x2))
         y = self.d1(up(y, x1))
         y = self.d0(up(y, x0))
-        return self.head(y)
+        return F.interpolate(self.head(y), size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
-def augment(img, m, rng, crop):
+def augment(img, m, rng, crop, channel_jitter=0.0):
     """img HxWx3 float32 0..255, m HxW. Random crop, dihedral transform, photometric jitter."""
     H, W = m.shape
     y = rng.randint(0, H - crop)
@@ -119,7 +124,7 @@ def augment(img, m, rng, crop):
         img = img[:, ::-1]
         m = m[:, ::-1]
     gain = rng.uniform(0.7, 1.4)
-    cg = np.array([rng.uniform(0.9, 1.1) for _ in range(3)], np.float32)
+    cg = np.array([rng.uniform(1 - channel_jitter, 1 + channel_jitter) for _ in range(3)], np.float32)
     bias = rng.uniform(-12, 12)
     img = img * gain * cg + bias
     if rng.random() < 0.3:  # contrast around the mean
@@ -218,14 +223,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/shared/data/amazon-forest-rgb")
     ap.add_argument("--out", default="segment/models/forest-unet-v1.onnx")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=192)
-    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--width", type=str, default="16,32,64,96,128")
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=175)
+    ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights that are evaluated and exported (0: off)")
+    ap.add_argument("--channel-jitter", type=float, default=0.0, help="per-channel gain jitter (hue); 0 keeps colour ratios")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     args = ap.parse_args()
 
@@ -247,6 +254,7 @@ def main():
     nparams = sum(p.numel() for p in model.parameters())
     print("params", nparams, flush=True)
 
+    ema = copy.deepcopy(model) if args.ema > 0 else model
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     fimgs = {k: scenes[k][0].astype(np.float32) for k in train_keys}
@@ -257,7 +265,7 @@ def main():
         bi, bm = [], []
         for _ in range(args.batch):
             k = rng.choice(train_keys)
-            a, b = augment(fimgs[k], scenes[k][1], rng, args.crop)
+            a, b = augment(fimgs[k], scenes[k][1], rng, args.crop, args.channel_jitter)
             bi.append(a); bm.append(b)
         x = to_tensor(bi, mean, std)
         y = torch.from_numpy(np.stack(bm)).float().unsqueeze(1)
@@ -275,17 +283,26 @@ def main():
         opt.step()
         if not args.time_steps:
             sched.step()
+        if args.ema > 0:
+            with torch.no_grad():
+                for pe, pm in zip(ema.state_dict().values(), model.state_dict().values()):
+                    if pe.dtype.is_floating_point:
+                        pe.mul_(args.ema).add_(pm, alpha=1 - args.ema)
+                    else:
+                        pe.copy_(pm)
         if step % 25 == 0:
             el = time.time() - t0
             print(f"step {step} loss {loss.item():.4f} bce {bce.item():.4f} {el:.0f}s ({el / step:.2f}s/step)", flush=True)
         if not args.time_steps and (step % args.eval_every == 0 or step == args.steps):
-            ev = evaluate(model, scenes, val_keys, mean, std)
+            ev = evaluate(ema, scenes, val_keys, mean, std)
             ev["step"] = step
             history.append(ev)
             print(f"eval step {step}: val iou {ev['iou']:.4f} acc {ev['accuracy']:.4f}", flush=True)
+            torch.save(ema.state_dict(), args.out + ".pt")  # checkpoint (not shipped)
     if args.time_steps:
         return
 
+    model = ema  # evaluate and export the averaged weights
     final = evaluate(model, scenes, val_keys, mean, std)
     train_ev = evaluate(model, scenes, train_keys, mean, std)
     base = baseline(scenes, val_keys)
