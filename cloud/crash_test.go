@@ -38,6 +38,7 @@ func sidecars(got map[string]int64) int {
 // is in S3 exactly once with the right checksum and nothing is
 // dead-lettered.
 func TestKill9(t *testing.T) {
+	t.Parallel() // tests with goleak checks run serially, before these
 	if testing.Short() {
 		t.Skip("-short")
 	}
@@ -109,6 +110,7 @@ func TestKill9(t *testing.T) {
 // nothing is lost, nothing is dead-lettered, and the backlog clears after
 // the server is back.
 func TestS3Outage(t *testing.T) {
+	t.Parallel() // tests with goleak checks run serially, before these
 	if testing.Short() {
 		t.Skip("-short")
 	}

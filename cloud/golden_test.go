@@ -59,6 +59,7 @@ func (g *golden) publishing() amqp.Publishing {
 // user: the valid ones are stored (the newer minor version of the same
 // frame as a duplicate), the invalid ones dead-lettered with the reason.
 func TestGolden(t *testing.T) {
+	t.Parallel() // tests with goleak checks run serially, before these
 	files, err := filepath.Glob("../uplink/wire/testdata/*.json")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no golden messages: %v", err)

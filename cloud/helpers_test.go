@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"flag"
 	"fmt"
 	"image"
 	"image/color"
@@ -38,6 +39,14 @@ const childEnv = "FOREST_CLOUD_TEST_CHILD_CONFIG"
 func TestMain(m *testing.M) {
 	if path := os.Getenv(childEnv); path != "" {
 		os.Exit(runChild(path))
+	}
+	// The parallel tests wait on servers, not CPU (the S3 outage test
+	// sleeps 60 s): run them together unless -test.parallel says otherwise.
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", "4")
 	}
 	code := m.Run()
 	uplinktest.StopShared()

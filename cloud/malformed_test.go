@@ -49,6 +49,7 @@ func hugePNG(w, h uint32) []byte {
 // every malformed message ends in the dead-letter queue with its reason,
 // every good one is stored, and the consumer keeps going.
 func TestMalformed(t *testing.T) {
+	t.Parallel() // tests with goleak checks run serially, before these
 	e := newEnv(t, nil)
 	b := e.broker
 	vhost := e.url[strings.LastIndex(e.url, "/")+1:]
@@ -215,6 +216,7 @@ func TestMalformed(t *testing.T) {
 // speak for its device, fixes the mapping, requeues it with the dlq
 // command's function and sees it stored.
 func TestRequeue(t *testing.T) {
+	t.Parallel() // tests with goleak checks run serially, before these
 	e := newEnv(t, nil, "dev-a")
 	e.declare(t)
 	f := makeFrame(t, e.cfg.S3.Prefix, "dev-new", 1, uplinktest.AdminUser)

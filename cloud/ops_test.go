@@ -17,6 +17,7 @@ import (
 // TestStartupChecks: a missing bucket and an unreachable broker stop the
 // service with a message saying what is missing and how to fix it.
 func TestStartupChecks(t *testing.T) {
+	t.Parallel() // tests with goleak checks run serially, before these
 	e := newEnv(t, nil)
 	ctx := context.Background()
 
@@ -124,6 +125,7 @@ func TestHTTPAndReconnect(t *testing.T) {
 // broker dead-letters it, and dlq list shows the reason. After S3 is back,
 // requeueing stores it.
 func TestDeliveryLimit(t *testing.T) {
+	t.Parallel() // tests with goleak checks run serially, before these
 	srv := startS3(t)
 	e := newEnv(t, srv)
 	e.cfg.AMQP.DeliveryLimit = 2
@@ -166,6 +168,7 @@ func TestDeliveryLimit(t *testing.T) {
 // flexible checksums, a HEAD-before-PUT mode still stores frames once and
 // suppresses redeliveries.
 func TestNoConditionalNoChecksum(t *testing.T) {
+	t.Parallel() // tests with goleak checks run serially, before these
 	e := newEnv(t, nil)
 	no := false
 	e.cfg.S3.ConditionalPut = &no
