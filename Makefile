@@ -7,7 +7,9 @@ GO ?= go
 
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+LDFLAGS := -X github.com/forestwatch/forest/agent.Version=$(VERSION) \
+           -X github.com/forestwatch/forest/agent.Commit=$(COMMIT) \
+           -X main.version=$(VERSION)
 
 ORT_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x64)
 export ONNXRUNTIME_LIB ?= $(CURDIR)/.cache/onnxruntime/linux-$(ORT_ARCH)/libonnxruntime.so.1
