@@ -482,3 +482,71 @@ func TestExchangeMissing(t *testing.T) {
 	}
 	checkDelivered(t, msgs, l, queued(t, url, "frames"))
 }
+
+// TestStopWaitsForConfirms: when Run's context ends mid-batch, nothing new
+// is published, the confirms of what is in flight are awaited (CloseTimeout)
+// and reported Confirmed rather than Lost, and Run returns.
+func TestStopWaitsForConfirms(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	topology(t, url, "frames", nil)
+	o := testOptions(url)
+	o.CloseTimeout = 10 * time.Second
+	o.RateLimit = 2_000_000 // 10 messages/s of 200 KB: the batch is mid-way when Run stops
+	p, err := uplink.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- p.Run(runCtx) }()
+	defer stop()
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+
+	msgs := frames(t, "stop", 100, 200_000)
+	type out struct {
+		res []uplink.Result
+		err error
+	}
+	pubDone := make(chan out, 1)
+	go func() {
+		res, err := p.Publish(context.Background(), msgs)
+		pubDone <- out{res, err}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for p.State().Inflight == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	stop()
+	select {
+	case err := <-runDone:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	o2 := <-pubDone
+	if !errors.Is(o2.err, uplink.ErrNotConnected) {
+		t.Errorf("Publish error %v, want ErrNotConnected (publisher stopping)", o2.err)
+	}
+	confirmed := map[string]int{}
+	counts := map[uplink.Outcome]int{}
+	for _, r := range o2.res {
+		counts[r.Outcome]++
+		if r.Outcome == uplink.Confirmed {
+			confirmed[r.MessageID]++
+		}
+	}
+	t.Logf("outcomes at stop: %v", counts)
+	if counts[uplink.Confirmed] == 0 || counts[uplink.Lost] != 0 || counts[uplink.Confirmed]+counts[uplink.Unsent] != len(msgs) {
+		t.Errorf("outcomes %v: want in-flight messages confirmed, the rest unsent, none lost", counts)
+	}
+	inQueue := queued(t, url, "frames")
+	for id := range confirmed {
+		if inQueue[id] == 0 {
+			t.Errorf("%s confirmed but not in the queue", id)
+		}
+	}
+}

@@ -51,6 +51,7 @@ type session struct {
 	byID      map[string]*flight // unconfirmed, by message id, for returns
 	lastTag   uint64
 	blocked   bool
+	closing   bool // no new publishes: the session is being shut down
 	blockedAt time.Time
 	unblocked chan struct{} // closed when the block lifts
 	changed   chan struct{} // if non-nil, closed (and reset) when a flight resolves
@@ -428,6 +429,9 @@ func (s *session) waitReady(ctx context.Context, id string) error {
 		case isClosed(s.dead):
 			s.mu.Unlock()
 			return s.lostErr()
+		case s.closing:
+			s.mu.Unlock()
+			return fmt.Errorf("%w: publisher stopping", ErrNotConnected)
 		case s.blocked:
 			wait = s.unblocked
 		case len(s.pending) >= s.p.opts.Window:
@@ -490,6 +494,10 @@ func (s *session) publish(ctx context.Context, exchange, key string, id string, 
 		s.mu.Unlock()
 		return nil, s.lostErr()
 	}
+	if s.closing {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%w: publisher stopping", ErrNotConnected)
+	}
 	now := time.Now()
 	f := &flight{tag: s.lastTag + 1, id: id, sent: now, deadline: now.Add(s.p.opts.ConfirmTimeout), done: make(chan struct{})}
 	s.pending[f.tag] = f
@@ -526,6 +534,13 @@ func (s *session) publish(ctx context.Context, exchange, key string, id string, 
 // confirms, closes the connection politely, kills the session and waits for
 // the pump.
 func (s *session) close(timeout time.Duration, reason error) {
+	s.mu.Lock()
+	s.closing = true
+	if s.changed != nil { // wake publishers waiting for the window
+		close(s.changed)
+		s.changed = nil
+	}
+	s.mu.Unlock()
 	deadline := time.Now().Add(timeout)
 	for {
 		s.mu.Lock()
