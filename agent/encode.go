@@ -55,7 +55,7 @@ func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gra
 	camera := cfg.Mode == "keep" || (cfg.Mode == "auto" && img == f.Image && upright)
 	if cfg.Mode != "keep" {
 		var buf bytes.Buffer
-		if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: cfg.Quality}); err != nil {
+		if err := jpeg.Encode(&buf, jpegSource(img), &jpeg.Options{Quality: cfg.Quality}); err != nil {
 			return nil, fmt.Errorf("encode jpeg: %w", err)
 		}
 		out.Image, out.ContentType = buf.Bytes(), wire.JPEG
@@ -131,7 +131,7 @@ func thumbnail(img image.Image, mask *image.Gray, side int) []byte {
 		return nil
 	}
 	var buf bytes.Buffer
-	if err := jpeg.Encode(&buf, ov, &jpeg.Options{Quality: 80}); err != nil {
+	if err := jpeg.Encode(&buf, jpegSource(ov), &jpeg.Options{Quality: 80}); err != nil {
 		return nil
 	}
 	return buf.Bytes()
@@ -149,4 +149,25 @@ func maskPNG(m *image.Gray) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// jpegSource returns an opaque *image.NRGBA as the identical *image.RGBA
+// (premultiplying by an alpha of 255 changes nothing), which image/jpeg
+// encodes on its fast path instead of one interface call and allocation
+// per pixel.
+func jpegSource(img image.Image) image.Image {
+	n, ok := img.(*image.NRGBA)
+	if !ok {
+		return img
+	}
+	b := n.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		row := n.Pix[n.PixOffset(b.Min.X, y):][:4*b.Dx()]
+		for i := 3; i < len(row); i += 4 {
+			if row[i] != 0xff {
+				return img
+			}
+		}
+	}
+	return &image.RGBA{Pix: n.Pix, Stride: n.Stride, Rect: n.Rect}
 }
