@@ -464,10 +464,11 @@ func (p *Publisher) route(m *wire.Message) string {
 
 // validate checks what the library would refuse only while writing.
 func validate(m *amqp.Publishing) error {
-	for name, v := range map[string]string{"content_type": m.ContentType, "message_id": m.MessageId,
-		"app_id": m.AppId, "type": m.Type, "user_id": m.UserId} {
-		if len(v) > 255 {
-			return fmt.Errorf("%s longer than 255 bytes", name)
+	props := [...]struct{ name, v string }{{"content_type", m.ContentType}, {"message_id", m.MessageId},
+		{"app_id", m.AppId}, {"type", m.Type}, {"user_id", m.UserId}}
+	for _, p := range props {
+		if len(p.v) > 255 {
+			return fmt.Errorf("%s longer than 255 bytes", p.name)
 		}
 	}
 	for k := range m.Headers {
