@@ -147,7 +147,7 @@ func describe(d *amqp.Delivery, own string) DeadLetter {
 		User: d.UserId, Bytes: len(d.Body),
 	}
 	str := func(k string) string { s, _ := d.Headers[k].(string); return s }
-	if d.UserId == own {
+	if own != "" && d.UserId == own {
 		// Published by forest-cloud (validated by the broker), so its
 		// record of the original user can be trusted.
 		dl.User = str(HeaderUserID)
@@ -176,10 +176,19 @@ func describe(d *amqp.Delivery, own string) DeadLetter {
 	return dl
 }
 
-// userOf returns the user name of an AMQP URL ("guest" when absent).
+// userOf returns the user name of an AMQP URL: "guest" when the URL names
+// none (amqp091's default), "" for EXTERNAL (certificate) authentication,
+// where the broker user is not known to the client.
 func userOf(raw string) string {
-	if u, err := url.Parse(raw); err == nil && u.User != nil && u.User.Username() != "" {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	if u.User != nil && u.User.Username() != "" {
 		return u.User.Username()
+	}
+	if u.Query().Get("auth_mechanism") == "external" {
+		return ""
 	}
 	return "guest"
 }

@@ -158,7 +158,7 @@ func (s *Service) planLegacy(m wire.Message) (*planned, error) {
 // checkIdentity refuses a frame whose publisher may not speak for device.
 func (s *Service) checkIdentity(m wire.Message, device string) error {
 	user := m.UserID
-	if user != "" && user == s.ownUser {
+	if s.ownUser != "" && user == s.ownUser {
 		// Requeued from the dead-letter queue by forest-cloud itself.
 		if orig, ok := m.Headers[HeaderUserID].(string); ok {
 			user = orig

@@ -417,7 +417,7 @@ func (s *Service) deadLetter(ctx context.Context, pub *amqp.Channel, d *amqp.Del
 	h[HeaderDeadLetteredAt] = time.Now().UTC().Format(time.RFC3339Nano)
 	// Only a copy published by this user carries a trusted original user:
 	// drop a header the device may have forged, record the real one.
-	if d.UserId != s.ownUser {
+	if s.ownUser == "" || d.UserId != s.ownUser {
 		delete(h, HeaderUserID)
 		if d.UserId != "" {
 			h[HeaderUserID] = d.UserId
@@ -428,7 +428,7 @@ func (s *Service) deadLetter(ctx context.Context, pub *amqp.Channel, d *amqp.Del
 		DeliveryMode: amqp.Persistent, CorrelationId: d.CorrelationId, MessageId: d.MessageId,
 		Timestamp: d.Timestamp, Type: d.Type, AppId: d.AppId, Body: d.Body,
 	}
-	p.UserId = s.ownUser // validated by the broker: marks the copy as ours
+	p.UserId = s.ownUser // validated by the broker: marks the copy as ours ("" if unknown)
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.AMQP.ConfirmTimeout)
 	defer cancel()
 	dc, err := pub.PublishWithDeferredConfirmWithContext(cctx, s.cfg.AMQP.DeadLetterExchange, d.RoutingKey, false, false, p)
