@@ -385,9 +385,11 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 		return res, ErrNotConnected
 	}
 	// A context that ends while a message is stuck in a socket write (a
-	// stalled link) can only interrupt it by dropping the connection.
+	// stalled link) can only interrupt it by dropping the connection. The
+	// token makes sure it is this call's write, not a later call's.
+	tok := new(writeToken)
 	stop := context.AfterFunc(ctx, func() {
-		if s.writing.Load() {
+		if s.writer.Load() == tok {
 			s.kill(fmt.Errorf("publish abandoned: %w", context.Cause(ctx)))
 		}
 	})
@@ -412,7 +414,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 			stopErr = err
 			break
 		}
-		f, err := s.publish(ctx, p.opts.Exchange, p.route(m), m.MessageID, pub)
+		f, err := s.publish(ctx, tok, p.opts.Exchange, p.route(m), m.MessageID, pub)
 		if err != nil {
 			stopErr = err
 			break

@@ -44,7 +44,7 @@ type session struct {
 	deadErr  error // set before dead is closed
 	pumpDone chan struct{}
 
-	writing atomic.Bool // a publish is in a socket write
+	writer atomic.Pointer[writeToken] // the Publish call in a socket write, if any
 
 	mu        sync.Mutex
 	pending   map[uint64]*flight // by delivery tag
@@ -56,6 +56,9 @@ type session struct {
 	unblocked chan struct{} // closed when the block lifts
 	changed   chan struct{} // if non-nil, closed (and reset) when a flight resolves
 }
+
+// writeToken identifies one Publish call while it writes.
+type writeToken struct{ _ byte }
 
 // flight is one published message waiting for its confirm.
 type flight struct {
@@ -480,12 +483,12 @@ func (s *session) lostErr() error {
 // and writes the message. Registering first means the pump always finds the
 // flight, however fast the confirm comes back.
 //
-// The writing flag is raised before ctx is checked, so a context that ends
-// at any moment is seen either here or by Publish's AfterFunc, which then
-// drops the connection to interrupt the write.
-func (s *session) publish(ctx context.Context, exchange, key string, id string, msg amqp.Publishing) (*flight, error) {
-	s.writing.Store(true)
-	defer s.writing.Store(false)
+// The caller's token is stored before ctx is checked, so a context that
+// ends at any moment is seen either here or by Publish's AfterFunc, which
+// then drops the connection to interrupt the write.
+func (s *session) publish(ctx context.Context, tok *writeToken, exchange, key string, id string, msg amqp.Publishing) (*flight, error) {
+	s.writer.Store(tok)
+	defer s.writer.Store(nil)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -557,7 +560,7 @@ func (s *session) close(timeout time.Duration, reason error) {
 		}
 		t.Stop()
 	}
-	if !isClosed(s.dead) && !s.writing.Load() {
+	if !isClosed(s.dead) && s.writer.Load() == nil {
 		_ = s.conn.CloseDeadline(time.Now().Add(min(time.Second, s.p.opts.DialTimeout)))
 	}
 	s.kill(reason)
