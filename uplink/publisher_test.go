@@ -550,3 +550,52 @@ func TestStopWaitsForConfirms(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentPublish: drains may overlap batches by calling Publish from
+// several goroutines; each call gets its own results and all arrive once.
+func TestConcurrentPublish(t *testing.T) {
+	b := uplinktest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	topology(t, url, "frames", nil)
+	p := start(t, testOptions(url))
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const workers, per = 4, 100
+	var all []wire.Message
+	errs := make(chan error, workers)
+	for w := range workers {
+		msgs := frames(t, fmt.Sprintf("w%d", w), per, 2000)
+		all = append(all, msgs...)
+		go func() {
+			for len(msgs) > 0 {
+				n := min(24, len(msgs))
+				res, err := p.Publish(ctx, msgs[:n])
+				if err != nil {
+					errs <- err
+					return
+				}
+				for i, r := range res {
+					if r.Outcome != uplink.Confirmed || r.MessageID != msgs[i].MessageID {
+						errs <- fmt.Errorf("result %d: %+v", i, r)
+						return
+					}
+				}
+				msgs = msgs[n:]
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := queued(t, url, "frames")
+	for _, m := range all {
+		if got[m.MessageID] != 1 {
+			t.Errorf("%s: %d copies", m.MessageID, got[m.MessageID])
+		}
+	}
+}
