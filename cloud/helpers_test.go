@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"image"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
@@ -419,6 +421,15 @@ func (e *env) verifyExactlyOnce(t testing.TB, frames []frame) {
 		keys, _ := cloud.KeysFor(e.cfg.S3.Prefix, f.f.Device, f.f.ID, f.f.Captured, f.f.ContentType)
 		if sha256.Sum256(e.get(t, keys.Image)) != sha256.Sum256(f.f.Image) {
 			t.Errorf("%s: wrong content", keys.Image)
+		}
+		if e.cfg.S3.Checksum == "sha256" {
+			// The checksum travelled with the PUT and the server kept it.
+			h, err := e.s3.Client().HeadObject(context.Background(), &s3.HeadObjectInput{
+				Bucket: aws.String(e.bucket), Key: aws.String(keys.Image), ChecksumMode: types.ChecksumModeEnabled})
+			sum := sha256.Sum256(f.f.Image)
+			if err != nil || aws.ToString(h.ChecksumSHA256) != base64.StdEncoding.EncodeToString(sum[:]) {
+				t.Errorf("%s: stored checksum %q (%v)", keys.Image, aws.ToString(h.ChecksumSHA256), err)
+			}
 		}
 		if f.f.Mask != nil && sha256.Sum256(e.get(t, keys.Mask)) != sha256.Sum256(f.f.Mask) {
 			t.Errorf("%s: wrong content", keys.Mask)

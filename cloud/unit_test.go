@@ -3,6 +3,7 @@ package cloud_test
 import (
 	"bytes"
 	"errors"
+	"image/jpeg"
 	"image/png"
 	"strings"
 	"testing"
@@ -111,6 +112,19 @@ func TestDecodeLegacy(t *testing.T) {
 	}
 	if l.Name != "a.jpg" || l.Format != "png" || !bytes.Equal(l.PNG, img) || l.Width != 5 || l.Height != 4 {
 		t.Errorf("%+v", l)
+	}
+	// A JPEG from an old device is stored as PNG, as the old service did.
+	var jb bytes.Buffer
+	src, _ := png.Decode(bytes.NewReader(testImage(9, 16, 12)))
+	if err := jpeg.Encode(&jb, src, nil); err != nil {
+		t.Fatal(err)
+	}
+	l, err = cloud.DecodeLegacy(legacyBody(jb.Bytes(), "b.jpg"), cloud.LegacyLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := png.DecodeConfig(bytes.NewReader(l.PNG)); err != nil || l.Format != "jpeg" || cfg.Width != 16 || cfg.Height != 12 {
+		t.Errorf("jpeg legacy: %v %+v %v", l.Format, cfg, err)
 	}
 	_, err = cloud.DecodeLegacy(legacyBody(hugePNG(9000, 9000), "a"), cloud.LegacyLimits{MaxPixels: 1 << 20})
 	var pe *cloud.PoisonError
