@@ -55,126 +55,133 @@ func maxRSSMB() float64 {
 // 200 KB frames into S3 against bare aws-sdk-go-v2 PUTs of the same image
 // bytes at the same concurrency, in the same run on the same servers. Each
 // iteration moves msgsPerIter messages both ways. Reported: msgs/s of both,
-// their ratio (target >= 0.8), the ratio against bare PUTs of every object
-// the consumer writes (image and sidecar), consumer CPU per message and the
-// process's peak RSS.
+// their ratio, the ratio against bare PUTs of the same objects the consumer
+// writes in the same pattern (image and mask at once, then the sidecar;
+// target >= 0.8), the broker's own delivery rate, consumer CPU per message
+// and the process's peak RSS.
 func BenchmarkEndToEnd(b *testing.B) {
-	const prefetch = 32
-
-	const msgsPerIter = 500
+	const (
+		prefetch = 32
+		// Each iteration runs rounds × perRound messages through each of
+		// the three paths, alternating them round by round so that load
+		// from other jobs on the machine hits all three alike.
+		rounds   = 4
+		perRound = 125
+	)
 	e := newEnv(b, nil)
 	e.cfg.AMQP.Prefetch = prefetch
 	e.cfg.Consumer.Workers = 8 // the production default
 	e.declare(b)
 	body := noisePNG(256, 260)
 	mask := testImage(1, 256, 256)
-	b.Logf("message body %d bytes", len(body))
-	sum := sha256.Sum256(body)
-	maskSum := sha256.Sum256(mask)
+	side := bytes.Repeat([]byte("x"), 900) // about a sidecar's size
+	b.Logf("message body %d bytes, mask %d bytes", len(body), len(mask))
+	type obj struct {
+		ext  string
+		body []byte
+		sum  [32]byte
+	}
+	img := obj{".png", body, sha256.Sum256(body)}
+	same := []obj{img, {".mask.png", mask, sha256.Sum256(mask)}, {".json", side, sha256.Sum256(side)}}
 	workers := e.cfg.Consumer.Workers
 	c := e.s3.Client()
+
+	// bare PUTs n messages' objects with `workers` goroutines: the image
+	// alone, or the consumer's pattern (image and mask at once, then the
+	// sidecar).
+	bare := func(prefix string, n int, objs []obj) time.Duration {
+		putOne := func(i int, o obj) {
+			_, err := c.PutObject(context.Background(), &s3.PutObjectInput{
+				Bucket: aws.String(e.bucket), Key: aws.String(fmt.Sprintf("%s/%06d%s", prefix, i, o.ext)), Body: bytes.NewReader(o.body),
+				ChecksumAlgorithm: types.ChecksumAlgorithmSha256, ChecksumSHA256: aws.String(base64.StdEncoding.EncodeToString(o.sum[:])),
+			})
+			if err != nil {
+				b.Error(err)
+			}
+		}
+		jobs := make(chan int)
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for range workers {
+			wg.Go(func() {
+				for i := range jobs {
+					if len(objs) == 1 {
+						putOne(i, objs[0])
+						continue
+					}
+					var both sync.WaitGroup
+					both.Go(func() { putOne(i, objs[1]) })
+					putOne(i, objs[0])
+					both.Wait()
+					putOne(i, objs[2])
+				}
+			})
+		}
+		for i := range n {
+			jobs <- i
+		}
+		close(jobs)
+		wg.Wait()
+		return time.Since(t0)
+	}
+
 	b.ResetTimer()
-	var consumerT, bareT, bare2T, brokerT, cpu time.Duration
+	var consumerT, bareT, sameT, brokerT, cpu time.Duration
 	total := 0
 	for iter := 0; b.Loop(); iter++ {
-		// Pre-load the queue.
-		msgs := make([]amqp.Publishing, msgsPerIter)
-		var sidecarLen int
-		for i := range msgs {
-			f := &wire.Frame{
-				ID: fmt.Sprintf("bench-%d-%06d", iter, i), Device: "dev-a", Seq: uint64(i), Captured: captured,
-				ContentType: wire.PNG, Image: body, Width: 256, Height: 260, Coverage: 0.4, Model: "bench/1", Mask: mask,
-				User: uplinktest.AdminUser, Sent: captured,
+		for round := range rounds {
+			msgs := make([]amqp.Publishing, perRound)
+			for i := range msgs {
+				f := &wire.Frame{
+					ID: fmt.Sprintf("bench-%d-%d-%06d", iter, round, i), Device: "dev-a", Seq: uint64(i), Captured: captured,
+					ContentType: wire.PNG, Image: body, Width: 256, Height: 260, Coverage: 0.4, Model: "bench/1", Mask: mask,
+					User: uplinktest.AdminUser, Sent: captured,
+				}
+				m, err := wire.Encode(f)
+				if err != nil {
+					b.Fatal(err)
+				}
+				msgs[i] = publishing(m)
 			}
-			m, err := wire.Encode(f)
-			if err != nil {
+			// Pre-load the queue, then time the consumer from the moment
+			// it is consuming until the last message is stored.
+			e.publish(b, "", func(int) string { return "frames.dev-a" }, msgs...)
+			r := e.start(b, nil)
+			for !r.svc.Ready() {
+				time.Sleep(time.Millisecond)
+			}
+			cpu0 := cpuTime()
+			t0 := time.Now()
+			for counter(r.reg, "forest_cloud_messages_total", "result", "stored") < perRound {
+				time.Sleep(2 * time.Millisecond)
+			}
+			consumerT += time.Since(t0)
+			cpu += cpuTime() - cpu0
+			if iter == 0 && round == 0 {
+				b.Logf("mean s3 put %.1fms, mean handle %.1fms", 1000*histMean(r.reg, "forest_cloud_s3_put_seconds"), 1000*histMean(r.reg, "forest_cloud_handle_seconds"))
+			}
+			if err := r.stop(); err != nil {
 				b.Fatal(err)
 			}
-			msgs[i] = publishing(m)
-		}
-		sidecarLen = 900
-		e.publish(b, "", func(int) string { return "frames.dev-a" }, msgs...)
-
-		bare := func(prefix string, all bool) time.Duration {
-			side := bytes.Repeat([]byte("x"), 900)
-			type obj struct {
-				ext  string
-				body []byte
-				sum  [32]byte
+			bareT += bare(fmt.Sprintf("bare/%d/%d", iter, round), perRound, []obj{img})
+			sameT += bare(fmt.Sprintf("same/%d/%d", iter, round), perRound, same)
+			if round == 0 {
+				// The broker alone: the same messages consumed and acked.
+				e.publish(b, "", func(int) string { return "frames.dev-a" }, msgs...)
+				brokerT += drainOnly(b, e.url, e.cfg.AMQP.Queue, prefetch, perRound)
 			}
-			objs := []obj{{".png", body, sum}}
-			if all {
-				objs = append(objs, obj{".mask.png", mask, maskSum}, obj{".json", side, sha256.Sum256(side)})
-			}
-			jobs := make(chan int)
-			var wg sync.WaitGroup
-			t0 := time.Now()
-			for range workers {
-				wg.Go(func() {
-					for i := range jobs {
-						for _, o := range objs {
-							_, err := c.PutObject(context.Background(), &s3.PutObjectInput{
-								Bucket: aws.String(e.bucket), Key: aws.String(fmt.Sprintf("%s/%06d%s", prefix, i, o.ext)), Body: bytes.NewReader(o.body),
-								ChecksumAlgorithm: types.ChecksumAlgorithmSha256, ChecksumSHA256: aws.String(base64.StdEncoding.EncodeToString(o.sum[:])),
-							})
-							if err != nil {
-								b.Error(err)
-							}
-						}
-					}
-				})
-			}
-			for i := range msgsPerIter {
-				jobs <- i
-			}
-			close(jobs)
-			wg.Wait()
-			return time.Since(t0)
+			total += perRound
 		}
-		bareT += bare(fmt.Sprintf("bare-b/%d", iter), false)
-		bare2T += bare(fmt.Sprintf("bare2-b/%d", iter), true)
-
-		// Consumer.
-		// Timed from the moment the consumer is ready (start-up checks
-		// done, consuming) until the last message is stored.
-		r := e.start(b, nil)
-		for !r.svc.Ready() {
-			time.Sleep(time.Millisecond)
-		}
-		cpu0 := cpuTime()
-		t0 := time.Now()
-		for counter(r.reg, "forest_cloud_messages_total", "result", "stored") < msgsPerIter {
-			time.Sleep(2 * time.Millisecond)
-		}
-		consumerT += time.Since(t0)
-		cpu += cpuTime() - cpu0
-		if iter == 0 {
-			b.Logf("mean s3 put %.1fms, mean handle %.1fms", 1000*histMean(r.reg, "forest_cloud_s3_put_seconds"), 1000*histMean(r.reg, "forest_cloud_handle_seconds"))
-		}
-		if err := r.stop(); err != nil {
-			b.Fatal(err)
-		}
-
-		// Broker alone: the same messages consumed and acked, no S3.
-		e.publish(b, "", func(int) string { return "frames.dev-a" }, msgs...)
-		brokerT += drainOnly(b, e.url, e.cfg.AMQP.Queue, prefetch, msgsPerIter)
-
-		// Bare PUTs at the same concurrency: of the image alone, and of the
-		// same objects the consumer writes (image, mask, sidecar), each
-		// measured before and after the consumer's run against load drift.
-		bareT += bare(fmt.Sprintf("bare-a/%d", iter), false)
-		bare2T += bare(fmt.Sprintf("bare2-a/%d", iter), true)
-		_ = sidecarLen
-		total += msgsPerIter
 	}
 	cr := float64(total) / consumerT.Seconds()
-	br := float64(2*total) / bareT.Seconds()
-	b2 := float64(2*total) / bare2T.Seconds()
+	br := float64(total) / bareT.Seconds()
+	sr := float64(total) / sameT.Seconds()
 	b.ReportMetric(cr, "consumer_msgs/s")
 	b.ReportMetric(br, "bare_put_msgs/s")
-	b.ReportMetric(float64(total)/brokerT.Seconds(), "broker_only_msgs/s")
+	b.ReportMetric(sr, "bare_same_msgs/s")
+	b.ReportMetric(float64(total/rounds)/brokerT.Seconds(), "broker_only_msgs/s")
 	b.ReportMetric(cr/br, "ratio")
-	b.ReportMetric(cr/b2, "ratio_same_objects")
+	b.ReportMetric(cr/sr, "ratio_same_objects")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(total), "cpu_us/msg")
 	b.ReportMetric(maxRSSMB(), "peak_rss_MB")
 }
