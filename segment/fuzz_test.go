@@ -1,0 +1,50 @@
+package segment
+
+import (
+	"encoding/binary"
+	"errors"
+	"image"
+	"image/color"
+	"testing"
+)
+
+// FuzzDecode checks that Decode never panics, never returns a frame above the pixel
+// limit, and fails only with this package's sentinels.
+func FuzzDecode(f *testing.F) {
+	img := image.NewNRGBA(image.Rect(0, 0, 8, 6))
+	img.SetNRGBA(1, 1, color.NRGBA{200, 10, 10, 255})
+	f.Add(encodePNG(f, img))
+	f.Add(jpegWithEXIF(f, img, exifBlock(binary.BigEndian, 6)))
+	f.Add(jpegWithEXIF(f, img, exifBlock(binary.LittleEndian, 8)))
+	f.Add(bombPNG(f, 5000, 5000))
+	f.Add([]byte("RIFF\x00\x00\x00\x00WEBPVP8 "))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		const limit = 1 << 20
+		fr, err := Decode(data, limit)
+		if err != nil {
+			if !errors.Is(err, ErrNotImage) && !errors.Is(err, ErrTooLarge) && !errors.Is(err, ErrEmptyImage) {
+				t.Fatalf("untyped error: %v", err)
+			}
+			return
+		}
+		if fr.Width*fr.Height > limit || fr.Width <= 0 || fr.Height <= 0 {
+			t.Fatalf("frame %dx%d", fr.Width, fr.Height)
+		}
+		if b := fr.Image.Bounds(); b.Dx() != fr.Width || b.Dy() != fr.Height {
+			t.Fatalf("bounds %v vs %dx%d", b, fr.Width, fr.Height)
+		}
+	})
+}
+
+// FuzzEXIF feeds arbitrary TIFF blocks to the EXIF parser, which must never panic.
+func FuzzEXIF(f *testing.F) {
+	f.Add(exifBlock(binary.BigEndian, 6))
+	f.Add(exifBlock(binary.LittleEndian, 3))
+	f.Add([]byte("MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := parseEXIF(b)
+		if err == nil && e.Orientation != 0 && (e.Orientation < 1 || e.Orientation > 8) {
+			t.Fatalf("orientation %d", e.Orientation)
+		}
+	})
+}
