@@ -124,13 +124,22 @@ func TestShutdownOrder(t *testing.T) {
 			}
 			copyFile(t, frames[1], filepath.Join(cfg.Source.Dir.Path, "b.png"))
 			<-inPut
-			cancel() // SIGTERM
 			tr.add("signal")
-			time.Sleep(200 * time.Millisecond)
+			cancel() // SIGTERM
+			has := func(step string) bool { return slices.Contains(tr.get(), step) }
+			eventually(t, 5*time.Second, "capture to be told to stop", func() bool { return has("stop capture") })
+			time.Sleep(100 * time.Millisecond)
+			if has("capture stopped") {
+				t.Fatal("capture stopped while a frame was in flight")
+			}
 			tr.add("release frame")
 			close(releasePut)
-			time.Sleep(200 * time.Millisecond)
+			eventually(t, 10*time.Second, "capture to stop", func() bool { return has("capture stopped") })
 			if tc.confirm {
+				time.Sleep(100 * time.Millisecond)
+				if has("confirms settled") {
+					t.Fatal("drain stopped before the outstanding confirms arrived")
+				}
 				tr.add("broker confirms")
 				close(link.confirm)
 			}
