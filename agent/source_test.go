@@ -65,6 +65,7 @@ func decodeHandler(r *recorder) {
 func TestDirPartialFile(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	cfg := dirCfg(t)
+	cfg.Settle = Duration(500 * time.Millisecond) // well above the writer's pauses, even on a loaded machine
 	r := &recorder{}
 	decodeHandler(r)
 	s := &dirSource{cfg: cfg, env: r.env(t)}
@@ -77,6 +78,9 @@ func TestDirPartialFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Write in 8 chunks, 60 ms apart (less than settle): never taken early.
+	// (A writer that pauses longer than settle mid-file would be taken early:
+	// that is the limit of the stable-size rule; writers that can should
+	// write to a .tmp name and rename.)
 	for i := 0; i < 8; i++ {
 		lo, hi := i*len(src)/8, (i+1)*len(src)/8
 		f.Write(src[lo:hi])
