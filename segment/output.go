@@ -21,7 +21,7 @@ func MaskPNG(mask *image.Gray) ([]byte, error) {
 }
 
 // Overlay returns a view of img for people: forest pixels (mask 255) are tinted green,
-// the rest are dimmed to 40 % and shifted to gray. The result has the mask's size;
+// the rest are half desaturated and dimmed to 80 %. The result has the mask's size;
 // img is read from its bounds' origin. It returns nil if either argument is nil or their
 // sizes differ.
 func Overlay(img image.Image, mask *image.Gray) image.Image {
@@ -45,9 +45,9 @@ func Overlay(img image.Image, mask *image.Gray) image.Image {
 				dst[4*x+2] = uint8((bl + 60) / 2)
 			} else {
 				l := (r*3 + g*6 + bl) / 10
-				dst[4*x] = uint8((r + l) / 5)
-				dst[4*x+1] = uint8((g + l) / 5)
-				dst[4*x+2] = uint8((bl + l) / 5)
+				dst[4*x] = uint8((r + l) * 2 / 5)
+				dst[4*x+1] = uint8((g + l) * 2 / 5)
+				dst[4*x+2] = uint8((bl + l) * 2 / 5)
 			}
 			dst[4*x+3] = 255
 		}

@@ -183,7 +183,7 @@ func TestMaskPNGAndOverlay(t *testing.T) {
 		t.Fatalf("overlay bounds %v", ov.Bounds())
 	}
 	forest, other := straightRGB(ov.At(40, 5)), straightRGB(ov.At(5, 5))
-	if forest != [3]byte{70, 150, 80} || other != [3]byte{40, 40, 40} {
+	if forest != [3]byte{70, 150, 80} || other != [3]byte{80, 80, 80} {
 		t.Fatalf("overlay forest %v other %v", forest, other)
 	}
 	if Overlay(img, image.NewGray(image.Rect(0, 0, 3, 3))) != nil {
