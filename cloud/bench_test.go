@@ -60,6 +60,12 @@ func maxRSSMB() float64 {
 // target >= 0.8), the broker's own delivery rate, consumer CPU per message
 // and the process's peak RSS.
 func BenchmarkEndToEnd(b *testing.B) {
+	for _, last := range []bool{true, false} {
+		b.Run(fmt.Sprintf("sidecar_last=%v", last), func(b *testing.B) { benchEndToEnd(b, last) })
+	}
+}
+
+func benchEndToEnd(b *testing.B, sidecarLast bool) {
 	const (
 		prefetch = 32
 		// Each iteration runs rounds × perRound messages through each of
@@ -71,6 +77,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	e := newEnv(b, nil)
 	e.cfg.AMQP.Prefetch = prefetch
 	e.cfg.Consumer.Workers = 8 // the production default
+	e.cfg.S3.SidecarLast = &sidecarLast
 	e.declare(b)
 	body := noisePNG(256, 260)
 	mask := testImage(1, 256, 256)
@@ -87,8 +94,8 @@ func BenchmarkEndToEnd(b *testing.B) {
 	c := e.s3.Client()
 
 	// bare PUTs n messages' objects with `workers` goroutines: the image
-	// alone, or the consumer's pattern (image and mask at once, then the
-	// sidecar).
+	// alone, or in the consumer's pattern (image and mask at once, then the
+	// sidecar; or all three at once when !sidecarLast).
 	bare := func(prefix string, n int, objs []obj) time.Duration {
 		putOne := func(i int, o obj) {
 			_, err := c.PutObject(context.Background(), &s3.PutObjectInput{
@@ -111,9 +118,14 @@ func BenchmarkEndToEnd(b *testing.B) {
 					}
 					var both sync.WaitGroup
 					both.Go(func() { putOne(i, objs[1]) })
+					if !sidecarLast {
+						both.Go(func() { putOne(i, objs[2]) })
+					}
 					putOne(i, objs[0])
 					both.Wait()
-					putOne(i, objs[2])
+					if sidecarLast {
+						putOne(i, objs[2])
+					}
 				}
 			})
 		}

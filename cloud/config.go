@@ -61,7 +61,11 @@ type S3Config struct {
 	Checksum string `yaml:"checksum"`
 	// ConditionalPut sends If-None-Match: *; when false, a HEAD precedes
 	// each PUT instead (racy between replicas, for servers without it).
-	ConditionalPut  *bool         `yaml:"conditional_put"`
+	ConditionalPut *bool `yaml:"conditional_put"`
+	// SidecarLast writes a frame's sidecar only after its image and mask
+	// are stored, so that a sidecar means a complete frame (default). False
+	// writes all three at once: one S3 round trip per frame instead of two.
+	SidecarLast     *bool         `yaml:"sidecar_last"`
 	RequestTimeout  time.Duration `yaml:"request_timeout"`
 	RetryMin        time.Duration `yaml:"retry_min"`
 	RetryMax        time.Duration `yaml:"retry_max"`
@@ -166,6 +170,9 @@ func (c *Config) Defaults() {
 	def(&s.Checksum, "sha256")
 	if s.ConditionalPut == nil {
 		s.ConditionalPut = ptr(true)
+	}
+	if s.SidecarLast == nil {
+		s.SidecarLast = ptr(true)
 	}
 	def(&s.RequestTimeout, 30*time.Second)
 	def(&s.RetryMin, 200*time.Millisecond)

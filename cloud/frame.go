@@ -205,27 +205,33 @@ func checkImage(f *wire.Frame, maxPixels int) error {
 
 // storeAll writes the planned objects: all but the last (the image and the
 // mask) concurrently, then the last (the sidecar), so that a stored sidecar
-// means a complete frame. It reports how many objects were already there.
+// means a complete frame; with s3.sidecar_last false, all at once. It
+// reports how many objects were already there.
 func (s *Service) storeAll(ctx context.Context, p *planned) (dups int, err error) {
 	objs := p.objects
-	first, last := objs[:len(objs)-1], objs[len(objs)-1]
 	dupOf := make([]bool, len(objs))
 	errs := make([]error, len(objs))
-	if len(first) == 1 {
-		dupOf[0], errs[0] = s.store.put(ctx, first[0])
-	} else {
-		var wg sync.WaitGroup
-		for i, o := range first {
-			wg.Go(func() { dupOf[i], errs[i] = s.store.put(ctx, o) })
+	putAll := func(from, to int) error {
+		if to-from == 1 {
+			dupOf[from], errs[from] = s.store.put(ctx, objs[from])
+		} else {
+			var wg sync.WaitGroup
+			for i := from; i < to; i++ {
+				wg.Go(func() { dupOf[i], errs[i] = s.store.put(ctx, objs[i]) })
+			}
+			wg.Wait()
 		}
-		wg.Wait()
+		return pick(errs)
 	}
-	if err := pick(errs); err != nil {
+	if *s.cfg.S3.SidecarLast && len(objs) > 1 {
+		if err := putAll(0, len(objs)-1); err != nil {
+			return 0, err
+		}
+		if err := putAll(len(objs)-1, len(objs)); err != nil {
+			return 0, err
+		}
+	} else if err := putAll(0, len(objs)); err != nil {
 		return 0, err
-	}
-	i := len(objs) - 1
-	if dupOf[i], errs[i] = s.store.put(ctx, last); errs[i] != nil {
-		return 0, pick(errs)
 	}
 	for i, o := range objs {
 		if dupOf[i] {

@@ -166,13 +166,15 @@ func TestDeliveryLimit(t *testing.T) {
 
 // TestNoConditionalNoChecksum: for servers without If-None-Match or
 // flexible checksums, a HEAD-before-PUT mode still stores frames once and
-// suppresses redeliveries.
+// suppresses redeliveries (here with all of a frame's objects written at
+// once, s3.sidecar_last false).
 func TestNoConditionalNoChecksum(t *testing.T) {
 	t.Parallel() // tests with goleak checks run serially, before these
 	e := newEnv(t, nil)
 	no := false
 	e.cfg.S3.ConditionalPut = &no
 	e.cfg.S3.Checksum = "none"
+	e.cfg.S3.SidecarLast = &no
 	e.declare(t)
 	frames := manyFrames(t, e.cfg.S3.Prefix, 10)
 	e.publishFrames(t, frames)
