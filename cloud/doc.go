@@ -39,7 +39,10 @@
 // object that exists with different content is a conflict and the message is
 // dead-lettered. The image and mask are written concurrently and the
 // sidecar only after both are stored, so a sidecar's presence means its
-// frame is complete. With s3.checksum "sha256" the body's SHA-256 (already
+// frame is complete (unless s3.sidecar_last is false: then all three are
+// written at once). The sidecar records the receipt time, so a redelivery
+// produces different sidecar bytes; it counts as the same object when it
+// names the same frame, image and mask checksums (the first sidecar stays). With s3.checksum "sha256" the body's SHA-256 (already
 // verified against the message) travels as x-amz-checksum-sha256 and the
 // server verifies it; the SigV4 signature then covers the headers only
 // (UNSIGNED-PAYLOAD) instead of hashing the body a second time.
