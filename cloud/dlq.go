@@ -111,10 +111,31 @@ func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(*amqp.Ch
 	if err := ch.Confirm(false); err != nil {
 		return fmt.Errorf("enable confirms: %w", err)
 	}
-	q, err := ch.QueueDeclarePassive(cfg.AMQP.DeadLetterQueue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
-	if err != nil {
-		return fmt.Errorf("inspect %s: %w", cfg.AMQP.DeadLetterQueue, err)
+	var q amqp.Queue
+	// Messages another dlq command just looked at return to the queue
+	// asynchronously: give an empty-looking queue a moment.
+	for try := 0; ; try++ {
+		q, err = ch.QueueDeclarePassive(cfg.AMQP.DeadLetterQueue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
+		if err != nil {
+			return fmt.Errorf("inspect %s: %w", cfg.AMQP.DeadLetterQueue, err)
+		}
+		if q.Messages > 0 || try == 3 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
 	}
+	// Whatever was fetched and not removed goes back to the queue now
+	// (also returned when the channel closes).
+	var last uint64
+	defer func() {
+		if last != 0 {
+			_ = ch.Nack(last, true, true)
+		}
+	}()
 	limit := q.Messages
 	if opts.Limit > 0 && opts.Limit < limit {
 		limit = opts.Limit
@@ -130,6 +151,7 @@ func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(*amqp.Ch
 		if !ok {
 			break
 		}
+		last = d.DeliveryTag
 		if opts.Reason != "" && describe(&d, userOf(cfg.AMQP.URL)).Reason != opts.Reason {
 			continue // left unacknowledged: returned on close
 		}
