@@ -67,6 +67,7 @@ type flight struct {
 	sent     time.Time
 	deadline time.Time
 	returned *amqp.Return
+	dc       *amqp.DeferredConfirmation // set once written; s.mu
 	outcome  Outcome
 	err      error
 	at       time.Time     // when resolved
@@ -427,7 +428,7 @@ func (s *session) checkDeadlines(now time.Time) {
 func (s *session) waitReady(ctx context.Context, id string) error {
 	for {
 		s.mu.Lock()
-		var wait <-chan struct{}
+		var wait, acked <-chan struct{}
 		switch {
 		case isClosed(s.dead):
 			s.mu.Unlock()
@@ -437,10 +438,15 @@ func (s *session) waitReady(ctx context.Context, id string) error {
 			return fmt.Errorf("%w: publisher stopping", ErrNotConnected)
 		case s.blocked:
 			wait = s.unblocked
-		case len(s.pending) >= s.p.opts.Window:
-			wait = s.changedChan()
-		case s.byID[id] != nil:
-			wait = s.byID[id].done
+		default:
+			if n, oldest := s.unacked(); n >= s.p.opts.Window {
+				wait = s.changedChan()
+				if oldest != nil {
+					acked = oldest.dc.Done()
+				}
+			} else if f := s.byID[id]; f != nil {
+				wait = f.done
+			}
 		}
 		s.mu.Unlock()
 		if wait == nil {
@@ -448,12 +454,31 @@ func (s *session) waitReady(ctx context.Context, id string) error {
 		}
 		select {
 		case <-wait:
+		case <-acked:
 		case <-s.dead:
 			return s.lostErr()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// unacked counts the pending flights the library has not yet seen a
+// confirm for, and returns the oldest of them that has been written. The
+// window is measured this way, as the bare library would, so that a free
+// slot is used as soon as the library's reader sees the ack, without
+// waiting for the pump to process it; s.mu is held.
+func (s *session) unacked() (n int, oldest *flight) {
+	for _, f := range s.pending {
+		if f.dc != nil && isClosed(f.dc.Done()) {
+			continue
+		}
+		n++
+		if f.dc != nil && (oldest == nil || f.tag < oldest.tag) {
+			oldest = f
+		}
+	}
+	return n, oldest
 }
 
 // changedChan returns a channel closed when the next flight resolves; s.mu
@@ -465,7 +490,7 @@ func (s *session) changedChan() chan struct{} {
 	return s.changed
 }
 
-func isClosed(c chan struct{}) bool {
+func isClosed(c <-chan struct{}) bool {
 	select {
 	case <-c:
 		return true
@@ -529,6 +554,9 @@ func (s *session) publish(ctx context.Context, tok *writeToken, exchange, key st
 		s.kill(fmt.Errorf("publish: %w", err))
 		return f, nil
 	}
+	s.mu.Lock()
+	f.dc = dc
+	s.mu.Unlock()
 	s.p.metrics.publishedBytes.Add(float64(len(msg.Body)))
 	return f, nil
 }
