@@ -125,7 +125,7 @@ type Model struct {
 	tmp    []float32
 	acc    []float32
 	score  []float32
-	row    []float32
+	side   []byte
 	kx, ky kernelCache // frame -> model
 	mx, my kernelCache // model -> frame
 }
@@ -375,9 +375,12 @@ func (m *Model) Segment(img image.Image) (*Result, error) {
 			return nil, err
 		}
 	} else {
-		if fw == mw && fh == mh {
+		switch {
+		case fw == mw && fh == mh:
 			copyRGB(src, 0, 0, mw, mh, m.planes, m.ch, &m.lut)
-		} else {
+		case fw%mw == 0 && fh%mh == 0:
+			boxDownscale(src, fw/mw, fh/mh, mw, mh, m.planes, m.ch, m.a, m.b)
+		default:
 			m.tmp, m.acc = resampleRGB(src, m.kx.get(fw, mw), m.ky.get(fh, mh), m.planes, m.ch, m.a, m.b, m.tmp, m.acc)
 		}
 		t1 := time.Now()
@@ -389,8 +392,8 @@ func (m *Model) Segment(img image.Image) (*Result, error) {
 		res.Inference = t2.Sub(t1)
 		res.Runs = 1
 		score := m.scorePlane()
-		count, m.row = maskFromScore(score, mw, mh, m.tau, res.Mask.Pix, fw, fh, res.Mask.Stride,
-			m.mx.get(mw, fw), m.my.get(mh, fh), m.row)
+		count, m.side = maskFromScore(score, mw, mh, m.tau, res.Mask.Pix, fw, fh, res.Mask.Stride,
+			m.mx.get(mw, fw), m.my.get(mh, fh), m.side)
 		res.Postprocess = time.Since(t2)
 	}
 	res.Coverage = float64(count) / float64(fw*fh)

@@ -190,3 +190,90 @@ func TestMaskPNGAndOverlay(t *testing.T) {
 		t.Fatal("Overlay with mismatched sizes is not nil")
 	}
 }
+
+// TestFastPathsMatchReference checks the integer box downscale against the general area
+// resampler, and the edge-only mask interpolation against interpolating every pixel.
+func TestFastPathsMatchReference(t *testing.T) {
+	rnd := uint32(1)
+	next := func() uint32 { rnd = rnd*1664525 + 1013904223; return rnd >> 24 }
+	for _, c := range [][4]int{{64, 32, 32, 16}, {96, 48, 32, 16}, {64, 64, 32, 32}, {33, 17, 11, 17}} {
+		sw, sh, dw, dh := c[0], c[1], c[2], c[3]
+		for _, bpp := range []int{3, 4} {
+			src := pixels{pix: make([]byte, sw*sh*bpp+bpp), off: bpp, stride: sw * bpp, bpp: bpp}
+			for i := range src.pix {
+				src.pix[i] = byte(next())
+			}
+			mk := func() [3][]float32 {
+				return [3][]float32{make([]float32, dw*dh), make([]float32, dw*dh), make([]float32, dw*dh)}
+			}
+			want, got := mk(), mk()
+			a, b := [3]float32{0.1, 0.2, 0.3}, [3]float32{-1, -2, -3}
+			resampleRGB(src, newKernel(sw, dw), newKernel(sh, dh), want, [3]int{2, 1, 0}, a, b, nil, nil)
+			if sw%dw != 0 || sh%dh != 0 {
+				continue
+			}
+			boxDownscale(src, sw/dw, sh/dh, dw, dh, got, [3]int{2, 1, 0}, a, b)
+			for p := range want {
+				for i := range want[p] {
+					if math.Abs(float64(want[p][i]-got[p][i])) > 1e-4 {
+						t.Fatalf("%v bpp %d plane %d [%d]: box %v, area %v", c, bpp, p, i, got[p][i], want[p][i])
+					}
+				}
+			}
+		}
+		// Masks: scores around tau=0.
+		score := make([]float32, dw*dh)
+		for i := range score {
+			score[i] = float32(int(next())-128) / 64
+			if i%7 < 4 {
+				score[i] = 1 // uniform regions
+			}
+		}
+		kx, ky := newKernel(dw, sw), newKernel(dh, sh)
+		got := make([]byte, sw*sh)
+		n, _ := maskFromScore(score, dw, dh, 0, got, sw, sh, sw, kx, ky, nil)
+		count := 0
+		for y := 0; y < sh; y++ {
+			for x := 0; x < sw; x++ {
+				var v float32
+				for t := 0; t < ky.k; t++ {
+					for u := 0; u < kx.k; u++ {
+						v += ky.w[y*ky.k+t] * kx.w[x*kx.k+u] * score[int(ky.idx[y*ky.k+t])*dw+int(kx.idx[x*kx.k+u])]
+					}
+				}
+				want := byte(0)
+				if v > 0 {
+					want = 255
+					count++
+				}
+				if got[y*sw+x] != want {
+					t.Fatalf("%v: mask(%d,%d) = %d, want %d (score %v)", c, x, y, got[y*sw+x], want, v)
+				}
+			}
+		}
+		if n != count {
+			t.Fatalf("%v: count %d, want %d", c, n, count)
+		}
+	}
+}
+
+func BenchmarkMaskFromScore256to512(b *testing.B) {
+	score := make([]float32, 256*256)
+	for i := range score {
+		score[i] = float32((i%256)/32%2*2 - 1) // vertical stripes: edges every 32 px
+	}
+	dst := make([]byte, 512*512)
+	kx, ky := newKernel(256, 512), newKernel(256, 512)
+	var side []byte
+	for b.Loop() {
+		_, side = maskFromScore(score, 256, 256, 0, dst, 512, 512, 512, kx, ky, side)
+	}
+}
+
+func BenchmarkBoxDownscale512to256(b *testing.B) {
+	src := pixels{pix: make([]byte, 512*512*4), stride: 512 * 4, bpp: 4}
+	planes := [3][]float32{make([]float32, 256*256), make([]float32, 256*256), make([]float32, 256*256)}
+	for b.Loop() {
+		boxDownscale(src, 2, 2, 256, 256, planes, [3]int{0, 1, 2}, [3]float32{1, 1, 1}, [3]float32{})
+	}
+}

@@ -11,6 +11,9 @@ type kernel struct {
 	src, dst, k int
 	idx         []int32
 	w           []float32
+	// runs (two-tap kernels only) has src+1 entries: destinations whose first tap is
+	// source i are runs[i] <= x < runs[i+1] (first taps never decrease).
+	runs []int32
 }
 
 func newKernel(src, dst int) *kernel {
@@ -54,6 +57,14 @@ func newKernel(src, dst int) *kernel {
 		}
 		kn.idx[2*i], kn.idx[2*i+1] = int32(j0), int32(j1)
 		kn.w[2*i], kn.w[2*i+1] = float32(1-f), float32(f)
+	}
+	kn.runs = make([]int32, src+1)
+	x := 0
+	for i := 0; i <= src; i++ {
+		for x < dst && int(kn.idx[2*x]) < i {
+			x++
+		}
+		kn.runs[i] = int32(x)
 	}
 	return kn
 }
@@ -176,62 +187,136 @@ func copyRGB(src pixels, x0, y0, w, h int, planes [3][]float32, ch [3]int, lut *
 }
 
 // maskFromScore thresholds a score plane (sw×sh) at tau into mask pixels (dw×dh, stride
-// dstride), resampling bilinearly when sizes differ, and returns the count of forest
-// pixels written.
-func maskFromScore(score []float32, sw, sh int, tau float32, dst []byte, dw, dh, dstride int, kx, ky *kernel, row []float32) (int, []float32) {
+// dstride) and returns the count of forest pixels written. When sizes differ the scores
+// are resampled (bilinear when enlarging, area when shrinking) before thresholding; as a
+// weighted mean of scores that are all above (or all below) tau is too, only output
+// pixels whose source neighbourhood straddles tau are interpolated. side is scratch space
+// for the thresholded source, grown as needed and returned.
+func maskFromScore(score []float32, sw, sh int, tau float32, dst []byte, dw, dh, dstride int, kx, ky *kernel, side []byte) (int, []byte) {
 	if sw == dw && sh == dh {
-		return thresholdRect(score, sw, tau, dst, dstride, dw, dh), row
+		return thresholdRect(score, sw, tau, dst, dstride, dw, dh), side
+	}
+	if cap(side) < sw*sh {
+		side = make([]byte, sw*sh)
+	}
+	side = side[:sw*sh]
+	thresholdRect(score, sw, tau, side, sw, sw, sh)
+	if kx.runs != nil && ky.runs != nil {
+		return maskBilinear(score, side, sw, tau, dst, dw, dh, dstride, kx, ky), side
 	}
 	count := 0
-	if cap(row) < sw {
-		row = make([]float32, sw)
-	}
-	row = row[:sw]
+	kxk, kyk := kx.k, ky.k
 	for y := 0; y < dh; y++ {
-		// Linear (upscale) or area (downscale) weights along y.
-		idx := ky.idx[y*ky.k : (y+1)*ky.k]
-		w := ky.w[y*ky.k : (y+1)*ky.k]
-		for x := range row {
-			row[x] = 0
+		yidx := ky.idx[y*kyk : (y+1)*kyk]
+		yw := ky.w[y*kyk : (y+1)*kyk]
+		d := dst[y*dstride : y*dstride+dw]
+		for x := range d {
+			xidx := kx.idx[x*kxk : (x+1)*kxk]
+			first := side[int(yidx[0])*sw+int(xidx[0])]
+			same := true
+			for _, j := range yidx {
+				row := side[int(j)*sw:]
+				for _, i := range xidx {
+					if row[i] != first {
+						same = false
+					}
+				}
+			}
+			if !same {
+				var v float32
+				for t, j := range yidx {
+					row := score[int(j)*sw:]
+					var h float32
+					for u, i := range xidx {
+						h += kx.w[x*kxk+u] * row[i]
+					}
+					v += yw[t] * h
+				}
+				first = 0
+				if v > tau {
+					first = 255
+				}
+			}
+			d[x] = first
+			count += int(first & 1)
 		}
-		for t, j := range idx {
-			if w[t] == 0 {
-				continue
+	}
+	return count, side
+}
+
+// maskBilinear is maskFromScore for enlarging on both axes (two-tap kernels). Bilinear
+// taps are always source columns i and min(i+1, sw-1), so for each pair of source rows it
+// marks which 2×2 source cells are uniform (0 or 255) or mixed (1); runs of uniform cells
+// are filled with memset-like copies and only pixels in mixed cells are interpolated.
+func maskBilinear(score []float32, side []byte, sw int, tau float32, dst []byte, dw, dh, dstride int, kx, ky *kernel) int {
+	count := 0
+	xi, xw, runs := kx.idx[:2*dw], kx.w[:2*dw], kx.runs[:sw+1]
+	cell := make([]byte, sw)
+	pj0, pj1 := -1, -1
+	for y := 0; y < dh; y++ {
+		j0, j1 := int(ky.idx[2*y])*sw, int(ky.idx[2*y+1])*sw
+		wy0, wy1 := ky.w[2*y], ky.w[2*y+1]
+		s0, s1 := score[j0:j0+sw], score[j1:j1+sw]
+		if j0 != pj0 || j1 != pj1 {
+			t0, t1 := side[j0:j0+sw], side[j1:j1+sw]
+			for i := range cell {
+				n := min(i+1, sw-1)
+				v := t0[i]
+				if v != t0[n] || v != t1[i] || v != t1[n] {
+					v = 1
+				}
+				cell[i] = v
 			}
-			s := score[int(j)*sw : (int(j)+1)*sw]
-			wt := w[t]
-			for x, v := range s {
-				row[x] += wt * v
-			}
+			pj0, pj1 = j0, j1
 		}
 		d := dst[y*dstride : y*dstride+dw]
-		k := kx.k
-		if k == 2 {
-			for x := range d {
-				v := kx.w[2*x]*row[kx.idx[2*x]] + kx.w[2*x+1]*row[kx.idx[2*x+1]]
-				if v > tau {
+		for i := 0; i < sw; {
+			v := cell[i]
+			j := i + 1
+			if v != 1 {
+				for j < sw && cell[j] == v {
+					j++
+				}
+				seg := d[runs[i]:runs[j]]
+				if v == 0 {
+					clear(seg)
+				} else {
+					fill255(seg)
+					count += len(seg)
+				}
+				i = j
+				continue
+			}
+			for x := runs[i]; x < runs[j]; x++ {
+				i0, i1 := xi[2*x], xi[2*x+1]
+				w0, w1 := xw[2*x], xw[2*x+1]
+				f := wy0*(w0*s0[i0]+w1*s0[i1]) + wy1*(w0*s1[i0]+w1*s1[i1])
+				if f > tau {
 					d[x] = 255
 					count++
 				} else {
 					d[x] = 0
 				}
 			}
-			continue
-		}
-		for x := range d {
-			var v float32
-			for t, j := range kx.idx[x*k : x*k+k] {
-				v += kx.w[x*k+t] * row[j]
-			}
-			if v > tau {
-				d[x] = 255
-				count++
-			} else {
-				d[x] = 0
-			}
+			i = j
 		}
 	}
-	return count, row
+	return count
+}
+
+var ones = func() []byte {
+	b := make([]byte, 4096)
+	for i := range b {
+		b[i] = 255
+	}
+	return b
+}()
+
+func fill255(b []byte) {
+	for len(b) > 0 {
+		n := copy(b, ones)
+		b = b[n:]
+	}
 }
 
 // thresholdRect writes 255 where score > tau and 0 elsewhere for a w×h rectangle (score
@@ -251,4 +336,50 @@ func thresholdRect(score []float32, sstride int, tau float32, dst []byte, dstrid
 		}
 	}
 	return count
+}
+
+// boxDownscale is resampleRGB's fast path for integer factors: every output pixel is the
+// mean of an fx×fy block of src (exactly what the area kernel computes then), summed in
+// integers and normalised once.
+func boxDownscale(src pixels, fx, fy, dw, dh int, planes [3][]float32, ch [3]int, a, b [3]float32) {
+	inv := 1 / float32(fx*fy)
+	a0, a1, a2 := a[0]*inv, a[1]*inv, a[2]*inv
+	b0, b1, b2 := b[0], b[1], b[2]
+	c0, c1, c2 := ch[0], ch[1], ch[2]
+	bpp := src.bpp
+	for y := 0; y < dh; y++ {
+		o := y * dw
+		p0, p1, p2 := planes[0][o:o+dw], planes[1][o:o+dw], planes[2][o:o+dw]
+		base := src.off + y*fy*src.stride
+		if fx == 2 && fy == 2 {
+			r0 := src.pix[base:][:dw*2*bpp]
+			r1 := src.pix[base+src.stride:][:dw*2*bpp]
+			for x := range p0 {
+				i := x * 2 * bpp
+				j := i + bpp
+				var s [3]uint32
+				s[0] = uint32(r0[i]) + uint32(r0[j]) + uint32(r1[i]) + uint32(r1[j])
+				s[1] = uint32(r0[i+1]) + uint32(r0[j+1]) + uint32(r1[i+1]) + uint32(r1[j+1])
+				s[2] = uint32(r0[i+2]) + uint32(r0[j+2]) + uint32(r1[i+2]) + uint32(r1[j+2])
+				p0[x] = float32(s[c0])*a0 + b0
+				p1[x] = float32(s[c1])*a1 + b1
+				p2[x] = float32(s[c2])*a2 + b2
+			}
+			continue
+		}
+		for x := range p0 {
+			var s [3]uint32
+			for yy := 0; yy < fy; yy++ {
+				row := src.pix[base+yy*src.stride+x*fx*bpp:][:fx*bpp]
+				for i := 0; i < len(row); i += bpp {
+					s[0] += uint32(row[i])
+					s[1] += uint32(row[i+1])
+					s[2] += uint32(row[i+2])
+				}
+			}
+			p0[x] = float32(s[c0])*a0 + b0
+			p1[x] = float32(s[c1])*a1 + b1
+			p2[x] = float32(s[c2])*a2 + b2
+		}
+	}
 }
