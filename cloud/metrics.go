@@ -76,11 +76,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-func (m *metrics) s3Health(ok bool) {
-	m.s3Down.Store(!ok)
+// s3Health records the outcome of an S3 write and reports whether it
+// changed the health state.
+func (m *metrics) s3Health(ok bool) (changed bool) {
+	changed = m.s3Down.Swap(!ok) == ok
 	if ok {
 		m.s3Healthy.Set(1)
 	} else {
 		m.s3Healthy.Set(0)
 	}
+	return changed
 }

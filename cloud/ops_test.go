@@ -3,6 +3,7 @@ package cloud_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/cloud"
+	"github.com/forestwatch/forest/uplink/uplinktest"
 )
 
 // TestStartupChecks: a missing bucket and an unreachable broker stop the
@@ -54,7 +56,13 @@ func TestHTTPAndReconnect(t *testing.T) {
 	e := newEnv(t, nil)
 	noLeaks(t)
 	e.declare(t)
-	r := e.start(t, nil)
+	ports, err := uplinktest.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := *e.cfg
+	cfg.HTTP.Listen = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	r := e.start(t, &cfg)
 	h := r.svc.Handler()
 	get := func(path string) (int, string) {
 		rec := httptest.NewRecorder()
@@ -68,6 +76,15 @@ func TestHTTPAndReconnect(t *testing.T) {
 	if code, _ := get("/readyz"); code != 200 {
 		t.Errorf("/readyz %d", code)
 	}
+	// The same over the configured listener.
+	resp, err := http.Get("http://" + cfg.HTTP.Listen + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("GET /readyz over http: %v %v", resp, err)
+	}
+	if resp != nil {
+		resp.Body.Close()
+	}
+	http.DefaultClient.CloseIdleConnections()
 	frames := manyFrames(t, e.cfg.S3.Prefix, 100)
 	e.publishFrames(t, frames[:50])
 	waitFor(t, 30*time.Second, "first half", func() bool {

@@ -79,7 +79,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 	s.store = &store{
 		c: client, bucket: cfg.S3.Bucket, checksum: cfg.S3.Checksum == "sha256", conditional: *cfg.S3.ConditionalPut,
 		timeout: cfg.S3.RequestTimeout, retryMin: cfg.S3.RetryMin, retryMax: cfg.S3.RetryMax,
-		retryFor: cfg.S3.RetryMaxElapsed, m: s.m,
+		retryFor: cfg.S3.RetryMaxElapsed, m: s.m, log: s.log,
 	}
 	s.ownUser = userOf(cfg.AMQP.URL)
 	return s, nil
@@ -398,7 +398,7 @@ func (s *Service) handle(ctx context.Context, pub *amqp.Channel, d *amqp.Deliver
 		s.m.deadLetters.WithLabelValues(string(pe.Reason)).Inc()
 		log.Warn("dead-lettered", "reason", string(pe.Reason), "err", pe.Err)
 	default:
-		log.Error("cannot store; returning the message to the queue", "err", err)
+		log.Warn("cannot store; returning the message to the queue", "err", err)
 		_ = d.Nack(false, true)
 		s.m.messages.WithLabelValues("requeued").Inc()
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -61,6 +62,7 @@ type store struct {
 	retryMax    time.Duration
 	retryFor    time.Duration
 	m           *metrics
+	log         *slog.Logger
 }
 
 // newS3Client builds the S3 client from the standard AWS configuration with
@@ -139,13 +141,16 @@ func (s *store) put(ctx context.Context, o object) (dup bool, err error) {
 	for attempt := 0; ; attempt++ {
 		dup, err = s.putOnce(ctx, o)
 		if err == nil || errors.Is(err, ErrConflict) || ctx.Err() != nil {
-			if err == nil || errors.Is(err, ErrConflict) {
-				s.m.s3Health(true)
+			if (err == nil || errors.Is(err, ErrConflict)) && s.m.s3Health(true) {
+				s.log.Info("S3 writes succeed again")
 			}
 			return dup, err
 		}
 		s.m.s3Errors.Inc()
-		s.m.s3Health(false)
+		if s.m.s3Health(false) {
+			// Logged once per outage; per-message outcomes are at Warn.
+			s.log.Error("S3 writes failing; retrying, messages stay in the queue", "bucket", s.bucket, "err", err)
+		}
 		if time.Since(start)+delay > s.retryFor {
 			return false, fmt.Errorf("put %s: gave up after %d attempts in %s: %w", o.key, attempt+1, time.Since(start).Round(time.Millisecond), err)
 		}
