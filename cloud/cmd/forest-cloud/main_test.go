@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/forestwatch/forest/cloud"
 )
 
 func TestHelpAndVersion(t *testing.T) {
@@ -44,4 +49,34 @@ func TestExampleConfig(t *testing.T) {
 	if code := run([]string{"run", "--config", bad}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "bukket") {
 		t.Fatalf("unknown key: %d %q", code, errb.String())
 	}
+}
+
+// TestExampleConfigHasEveryKey: cloud.yaml documents every key of
+// cloud.Config, and no key that does not exist.
+func TestExampleConfigHasEveryKey(t *testing.T) {
+	b, err := os.ReadFile("cloud.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var walk func(prefix string, typ reflect.Type, m map[string]any)
+	walk = func(prefix string, typ reflect.Type, m map[string]any) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			name := strings.Split(f.Tag.Get("yaml"), ",")[0]
+			v, ok := m[name]
+			if !ok {
+				t.Errorf("cloud.yaml lacks %s%s", prefix, name)
+				continue
+			}
+			if f.Type.Kind() == reflect.Struct {
+				sub, _ := v.(map[string]any)
+				walk(prefix+name+".", f.Type, sub)
+			}
+		}
+	}
+	walk("", reflect.TypeFor[cloud.Config](), doc)
 }
