@@ -206,6 +206,9 @@ func (s *Service) Ready() bool { return s.ready.Load() && !s.m.s3Down.Load() }
 func (s *Service) Run(ctx context.Context) error {
 	defer s.hc.CloseIdleConnections()
 	if err := s.Check(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped during start-up
+		}
 		return err
 	}
 	var wg sync.WaitGroup
