@@ -14,92 +14,140 @@ import (
 )
 
 // Config is forest-cloud's configuration, read from YAML (see
-// cmd/forest-cloud/cloud.yaml for every key documented). Zero values take
-// the defaults applied by Defaults.
+// cmd/forest-cloud/cloud.yaml, which documents every key with its default).
+// Zero values take the defaults applied by Defaults.
 type Config struct {
-	AMQP     AMQPConfig     `yaml:"amqp"`
-	S3       S3Config       `yaml:"s3"`
+	// AMQP is the broker and queue topology.
+	AMQP AMQPConfig `yaml:"amqp"`
+	// S3 is the bucket and how to reach it.
+	S3 S3Config `yaml:"s3"`
+	// Consumer sizes the worker pool and bounds the input.
 	Consumer ConsumerConfig `yaml:"consumer"`
+	// Identity says which broker users may publish for which devices.
 	Identity IdentityConfig `yaml:"identity"`
-	HTTP     HTTPConfig     `yaml:"http"`
-	Log      LogConfig      `yaml:"log"`
+	// HTTP is where /metrics, /healthz and /readyz are served.
+	HTTP HTTPConfig `yaml:"http"`
+	// Log selects the log level and format.
+	Log LogConfig `yaml:"log"`
 }
 
 // AMQPConfig names the broker and the queue topology.
 type AMQPConfig struct {
-	URL                string        `yaml:"url"`
-	Exchange           string        `yaml:"exchange"`
-	BindingKey         string        `yaml:"binding_key"`
-	Queue              string        `yaml:"queue"`
-	DeadLetterExchange string        `yaml:"dead_letter_exchange"`
-	DeadLetterQueue    string        `yaml:"dead_letter_queue"`
-	DeliveryLimit      int           `yaml:"delivery_limit"`
-	Prefetch           int           `yaml:"prefetch"`
-	Heartbeat          time.Duration `yaml:"heartbeat"`
-	ReconnectMin       time.Duration `yaml:"reconnect_min"`
-	ReconnectMax       time.Duration `yaml:"reconnect_max"`
-	ConfirmTimeout     time.Duration `yaml:"confirm_timeout"`
+	// URL is the broker's amqp:// or amqps:// URL (required).
+	URL string `yaml:"url"`
+	// Exchange is the topic exchange the agents publish to
+	// (default forest.frames).
+	Exchange string `yaml:"exchange"`
+	// BindingKey binds Queue to Exchange (default frames.#).
+	BindingKey string `yaml:"binding_key"`
+	// Queue is the durable quorum queue consumed (default
+	// forest.cloud.frames).
+	Queue string `yaml:"queue"`
+	// DeadLetterExchange is the fanout exchange of dead letters (default
+	// forest.cloud.dlx).
+	DeadLetterExchange string `yaml:"dead_letter_exchange"`
+	// DeadLetterQueue is the quorum queue of dead letters (default
+	// forest.cloud.frames.dlq).
+	DeadLetterQueue string `yaml:"dead_letter_queue"`
+	// DeliveryLimit is the queue's x-delivery-limit (default 20).
+	DeliveryLimit int `yaml:"delivery_limit"`
+	// Prefetch bounds unacknowledged messages per consumer (default 32).
+	Prefetch int `yaml:"prefetch"`
+	// Heartbeat is the AMQP heartbeat interval (default 10s).
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// ReconnectMin and ReconnectMax bound the jittered reconnect backoff
+	// (defaults 500ms and 30s).
+	ReconnectMin time.Duration `yaml:"reconnect_min"`
+	ReconnectMax time.Duration `yaml:"reconnect_max"`
+	// ConfirmTimeout bounds the wait for the broker to confirm a dead
+	// letter or requeued message (default 30s).
+	ConfirmTimeout time.Duration `yaml:"confirm_timeout"`
 }
 
 // S3Config names the bucket and how to reach it. Credentials, region and
 // profile come from the standard AWS configuration (environment, shared
 // files, instance role) unless set here.
 type S3Config struct {
-	Bucket       string `yaml:"bucket"`
-	Prefix       string `yaml:"prefix"`
+	// Bucket is the bucket to write to (required).
+	Bucket string `yaml:"bucket"`
+	// Prefix starts the key of every frame object (default frames).
+	Prefix string `yaml:"prefix"`
+	// LegacyPrefix starts the key of every legacy image (default legacy).
 	LegacyPrefix string `yaml:"legacy_prefix"`
-	Endpoint     string `yaml:"endpoint"`
-	Region       string `yaml:"region"`
-	Profile      string `yaml:"profile"`
-	PathStyle    bool   `yaml:"path_style"`
+	// Endpoint overrides the S3 endpoint, for S3-compatible servers.
+	Endpoint string `yaml:"endpoint"`
+	// Region overrides the AWS region.
+	Region string `yaml:"region"`
+	// Profile selects a shared-config profile.
+	Profile string `yaml:"profile"`
+	// PathStyle selects path-style addressing (host/bucket/key).
+	PathStyle bool `yaml:"path_style"`
 	// AccessKeyID and SecretAccessKey override the credential chain; use
 	// ${ENV} expansion, never literal secrets.
 	AccessKeyID     string `yaml:"access_key_id"`
 	SecretAccessKey string `yaml:"secret_access_key"`
-	// Checksum is "sha256" (send x-amz-checksum-sha256 with every PUT) or
-	// "none" (for servers that reject flexible checksums).
+	// Checksum is "sha256" (send x-amz-checksum-sha256 with every PUT,
+	// the default) or "none" (for servers that reject flexible checksums).
 	Checksum string `yaml:"checksum"`
-	// ConditionalPut sends If-None-Match: *; when false, a HEAD precedes
-	// each PUT instead (racy between replicas, for servers without it).
+	// ConditionalPut sends If-None-Match: * (default true); when false, a
+	// GET precedes each PUT instead (racy between replicas, for servers
+	// without conditional writes).
 	ConditionalPut *bool `yaml:"conditional_put"`
 	// SidecarLast writes a frame's sidecar only after its image and mask
-	// are stored, so that a sidecar means a complete frame (default). False
-	// writes all three at once: one S3 round trip per frame instead of two.
-	SidecarLast     *bool         `yaml:"sidecar_last"`
-	RequestTimeout  time.Duration `yaml:"request_timeout"`
+	// are stored, so that a sidecar means a complete frame (default true).
+	// False writes all three at once.
+	SidecarLast *bool `yaml:"sidecar_last"`
+	// RequestTimeout bounds one S3 request (default 30s).
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// RetryMin and RetryMax bound the jittered backoff between retries of
+	// a transient S3 error (defaults 200ms and 10s); RetryMaxElapsed is
+	// how long a message is retried before it is returned to the queue
+	// (default 2m).
 	RetryMin        time.Duration `yaml:"retry_min"`
 	RetryMax        time.Duration `yaml:"retry_max"`
 	RetryMaxElapsed time.Duration `yaml:"retry_max_elapsed"`
-	MaxConns        int           `yaml:"max_conns"`
+	// MaxConns bounds the connections to the S3 endpoint (default
+	// 2 × Consumer.Workers).
+	MaxConns int `yaml:"max_conns"`
 }
 
 // ConsumerConfig sizes the worker pool and the limits on input.
 type ConsumerConfig struct {
-	Workers         int           `yaml:"workers"`
+	// Workers is the number of messages handled at once (default 8).
+	Workers int `yaml:"workers"`
+	// ShutdownTimeout is how long in-flight messages may finish after a
+	// stop before they are returned to the queue (default 30s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
-	MaxMessageBytes int           `yaml:"max_message_bytes"`
-	MaxPixels       int           `yaml:"max_pixels"`
-	AcceptLegacy    *bool         `yaml:"accept_legacy"`
+	// MaxMessageBytes is the largest body accepted (default 32 MiB).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// MaxPixels is the largest image accepted, width × height, checked
+	// from the header before decoding (default 64 Mi).
+	MaxPixels int `yaml:"max_pixels"`
+	// AcceptLegacy accepts the legacy JSON message (default true).
+	AcceptLegacy *bool `yaml:"accept_legacy"`
 }
 
 // IdentityConfig says which broker users may publish for which devices.
 type IdentityConfig struct {
-	// RequireUserID refuses wire frames without a user_id property.
+	// RequireUserID refuses wire frames without a user_id property
+	// (default true).
 	RequireUserID *bool `yaml:"require_user_id"`
 	// Devices maps a broker user to the devices it may publish for, in
-	// addition to the device named like the user.
+	// addition to the device named like the user. No wildcards.
 	Devices map[string][]string `yaml:"devices"`
 }
 
-// HTTPConfig is the address of /metrics, /healthz and /readyz ("" = off).
+// HTTPConfig is where /metrics, /healthz and /readyz are served.
 type HTTPConfig struct {
+	// Listen is host:port ("" turns the server off).
 	Listen string `yaml:"listen"`
 }
 
-// LogConfig selects the log level (debug, info, warn, error) and format
-// (json, text).
+// LogConfig selects the log output.
 type LogConfig struct {
-	Level  string `yaml:"level"`
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is json (default) or text.
 	Format string `yaml:"format"`
 }
 
