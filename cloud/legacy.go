@@ -37,7 +37,7 @@ type LegacyLimits struct {
 // Defaults of the limits.
 const (
 	DefaultMaxMessageBytes = 32 << 20
-	DefaultMaxPixels       = 64 << 20
+	DefaultMaxPixels       = 32 << 20
 )
 
 type legacyMessage struct {
