@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/forestwatch/forest/spool"
@@ -44,16 +45,59 @@ type drain struct {
 	backoffMax time.Duration
 	// bad holds ids of records whose metadata cannot be decoded. They stay
 	// in flight (so Next skips them) until restart; they are never deleted.
-	bad map[uint64]bool
+	badMu sync.Mutex
+	bad   map[uint64]bool
 }
 
-// Run drains until stop is done. The batch in progress when stop ends is
-// finished — its confirms awaited — unless hard ends first; frames without
+// lanes is how many batches the drain keeps under way at once. While one
+// batch waits for its last confirms and its durable Ack, the next one is
+// already being published, so the confirm window does not run dry at every
+// batch boundary (BenchmarkDrain: about 0.6× bare amqp091-go with one lane).
+// Batches of two lanes may interleave on the wire; each batch keeps its
+// order.
+const lanes = 2
+
+// Run drains until stop is done. The batches in progress when stop ends are
+// finished — their confirms awaited — unless hard ends first; frames without
 // a confirm are released and stay in the spool. Run returns nil on stop.
 func (d *drain) Run(stop, hard context.Context) error {
+	ctx, cancel := context.WithCancel(stop)
+	defer cancel()
+	errs := make(chan error, lanes)
+	for range lanes {
+		go func() {
+			err := d.lane(ctx, hard)
+			if err != nil {
+				cancel() // the other lanes stop too
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range lanes {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// markBad records id as unpublishable and reports whether it was new.
+func (d *drain) markBad(id uint64) bool {
+	d.badMu.Lock()
+	defer d.badMu.Unlock()
 	if d.bad == nil {
 		d.bad = map[uint64]bool{}
 	}
+	if d.bad[id] {
+		return false
+	}
+	d.bad[id] = true
+	return true
+}
+
+// lane is one drain loop: Wait, Next, publish, back off on failure.
+func (d *drain) lane(stop, hard context.Context) error {
 	wait := d.backoffMin
 	for {
 		if err := d.q.Wait(stop); err != nil {
@@ -96,16 +140,12 @@ func (d *drain) Run(stop, hard context.Context) error {
 // publish sends one batch and acks the confirmed records. It reports
 // whether every record was confirmed.
 func (d *drain) publish(ctx context.Context, recs []spool.Record) (bool, error) {
-	if d.bad == nil {
-		d.bad = map[uint64]bool{}
-	}
 	msgs := make([]wire.Message, 0, len(recs))
 	ids := make([]uint64, 0, len(recs))
 	for i := range recs {
 		msg, err := d.message(&recs[i])
 		if err != nil {
-			if !d.bad[recs[i].ID] {
-				d.bad[recs[i].ID] = true
+			if d.markBad(recs[i].ID) {
 				d.log.Error("spooled frame cannot be published; kept in the spool", "spool_id", recs[i].ID, "err", err)
 			}
 			continue
@@ -128,8 +168,7 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (bool, error) 
 		if i < len(res) && errors.Is(res[i].Err, uplink.ErrInvalidMessage) {
 			// Can never be published: set aside (kept in flight, so in the
 			// spool, until restart), never deleted.
-			if !d.bad[id] {
-				d.bad[id] = true
+			if d.markBad(id) {
 				d.m.publishFailed.WithLabelValues("invalid").Inc()
 				d.log.Error("spooled frame cannot be encoded for the broker; kept in the spool", "spool_id", id, "err", res[i].Err)
 			}

@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/forestwatch/forest/spool"
+	"github.com/forestwatch/forest/uplink"
+	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/uplink/wire"
+)
+
+// drainWindow is the confirm window of both the drain's publisher and the
+// bare amqp091-go loop.
+const drainWindow = 32
+
+// BenchmarkDrain drains b.N frames from a spool (durable Ack after each
+// confirmed batch) to a durable quorum queue through the agent's drain and
+// uplink.Publisher and, in the same run, publishes the same bytes with bare
+// amqp091-go and the same confirm window. Run with -benchtime 2000x (the
+// issue's figure) and compare frames/s of drain and bare.
+func BenchmarkDrain(b *testing.B) {
+	br := uplinktest.Shared(b)
+	for _, size := range []int{200_000, 1_000} {
+		url := br.Vhost(b)
+		benchTopology(b, url)
+		img := make([]byte, size)
+		_, _ = rand.Read(img)
+		mask := make([]byte, 600)
+		b.Run(fmt.Sprintf("size=%dKB/bare", size/1000), func(b *testing.B) {
+			conn, err := amqp.Dial(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			ch, err := conn.Channel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := ch.Confirm(false); err != nil {
+				b.Fatal(err)
+			}
+			msgs := make([]wire.Message, 64)
+			for i := range msgs {
+				msgs[i] = benchMessage(b, img, mask, uint64(i))
+			}
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			var window []*amqp.DeferredConfirmation
+			for i := range b.N {
+				if len(window) == drainWindow {
+					if !window[0].Wait() {
+						b.Fatal("nack")
+					}
+					window = window[1:]
+				}
+				m := &msgs[i%len(msgs)]
+				dc, err := ch.PublishWithDeferredConfirm(uplink.DefaultExchange, "frames.bench", true, false, amqp.Publishing{
+					DeliveryMode: amqp.Persistent, ContentType: m.ContentType, MessageId: m.MessageID,
+					Timestamp: m.Timestamp, AppId: m.AppID, Type: m.Type, Headers: amqp.Table(m.Headers), Body: m.Body,
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				window = append(window, dc)
+			}
+			for _, dc := range window {
+				if !dc.Wait() {
+					b.Fatal("nack")
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
+			purgeBench(b, url)
+		})
+		b.Run(fmt.Sprintf("size=%dKB/drain", size/1000), func(b *testing.B) {
+			q, err := spool.Open(b.TempDir(), spool.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer q.Close()
+			ctx := context.Background()
+			for i := range b.N {
+				meta, _ := json.Marshal(Meta{V: 1, Device: "bench", Seq: uint64(i), Captured: time.Now(),
+					ContentType: wire.JPEG, Width: 256, Height: 256, Coverage: 0.5, Model: "bench/1"})
+				if _, err := q.Put(ctx, &spool.Record{Image: img, Mask: mask, Meta: meta}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			p, err := uplink.New(uplink.Options{URL: url, Window: drainWindow, ConfirmTimeout: time.Minute})
+			if err != nil {
+				b.Fatal(err)
+			}
+			runCtx, cancel := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- p.Run(runCtx) }()
+			defer func() { cancel(); <-done }()
+			for p.State().State != uplink.StateConnected {
+				time.Sleep(5 * time.Millisecond)
+			}
+			m, err := newMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return q.Stats(), true }, func() float64 { return 1 })
+			if err != nil {
+				b.Fatal(err)
+			}
+			d := &drain{q: q, pub: p, batch: 2 * drainWindow, agent: "forest-agent/bench", m: m, status: newStatus(),
+				log: slog.New(slog.NewTextHandler(io.Discard, nil)), backoffMin: 10 * time.Millisecond, backoffMax: time.Second}
+			stop, stopDrain := context.WithCancel(ctx)
+			drained := make(chan error, 1)
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			go func() { drained <- d.Run(stop, ctx) }()
+			for q.Stats().Frames > 0 {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			stopDrain()
+			if err := <-drained; err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
+			purgeBench(b, url)
+		})
+	}
+}
+
+func benchMessage(b *testing.B, img, mask []byte, seq uint64) wire.Message {
+	m, err := wire.Encode(&wire.Frame{ID: FrameID("bench", seq), Device: "bench", Seq: seq, Captured: time.Now(),
+		ContentType: wire.JPEG, Image: img, Width: 256, Height: 256, Coverage: 0.5, Model: "bench/1", Mask: mask,
+		Agent: "forest-agent/bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m
+}
+
+func benchTopology(b *testing.B, url string) {
+	b.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("bench", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.QueueBind("bench", "frames.#", uplink.DefaultExchange, false, nil); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func purgeBench(b *testing.B, url string) {
+	b.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ch.QueuePurge("bench", false); err != nil {
+		b.Fatal(err)
+	}
+}
