@@ -110,14 +110,24 @@ func (s *Service) Check(ctx context.Context) error {
 		return &StartupError{Check: "s3 bucket " + s.cfg.S3.Bucket, Err: err, Fix: fix}
 	}
 	host, _ := os.Hostname()
-	probe := fmt.Sprintf("%s/.forest-cloud-check/%s-%d", s.cfg.S3.Prefix, host, os.Getpid())
+	probe := fmt.Sprintf("%s/.forest-cloud-check/%s-%d-%08x", s.cfg.S3.Prefix, host, os.Getpid(), rand.Uint32())
 	if s.cfg.S3.Prefix == "" {
 		probe = probe[1:]
 	}
-	if _, err := c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.cfg.S3.Bucket), Key: aws.String(probe),
-		Body: http.NoBody, ContentLength: aws.Int64(0)}); err != nil {
-		return &StartupError{Check: "s3 bucket " + s.cfg.S3.Bucket + " writable", Err: err,
-			Fix: "grant s3:PutObject on " + s.cfg.S3.Bucket + "/" + s.cfg.S3.Prefix + "/* to these credentials"}
+	// Replicas starting together race on some servers (a posix-backed
+	// server removes the probe directory another replica is writing
+	// into): retry a few times before calling the bucket unwritable.
+	for attempt := 1; ; attempt++ {
+		_, err := c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.cfg.S3.Bucket), Key: aws.String(probe),
+			Body: http.NoBody, ContentLength: aws.Int64(0)})
+		if err == nil {
+			break
+		}
+		if st := httpStatus(err); attempt == 4 || st == http.StatusForbidden || st == http.StatusNotFound || ctx.Err() != nil {
+			return &StartupError{Check: "s3 bucket " + s.cfg.S3.Bucket + " writable", Err: err,
+				Fix: "grant s3:PutObject on " + s.cfg.S3.Bucket + "/" + s.cfg.S3.Prefix + "/* to these credentials"}
+		}
+		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
 	}
 	if _, err := c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.cfg.S3.Bucket), Key: aws.String(probe)}); err != nil {
 		s.log.Warn("cannot delete start-up probe object", "key", probe, "err", err)
