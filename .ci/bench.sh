@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark against its raw library, in one run on this
+# machine, with the settings BENCHMARKS.md quotes. Output goes to the
+# terminal and to .cache/bench/<package>.txt; compare medians.
+#
+#   bash .ci/bench.sh [COUNT]      (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-5}
+arch=$( [[ $(uname -m) == aarch64 || $(uname -m) == arm64 ]] && echo arm64 || echo x64 )
+export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.cache/onnxruntime/linux-$arch/libonnxruntime.so.1}
+export FOREST_VERSITYGW=${FOREST_VERSITYGW:-$PWD/.cache/bin/versitygw}
+out=.cache/bench
+mkdir -p "$out"
+trap 'pkill -KILL -f -- "-forest_harness /" 2>/dev/null || true; pkill -KILL -f -- "versitygw .*forest-s3-" 2>/dev/null || true; pkill -KILL -f -- "epmd -port [0-9]+ -address 127.0.0.1" 2>/dev/null || true' EXIT
+
+bench() { # name package args...
+	local name=$1 pkg=$2
+	shift 2
+	echo "== $name: go test $pkg $*"
+	go test -run '^$' -benchmem "$@" "$pkg" | tee -a "$out/$name.txt"
+}
+rm -f "$out"/*.txt
+
+# spool: durable Put (sequential, 4 producers, interleaved ratio), Ack of 64,
+# against raw bbolt; RSS growth with 10,000 frames spooled.
+bench spool ./spool -bench 'Put|Ack64|AltBlob' -count "$count"
+bench spool ./spool -bench 'Memory10k' -benchtime 1x -count 1
+# segment: Model.Segment against a bare onnxruntime_go Run (x_bare).
+bench segment ./segment -bench . -count "$count"
+# uplink: Publisher against bare amqp091-go, rounds interleaved.
+bench uplink ./uplink -bench 'PublishRatio' -benchtime 16x -count 3
+bench uplink ./uplink -bench 'Publish$' -benchtime 2000x -count 3
+# agent: the drain from a spool to a quorum queue against bare amqp091-go;
+# the per-frame pipeline against decode + segment alone.
+bench agent ./agent -bench 'Drain' -benchtime 2000x -count 3
+bench agent ./agent -bench 'Frame' -count "$count"
+# cloud: queue -> S3 against bare aws-sdk-go-v2 PUTs.
+bench cloud ./cloud -bench . -count 3
+
+# Transmitted bytes against the legacy base64 JSON message, SSIM; the
+# agent's RSS while spooling 1,000 frames.
+echo "== agent: transmitted size and RSS"
+FOREST_AGENT_RSS=1 go test -count=1 -run 'TestEncodeBudget|TestRSS1000Frames' -v ./agent | grep -v '^=== RUN' | tee -a "$out/agent.txt"
+echo "bench: raw output in $out/"
