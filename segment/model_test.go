@@ -191,6 +191,7 @@ func TestRuntimeVersion(t *testing.T) {
 	if err != nil || v == "" || v[0] < '1' || v[0] > '9' {
 		t.Fatalf("RuntimeVersion() = %q, %v", v, err)
 	}
+	t.Logf("ONNX Runtime %s from %s", v, LibraryPath(""))
 }
 
 func TestConcurrentSegment(t *testing.T) {
