@@ -93,11 +93,23 @@ func scene(tb testing.TB, tiles []tile, stem string) (*image.NRGBA, *image.Gray)
 	return img, mask
 }
 
-// Tolerances for the shipped model on the held-out tiles in testdata/tiles.
+// Expected quality of the shipped model on the held-out tiles in testdata/tiles, as
+// measured when it was trained (see models/MODEL_CARD.md), with a margin. The tests fail if
+// a change to pre- or post-processing, the runtime or the model makes any tile worse.
+// Amazon_727_30_r0c0 (floodplain, river and wetland) is a known failure: the model marks
+// wet grassland as forest there, so its bounds are loose and record that weakness.
+var tileBounds = map[string]struct{ minIoU, maxCoverageErr float64 }{
+	"Amazon_682_4_r1c0":  {0.95, 0.03},
+	"Amazon_720_40_r0c0": {0.95, 0.03},
+	"Amazon_720_40_r0c1": {0.95, 0.03},
+	"Amazon_720_40_r1c0": {0.95, 0.03},
+	"Amazon_720_40_r1c1": {0.95, 0.03},
+	"Amazon_727_30_r0c0": {0.20, 0.25},
+}
+
 const (
-	minPooledIoU     = 0.85 // forest IoU pooled over all test tiles
-	minTileAccuracy  = 0.90
-	maxCoverageError = 0.06 // |predicted - true coverage| per tile
+	minPooledIoU     = 0.88 // forest IoU pooled over all test tiles
+	maxCoverageError = 0.03 // for the whole 512×512 scene
 )
 
 func d(a, b float64) float64 {
@@ -108,16 +120,20 @@ func d(a, b float64) float64 {
 }
 
 // TestShippedModelOnRealTiles runs the shipped model through the real runtime on held-out
-// Sentinel-2 tiles and checks IoU, accuracy and coverage against the hand-made masks.
+// Sentinel-2 tiles and checks IoU and coverage against the hand-made masks.
 func TestShippedModelOnRealTiles(t *testing.T) {
 	m := loadModel(t, shippedModel, Options{Threads: 1})
 	info := m.Info()
-	if info.ID != "forest-unet" || info.Width != 256 || info.Height != 256 || info.Output != "logits" ||
+	if info.ID != "forest-unet" || info.Version != "1.0.0" || info.Width != 256 || info.Height != 256 || info.Output != "logits" ||
 		len(info.Classes) != 1 || info.Classes[0] != "forest" {
 		t.Fatalf("shipped model info %+v", info)
 	}
 	pooled := &confusion{}
-	for _, tl := range realTiles(t) {
+	tiles := realTiles(t)
+	if len(tiles) != len(tileBounds) {
+		t.Fatalf("%d tiles in testdata/tiles, %d with bounds", len(tiles), len(tileBounds))
+	}
+	for _, tl := range tiles {
 		res, err := m.Segment(tl.img)
 		if err != nil {
 			t.Fatal(err)
@@ -125,9 +141,10 @@ func TestShippedModelOnRealTiles(t *testing.T) {
 		iou, acc, cov := scores(res.Mask, tl.mask)
 		pooled.add(res.Mask, tl.mask)
 		t.Logf("%s: IoU %.3f accuracy %.3f coverage %.3f (truth %.3f) in %v", tl.name, iou, acc, res.Coverage, cov, res.Total)
-		if acc < minTileAccuracy || d(res.Coverage, cov) > maxCoverageError {
-			t.Errorf("%s: accuracy %.3f (want ≥ %.2f), coverage %.3f vs truth %.3f (want within %.2f)",
-				tl.name, acc, minTileAccuracy, res.Coverage, cov, maxCoverageError)
+		b := tileBounds[tl.name]
+		if iou < b.minIoU || d(res.Coverage, cov) > b.maxCoverageErr {
+			t.Errorf("%s: IoU %.3f (want ≥ %.2f), coverage %.3f vs truth %.3f (want within %.2f)",
+				tl.name, iou, b.minIoU, res.Coverage, cov, b.maxCoverageErr)
 		}
 	}
 	t.Logf("pooled IoU %.3f accuracy %.3f", pooled.iou(), pooled.accuracy())
@@ -143,7 +160,7 @@ func TestShippedModelScene(t *testing.T) {
 		mode   Tiling
 		runs   int
 		minIoU float64
-	}{{Tile, 9, minPooledIoU}, {Resize, 1, minPooledIoU - 0.10}} {
+	}{{Tile, 9, 0.95}, {Resize, 1, 0.90}} {
 		m := loadModel(t, shippedModel, Options{Threads: 2, Tiling: c.mode})
 		res, err := m.Segment(img)
 		if err != nil {

@@ -78,10 +78,12 @@ class UNet(nn.Module):
     works at half resolution (10 m imagery: forest edges are smooth at 20 m) and the logits
     are upsampled bilinearly to the input size at the end; this quarters the compute."""
 
-    def __init__(self, ch=(16, 32, 64, 96, 128)):
+    def __init__(self, ch=(16, 32, 64, 96, 128), adaptive=True):
         super().__init__()
         c0, c1, c2, c3, c4 = ch
-        self.stem = nn.Sequential(nn.Conv2d(3, c0, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
+        self.adaptive = adaptive
+        cin = 6 if adaptive else 3
+        self.stem = nn.Sequential(nn.Conv2d(cin, c0, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
         self.e0 = Block(c0, c0)
         self.e1 = Block(c0, c1)
         self.e2 = Block(c1, c2)
@@ -96,6 +98,13 @@ class UNet(nn.Module):
 
     def forward(self, inp):
         x = inp
+        if self.adaptive:
+            # Per-image standardisation alongside the globally normalised input: the
+            # network sees each pixel both absolutely and relative to its own tile (what
+            # makes the per-tile Otsu baseline strong on scenes with unusual radiometry).
+            mu = inp.mean(dim=(2, 3), keepdim=True)
+            var = ((inp - mu) ** 2).mean(dim=(2, 3), keepdim=True)
+            x = torch.cat([inp, (inp - mu) / torch.sqrt(var + 0.01)], 1)
         x0 = self.e0(self.stem(x))
         x1 = self.e1(F.max_pool2d(x0, 2))
         x2 = self.e2(F.max_pool2d(x1, 2))
@@ -107,7 +116,7 @@ class UNet(nn.Module):
         y = self.d2(up(y, x2))
         y = self.d1(up(y, x1))
         y = self.d0(up(y, x0))
-        return F.interpolate(self.head(y), size=x.shape[2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.head(y), size=inp.shape[2:], mode="bilinear", align_corners=False)
 
 
 def augment(img, m, rng, crop, channel_jitter=0.0):
@@ -226,12 +235,12 @@ def main():
     ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=192)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--width", type=str, default="16,32,64,96,128")
     ap.add_argument("--eval-every", type=int, default=175)
-    ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights that are evaluated and exported (0: off)")
+    ap.add_argument("--ema", type=float, default=0.99, help="EMA decay of the weights that are evaluated and exported (0: off)")
     ap.add_argument("--channel-jitter", type=float, default=0.0, help="per-channel gain jitter (hue); 0 keeps colour ratios")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     args = ap.parse_args()
