@@ -528,8 +528,11 @@ func TestStopWaitsForConfirms(t *testing.T) {
 		t.Fatal("Run did not return")
 	}
 	o2 := <-pubDone
-	if !errors.Is(o2.err, uplink.ErrNotConnected) {
-		t.Errorf("Publish error %v, want ErrNotConnected (publisher stopping)", o2.err)
+	// Whether the batch saw the publisher closing (ErrNotConnected) or its
+	// connection already gone (ErrConnectionLost) is a race; both tell the
+	// drain to keep what was not confirmed. The outcomes below are what count.
+	if !errors.Is(o2.err, uplink.ErrNotConnected) && !errors.Is(o2.err, uplink.ErrConnectionLost) {
+		t.Errorf("Publish error %v, want ErrNotConnected or ErrConnectionLost (publisher stopping)", o2.err)
 	}
 	confirmed := map[string]int{}
 	counts := map[uplink.Outcome]int{}
