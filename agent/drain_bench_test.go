@@ -37,15 +37,7 @@ func BenchmarkDrain(b *testing.B) {
 		_, _ = rand.Read(img)
 		mask := make([]byte, 600)
 		b.Run(fmt.Sprintf("size=%dKB/bare", size/1000), func(b *testing.B) {
-			conn, err := amqp.Dial(url)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer conn.Close()
-			ch, err := conn.Channel()
-			if err != nil {
-				b.Fatal(err)
-			}
+			ch := benchChannel(b, url)
 			if err := ch.Confirm(false); err != nil {
 				b.Fatal(err)
 			}
@@ -142,17 +134,26 @@ func benchMessage(b *testing.B, img, mask []byte, seq uint64) wire.Message {
 	return m
 }
 
-func benchTopology(b *testing.B, url string) {
+// benchChannel opens a connection and a channel to url, closed with b.
+func benchChannel(b *testing.B, url string) *amqp.Channel {
 	b.Helper()
 	conn, err := amqp.Dial(url)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer conn.Close()
+	b.Cleanup(func() { conn.Close() })
 	ch, err := conn.Channel()
 	if err != nil {
 		b.Fatal(err)
 	}
+	return ch
+}
+
+// benchTopology declares the exchange and a quorum queue "bench" bound to
+// every frame.
+func benchTopology(b *testing.B, url string) {
+	b.Helper()
+	ch := benchChannel(b, url)
 	if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
 		b.Fatal(err)
 	}
@@ -166,16 +167,7 @@ func benchTopology(b *testing.B, url string) {
 
 func purgeBench(b *testing.B, url string) {
 	b.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := ch.QueuePurge("bench", false); err != nil {
+	if _, err := benchChannel(b, url).QueuePurge("bench", false); err != nil {
 		b.Fatal(err)
 	}
 }
