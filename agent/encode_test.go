@@ -79,12 +79,14 @@ func ssim(a, b image.Image) float64 {
 	return sum / float64(n)
 }
 
+// sharedImages lists the images of ../shared/data beside the checkout, or
+// the shipped samples when it is absent.
 func sharedImages(t testing.TB) []string {
 	var files []string
 	for _, g := range []string{
-		"/work/shared/data/amazon-forest-rgb/images/*.png",
-		"/work/shared/data/neon-tree-crowns/*.png",
-		"/work/shared/data/neon-tree-crowns/*.jpg",
+		"../../shared/data/amazon-forest-rgb/images/*.png",
+		"../../shared/data/neon-tree-crowns/*.png",
+		"../../shared/data/neon-tree-crowns/*.jpg",
 	} {
 		m, _ := filepath.Glob(g)
 		files = append(files, m...)
