@@ -78,12 +78,12 @@ class UNet(nn.Module):
     works at half resolution (10 m imagery: forest edges are smooth at 20 m) and the logits
     are upsampled bilinearly to the input size at the end; this quarters the compute."""
 
-    def __init__(self, ch=(16, 32, 64, 96, 128), adaptive=True):
+    def __init__(self, ch=(16, 32, 64, 96, 128), adaptive=True, stride=2):
         super().__init__()
         c0, c1, c2, c3, c4 = ch
         self.adaptive = adaptive
         cin = 6 if adaptive else 3
-        self.stem = nn.Sequential(nn.Conv2d(cin, c0, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(cin, c0, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU())
         self.e0 = Block(c0, c0)
         self.e1 = Block(c0, c1)
         self.e2 = Block(c1, c2)
@@ -242,6 +242,7 @@ def main():
     ap.add_argument("--eval-every", type=int, default=175)
     ap.add_argument("--ema", type=float, default=0.99, help="EMA decay of the weights that are evaluated and exported (0: off)")
     ap.add_argument("--channel-jitter", type=float, default=0.0, help="per-channel gain jitter (hue); 0 keeps colour ratios")
+    ap.add_argument("--stem-stride", type=int, default=2, help="2: network works at half resolution; 1: full")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     args = ap.parse_args()
 
@@ -259,7 +260,7 @@ def main():
     std = torch.tensor(px.std(0), dtype=torch.float32)
     print("mean", mean.tolist(), "std", std.tolist(), flush=True)
 
-    model = UNet(tuple(int(c) for c in args.width.split(",")))
+    model = UNet(tuple(int(c) for c in args.width.split(",")), stride=args.stem_stride)
     nparams = sum(p.numel() for p in model.parameters())
     print("params", nparams, flush=True)
 
