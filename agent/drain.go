@@ -224,7 +224,7 @@ func (d *drain) message(r *spool.Record) (wire.Message, error) {
 	}
 	return wire.Encode(&wire.Frame{
 		ID: FrameID(m.Device, m.Seq), Device: m.Device, Seq: m.Seq, Captured: m.Captured,
-		ContentType: m.ContentType, Image: r.Image, Width: m.Width, Height: m.Height,
+		ContentType: m.ContentType, Image: r.Image, ImageSHA256: m.SHA256, Width: m.Width, Height: m.Height,
 		Coverage: m.Coverage, Model: m.Model, Mask: r.Mask, GPS: m.GPS, Camera: m.Camera,
 		Agent: d.agent, User: d.user,
 	})

@@ -119,6 +119,7 @@ func BenchmarkDrain(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
+			b.ReportMetric(float64(q.Stats().Compactions), "compactions")
 			purgeBench(b, url)
 		})
 	}

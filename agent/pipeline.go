@@ -23,17 +23,20 @@ import (
 // besides the image and mask, to build the frame's wire.Message.
 type Meta struct {
 	// V is the version of this layout (1).
-	V           int          `json:"v"`
-	Device      string       `json:"device"`
-	Seq         uint64       `json:"seq"`
-	Captured    time.Time    `json:"captured"`
-	ContentType string       `json:"content_type"`
-	Width       int          `json:"width"`
-	Height      int          `json:"height"`
-	Coverage    float64      `json:"coverage"`
-	Model       string       `json:"model,omitempty"`
-	GPS         *wire.GPS    `json:"gps,omitempty"`
-	Camera      *wire.Camera `json:"camera,omitempty"`
+	V           int       `json:"v"`
+	Device      string    `json:"device"`
+	Seq         uint64    `json:"seq"`
+	Captured    time.Time `json:"captured"`
+	ContentType string    `json:"content_type"`
+	// SHA256 is the hex SHA-256 of the transmitted image, taken when the
+	// frame was encoded and sent as is (wire.Frame.ImageSHA256).
+	SHA256   string       `json:"sha256,omitempty"`
+	Width    int          `json:"width"`
+	Height   int          `json:"height"`
+	Coverage float64      `json:"coverage"`
+	Model    string       `json:"model,omitempty"`
+	GPS      *wire.GPS    `json:"gps,omitempty"`
+	Camera   *wire.Camera `json:"camera,omitempty"`
 	// Source names the capture ("dir:<file>", "http:<url>", "exec:<cmd>").
 	Source string `json:"source,omitempty"`
 }
@@ -132,7 +135,7 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	}
 	captured := c.Time
 	meta := Meta{
-		V: 1, Device: p.cfg.Device.ID, ContentType: enc.ContentType, Width: enc.Width, Height: enc.Height,
+		V: 1, Device: p.cfg.Device.ID, ContentType: enc.ContentType, SHA256: wire.Sum(enc.Image), Width: enc.Width, Height: enc.Height,
 		Coverage: res.Coverage, Model: p.modelID, Source: c.Source + ":" + c.Name,
 	}
 	if x := f.EXIF; x != nil {

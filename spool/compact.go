@@ -8,8 +8,13 @@ import (
 )
 
 // maybeCompactLocked compacts the database file when it holds more than
-// CompactFreeBytes of free pages and either half the file is free or the
-// file exceeds MaxBytes+CompactFreeBytes. q.wmu must be held.
+// CompactFreeBytes of free pages and either seven eighths of the file are
+// free or the file exceeds MaxBytes+CompactFreeBytes. q.wmu must be held.
+//
+// Seven eighths, not half: a drain that empties a large backlog would
+// otherwise compact at every halving and copy about the whole backlog
+// once more (BenchmarkDrain in package agent: 4 compactions in a drain of
+// 400 MB). With 7/8 it copies at most a seventh of what it freed.
 func (q *Queue) maybeCompactLocked() {
 	if q.opts.CompactFreeBytes < 0 {
 		return
@@ -19,7 +24,7 @@ func (q *Queue) maybeCompactLocked() {
 		return
 	}
 	over := q.opts.MaxBytes > 0 && size > q.opts.MaxBytes+q.opts.CompactFreeBytes
-	if free*2 < size && !over {
+	if free*8 < size*7 && !over {
 		return
 	}
 	if err := q.compactLocked(); err != nil {

@@ -72,10 +72,10 @@
 //
 // bbolt files never shrink on their own. The spool keeps frames inside bbolt
 // and compacts online: after an Ack or eviction, when the file holds more
-// than CompactFreeBytes (default 32 MiB) of free pages and either half the
-// file is free or the file exceeds MaxBytes+CompactFreeBytes, the live data
-// is copied to DBName+".compact", synced, and renamed over the file. So the
-// file's pages stay within max(2×live, live+CompactFreeBytes) after each
+// than CompactFreeBytes (default 32 MiB) of free pages and either seven
+// eighths of the file are free or the file exceeds MaxBytes+CompactFreeBytes,
+// the live data is copied to DBName+".compact", synced, and renamed over the
+// file. So the file's pages stay within max(8×live, live+CompactFreeBytes) after each
 // Ack, and within MaxBytes + CompactFreeBytes + one batch (≤ 32 MiB) plus
 // page rounding (under 4 KiB per record) overall (TestDiskBoundedAfterChurn);
 // a compaction briefly needs a second copy of the live data on disk. Keeping blobs

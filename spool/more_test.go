@@ -51,7 +51,7 @@ func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
 	dir := t.TempDir()
 	q := openT(t, dir, Options{CompactFreeBytes: 1 << 20})
 	var orig []*Record
-	for i := range 40 {
+	for i := range 60 {
 		r := rec(i, 100_000, 0)
 		putT(t, q, r)
 		orig = append(orig, r)
@@ -60,8 +60,8 @@ func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
 	if got := nextIDs(t, q, 3); !slices.Equal(got, []uint64{1, 2, 3}) {
 		t.Fatalf("Next %v", got)
 	}
-	ids := make([]uint64, 0, 35)
-	for id := uint64(4); id <= 38; id++ {
+	ids := make([]uint64, 0, 55)
+	for id := uint64(4); id <= 58; id++ {
 		ids = append(ids, id)
 	}
 	if err := q.Ack(ids...); err != nil {
@@ -78,7 +78,7 @@ func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := recordIDs(rs); !slices.Equal(got, []uint64{39, 40}) {
+	if got := recordIDs(rs); !slices.Equal(got, []uint64{59, 60}) {
 		t.Fatalf("Next after compaction %v", got)
 	}
 	for _, r := range rs {
@@ -86,7 +86,7 @@ func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
 			t.Fatalf("record %d changed by compaction", r.ID)
 		}
 	}
-	if id := putT(t, q, rec(1, 10, 0)); id != 41 {
+	if id := putT(t, q, rec(1, 10, 0)); id != 61 {
 		t.Fatalf("id after compaction %d", id)
 	}
 	if _, err := os.Stat(filepath.Join(dir, DBName+compactSuffix)); !errors.Is(err, os.ErrNotExist) {

@@ -92,6 +92,11 @@ type Frame struct {
 	ContentType string
 	// Image is the transmitted image encoding.
 	Image []byte
+	// ImageSHA256 is the lowercase hex SHA-256 of Image. Encode computes it
+	// when empty and trusts it otherwise, so that a sender can hash a frame
+	// once, when it is captured, and carry that checksum end to end.
+	// Decode sets it after checking it against the body.
+	ImageSHA256 string
 	// Width and Height are the transmitted image's size in pixels.
 	Width, Height int
 	// Coverage is the forest fraction of the frame, 0 to 1.
@@ -141,11 +146,15 @@ func Encode(f *Frame) (Message, error) {
 	if err := validate(f); err != nil {
 		return Message{}, err
 	}
+	sum := f.ImageSHA256
+	if sum == "" {
+		sum = Sum(f.Image)
+	}
 	h := map[string]any{
 		HeaderDevice:   f.Device,
 		HeaderSeq:      int64(f.Seq),
 		HeaderCaptured: f.Captured.UTC().Format(time.RFC3339Nano),
-		HeaderSHA256:   Sum(f.Image),
+		HeaderSHA256:   sum,
 		HeaderWidth:    int64(f.Width),
 		HeaderHeight:   int64(f.Height),
 		HeaderCoverage: f.Coverage,
@@ -205,6 +214,8 @@ func validate(f *Frame) error {
 		return &FieldError{Field: HeaderWidth, Reason: fmt.Sprintf("image size must be positive (got %dx%d)", f.Width, f.Height)}
 	case math.IsNaN(f.Coverage) || f.Coverage < 0 || f.Coverage > 1:
 		return &FieldError{Field: HeaderCoverage, Reason: fmt.Sprintf("must be within 0..1 (got %v)", f.Coverage)}
+	case f.ImageSHA256 != "" && !hex64(f.ImageSHA256):
+		return &FieldError{Field: HeaderSHA256, Reason: "must be 64 lowercase hex digits"}
 	case len(f.Mask) > MaxMaskBytes:
 		return &FieldError{Field: HeaderMask, Reason: fmt.Sprintf("larger than %d bytes", MaxMaskBytes)}
 	}
@@ -223,6 +234,18 @@ func validID(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func hex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
 			return false
 		}
 	}
@@ -289,9 +312,11 @@ func Decode(m Message) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	if got := Sum(m.Body); !strings.EqualFold(sum, got) {
+	got := Sum(m.Body)
+	if !strings.EqualFold(sum, got) {
 		return nil, &ChecksumError{Field: HeaderSHA256, Want: sum, Got: got}
 	}
+	f.ImageSHA256 = got
 	if f.Mask, err = h.bytes(HeaderMask); err != nil {
 		return nil, err
 	}

@@ -210,6 +210,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Sent = f.Sent.Truncate(time.Second)
+	f.ImageSHA256 = wire.Sum(img)
 	if !reflect.DeepEqual(got, f) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, f)
 	}
@@ -239,6 +240,7 @@ func TestEncodeErrors(t *testing.T) {
 		{"coverage NaN", func(f *wire.Frame) { f.Coverage = math.NaN() }, wire.HeaderCoverage},
 		{"huge mask", func(f *wire.Frame) { f.Mask = make([]byte, wire.MaxMaskBytes+1) }, wire.HeaderMask},
 		{"bad gps", func(f *wire.Frame) { f.GPS.Lat = 91 }, wire.HeaderGPSLat},
+		{"bad given sha256", func(f *wire.Frame) { f.ImageSHA256 = "ABC" }, wire.HeaderSHA256},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := frame([]byte("img"), nil)
@@ -319,4 +321,20 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("decoded frame does not re-encode: %v", err)
 		}
 	})
+}
+
+// TestGivenChecksumTravels: a checksum computed at capture is sent as is,
+// so damage between capture and send shows at the consumer.
+func TestGivenChecksumTravels(t *testing.T) {
+	f := frame([]byte("captured bytes"), nil)
+	f.ImageSHA256 = wire.Sum(f.Image)
+	f.Image = []byte("captured bytEs") // damaged after the capture
+	m, err := wire.Encode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *wire.ChecksumError
+	if _, err := wire.Decode(m); !errors.As(err, &ce) {
+		t.Fatalf("decode of a damaged body: %v, want a ChecksumError", err)
+	}
 }
