@@ -34,106 +34,209 @@ func BenchmarkDrain(b *testing.B) {
 	for _, size := range []int{200_000, 1_000} {
 		url := br.Vhost(b)
 		benchTopology(b, url)
-		img := make([]byte, size)
-		_, _ = rand.Read(img)
-		mask := make([]byte, 600)
+		img, mask := benchFrame(size)
 		b.Run(fmt.Sprintf("size=%dKB/bare", size/1000), func(b *testing.B) {
-			ch := benchChannel(b, url)
-			if err := ch.Confirm(false); err != nil {
-				b.Fatal(err)
-			}
-			msgs := make([]wire.Message, 64)
-			for i := range msgs {
-				msgs[i] = benchMessage(b, img, mask, uint64(i))
-			}
+			bare := newBarePublisher(b, url, img, mask)
 			b.SetBytes(int64(size))
 			b.ResetTimer()
-			var window []*amqp.DeferredConfirmation
-			for i := range b.N {
-				if len(window) == drainWindow {
-					if !window[0].Wait() {
-						b.Fatal("nack")
-					}
-					window = window[1:]
-				}
-				m := &msgs[i%len(msgs)]
-				dc, err := ch.PublishWithDeferredConfirm(uplink.DefaultExchange, "frames.bench", true, false, amqp.Publishing{
-					DeliveryMode: amqp.Persistent, ContentType: m.ContentType, MessageId: m.MessageID,
-					Timestamp: m.Timestamp, AppId: m.AppID, Type: m.Type, Headers: amqp.Table(m.Headers), Body: m.Body,
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
-				window = append(window, dc)
-			}
-			for _, dc := range window {
-				if !dc.Wait() {
-					b.Fatal("nack")
-				}
-			}
+			bare.publish(b, b.N)
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
 			purgeBench(b, url)
 		})
 		b.Run(fmt.Sprintf("size=%dKB/drain", size/1000), func(b *testing.B) {
-			q, err := spool.Open(b.TempDir(), spool.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer q.Close()
-			ctx := context.Background()
-			for i := range b.N {
-				meta, _ := json.Marshal(Meta{V: 1, Device: "bench", Seq: uint64(i), Captured: time.Now(),
-					ContentType: wire.JPEG, Width: 256, Height: 256, Coverage: 0.5, Model: "bench/1"})
-				if _, err := q.Put(ctx, &spool.Record{Image: img, Mask: mask, Meta: meta}); err != nil {
-					b.Fatal(err)
-				}
-			}
-			p, err := uplink.New(uplink.Options{URL: url, Window: drainWindow, ConfirmTimeout: time.Minute})
-			if err != nil {
-				b.Fatal(err)
-			}
-			runCtx, cancel := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- p.Run(runCtx) }()
-			defer func() { cancel(); <-done }()
-			for p.State().State != uplink.StateConnected {
-				time.Sleep(5 * time.Millisecond)
-			}
-			m, err := newMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return q.Stats(), true }, func() float64 { return 1 })
-			if err != nil {
-				b.Fatal(err)
-			}
-			d := &drain{q: q, pub: p, batch: 2 * drainWindow, agent: "forest-agent/bench", m: m, status: newStatus(),
-				log: slog.New(slog.NewTextHandler(io.Discard, nil)), backoffMin: 10 * time.Millisecond, backoffMax: time.Second}
-			stop, stopDrain := context.WithCancel(ctx)
-			drained := make(chan error, 1)
+			d := newBenchDrain(b, url, img, mask)
+			d.fill(b, b.N)
 			b.SetBytes(int64(size))
 			b.ResetTimer()
-			go func() { drained <- d.Run(stop, ctx) }()
-			for q.Stats().Frames > 0 {
-				time.Sleep(time.Millisecond)
-			}
+			d.run(b)
 			b.StopTimer()
-			stopDrain()
-			if err := <-drained; err != nil {
-				b.Fatal(err)
-			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
-			b.ReportMetric(float64(q.Stats().Compactions), "compactions")
+			b.ReportMetric(float64(d.q.Stats().Compactions), "compactions")
 			purgeBench(b, url)
 		})
 	}
 }
 
-func benchMessage(b *testing.B, img, mask []byte, seq uint64) wire.Message {
-	m, err := wire.Encode(&wire.Frame{ID: FrameID("bench", seq), Device: "bench", Seq: seq, Captured: time.Now(),
-		ContentType: wire.JPEG, Image: img, Width: 256, Height: 256, Coverage: 0.5, Model: "bench/1", Mask: mask,
-		Agent: "forest-agent/bench"})
+// BenchmarkDrainRatio alternates rounds of 500 frames between bare
+// amqp091-go and the agent's drain on one queue, so that both see the same
+// load from whatever else runs on the machine, and reports the median over
+// rounds of drain/bare throughput (ratio_median_round; target ≥ 0.8). The
+// spool is filled before each drain round, untimed. One op is one round
+// each way: -benchtime 4x moves 2,000 frames each way.
+func BenchmarkDrainRatio(b *testing.B) {
+	const round = 500
+	br := uplinktest.Shared(b)
+	for _, size := range []int{200_000, 1_000} {
+		b.Run(fmt.Sprintf("size=%dKB", size/1000), func(b *testing.B) {
+			url := br.Vhost(b)
+			benchTopology(b, url)
+			img, mask := benchFrame(size)
+			bare := newBarePublisher(b, url, img, mask)
+			d := newBenchDrain(b, url, img, mask)
+			bareRound := func() time.Duration {
+				t0 := time.Now()
+				bare.publish(b, round)
+				return time.Since(t0)
+			}
+			drainRound := func() time.Duration {
+				d.fill(b, round)
+				return d.run(b)
+			}
+			var ratios []float64
+			var tb, td time.Duration
+			b.SetBytes(int64(2 * round * size))
+			b.ResetTimer()
+			for i := range b.N {
+				var eb, ed time.Duration
+				if i%2 == 0 {
+					eb, ed = bareRound(), drainRound()
+				} else {
+					ed, eb = drainRound(), bareRound()
+				}
+				tb += eb
+				td += ed
+				ratios = append(ratios, eb.Seconds()/ed.Seconds())
+				purgeBench(b, url)
+			}
+			b.StopTimer()
+			slices.Sort(ratios)
+			b.ReportMetric(ratios[len(ratios)/2], "ratio_median_round")
+			b.ReportMetric(tb.Seconds()/td.Seconds(), "ratio_all")
+			b.ReportMetric(float64(b.N*round)/tb.Seconds(), "bare_frames/s")
+			b.ReportMetric(float64(b.N*round)/td.Seconds(), "drain_frames/s")
+		})
+	}
+}
+
+// benchFrame returns a random image of size bytes and a mask.
+func benchFrame(size int) (img, mask []byte) {
+	img = make([]byte, size)
+	_, _ = rand.Read(img)
+	return img, make([]byte, 600)
+}
+
+// barePublisher is bare amqp091-go in confirm mode with the drain's window,
+// publishing pre-encoded copies of one frame.
+type barePublisher struct {
+	ch   *amqp.Channel
+	msgs []wire.Message
+}
+
+func newBarePublisher(b *testing.B, url string, img, mask []byte) *barePublisher {
+	b.Helper()
+	ch := benchChannel(b, url)
+	if err := ch.Confirm(false); err != nil {
+		b.Fatal(err)
+	}
+	msgs := make([]wire.Message, 64)
+	for i := range msgs {
+		m, err := wire.Encode(&wire.Frame{ID: FrameID("bench", uint64(i)), Device: "bench", Seq: uint64(i),
+			Captured: time.Now(), ContentType: wire.JPEG, Image: img, Width: 256, Height: 256, Coverage: 0.5,
+			Model: "bench/1", Mask: mask, Agent: "forest-agent/bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs[i] = m
+	}
+	return &barePublisher{ch: ch, msgs: msgs}
+}
+
+// publish sends n messages keeping at most drainWindow unconfirmed and
+// waits for every confirm.
+func (p *barePublisher) publish(b *testing.B, n int) {
+	var window []*amqp.DeferredConfirmation
+	for i := range n {
+		if len(window) == drainWindow {
+			if !window[0].Wait() {
+				b.Fatal("nack")
+			}
+			window = window[1:]
+		}
+		m := &p.msgs[i%len(p.msgs)]
+		dc, err := p.ch.PublishWithDeferredConfirm(uplink.DefaultExchange, "frames.bench", true, false, amqp.Publishing{
+			DeliveryMode: amqp.Persistent, ContentType: m.ContentType, MessageId: m.MessageID,
+			Timestamp: m.Timestamp, AppId: m.AppID, Type: m.Type, Headers: amqp.Table(m.Headers), Body: m.Body,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		window = append(window, dc)
+	}
+	for _, dc := range window {
+		if !dc.Wait() {
+			b.Fatal("nack")
+		}
+	}
+}
+
+// benchDrain is a spool, a connected uplink.Publisher and the agent's drain
+// between them.
+type benchDrain struct {
+	q         *spool.Queue
+	d         *drain
+	img, mask []byte
+	sum       string
+	seq       uint64
+}
+
+func newBenchDrain(b *testing.B, url string, img, mask []byte) *benchDrain {
+	b.Helper()
+	q, err := spool.Open(b.TempDir(), spool.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	return m
+	b.Cleanup(func() { q.Close() })
+	p, err := uplink.New(uplink.Options{URL: url, Window: drainWindow, ConfirmTimeout: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	for p.State().State != uplink.StateConnected {
+		time.Sleep(5 * time.Millisecond)
+	}
+	m, err := newMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return q.Stats(), true }, func() float64 { return 1 })
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := &drain{q: q, pub: p, batch: 2 * drainWindow, agent: "forest-agent/bench", m: m, status: newStatus(),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), backoffMin: 10 * time.Millisecond, backoffMax: time.Second}
+	return &benchDrain{q: q, d: d, img: img, mask: mask, sum: wire.Sum(img)}
+}
+
+// fill spools n frames as the pipeline does (checksum taken at capture).
+func (bd *benchDrain) fill(b *testing.B, n int) {
+	b.Helper()
+	for range n {
+		bd.seq++
+		meta, _ := json.Marshal(Meta{V: 1, Device: "bench", Seq: bd.seq, Captured: time.Now(), SHA256: bd.sum,
+			ContentType: wire.JPEG, Width: 256, Height: 256, Coverage: 0.5, Model: "bench/1"})
+		if _, err := bd.q.Put(context.Background(), &spool.Record{Image: bd.img, Mask: bd.mask, Meta: meta}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// run drains the spool until it is empty and returns how long that took.
+func (bd *benchDrain) run(b *testing.B) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	stop, stopDrain := context.WithCancel(ctx)
+	drained := make(chan error, 1)
+	t0 := time.Now()
+	go func() { drained <- bd.d.Run(stop, ctx) }()
+	for bd.q.Stats().Frames > 0 {
+		time.Sleep(200 * time.Microsecond)
+	}
+	el := time.Since(t0)
+	stopDrain()
+	if err := <-drained; err != nil {
+		b.Fatal(err)
+	}
+	return el
 }
 
 // benchChannel opens a connection and a channel to url, closed with b.
@@ -171,134 +274,5 @@ func purgeBench(b *testing.B, url string) {
 	b.Helper()
 	if _, err := benchChannel(b, url).QueuePurge("bench", false); err != nil {
 		b.Fatal(err)
-	}
-}
-
-// BenchmarkDrainRatio alternates rounds of 500 frames between bare
-// amqp091-go and the agent's drain on one queue, so that both see the same
-// load from whatever else runs on the machine, and reports the median over
-// rounds of drain/bare throughput (ratio_median_round; target ≥ 0.8). The
-// spool is filled before each drain round, untimed. One op is one round
-// each way: -benchtime 4x moves 2,000 frames each way.
-func BenchmarkDrainRatio(b *testing.B) {
-	const round = 500
-	br := uplinktest.Shared(b)
-	for _, size := range []int{200_000, 1_000} {
-		b.Run(fmt.Sprintf("size=%dKB", size/1000), func(b *testing.B) {
-			url := br.Vhost(b)
-			benchTopology(b, url)
-			img := make([]byte, size)
-			_, _ = rand.Read(img)
-			mask := make([]byte, 600)
-			ctx := context.Background()
-
-			ch := benchChannel(b, url)
-			if err := ch.Confirm(false); err != nil {
-				b.Fatal(err)
-			}
-			msgs := make([]wire.Message, 64)
-			for i := range msgs {
-				msgs[i] = benchMessage(b, img, mask, uint64(i))
-			}
-			bare := func() time.Duration {
-				t0 := time.Now()
-				var window []*amqp.DeferredConfirmation
-				for i := range round {
-					if len(window) == drainWindow {
-						if !window[0].Wait() {
-							b.Fatal("nack")
-						}
-						window = window[1:]
-					}
-					m := &msgs[i%len(msgs)]
-					dc, err := ch.PublishWithDeferredConfirm(uplink.DefaultExchange, "frames.bench", true, false, amqp.Publishing{
-						DeliveryMode: amqp.Persistent, ContentType: m.ContentType, MessageId: m.MessageID,
-						Timestamp: m.Timestamp, AppId: m.AppID, Type: m.Type, Headers: amqp.Table(m.Headers), Body: m.Body,
-					})
-					if err != nil {
-						b.Fatal(err)
-					}
-					window = append(window, dc)
-				}
-				for _, dc := range window {
-					if !dc.Wait() {
-						b.Fatal("nack")
-					}
-				}
-				return time.Since(t0)
-			}
-
-			q, err := spool.Open(b.TempDir(), spool.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer q.Close()
-			p, err := uplink.New(uplink.Options{URL: url, Window: drainWindow, ConfirmTimeout: time.Minute})
-			if err != nil {
-				b.Fatal(err)
-			}
-			runCtx, cancel := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- p.Run(runCtx) }()
-			defer func() { cancel(); <-done }()
-			for p.State().State != uplink.StateConnected {
-				time.Sleep(5 * time.Millisecond)
-			}
-			m, err := newMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return q.Stats(), true }, func() float64 { return 1 })
-			if err != nil {
-				b.Fatal(err)
-			}
-			seq := uint64(0)
-			drainRound := func() time.Duration {
-				for range round {
-					seq++
-					meta, _ := json.Marshal(Meta{V: 1, Device: "bench", Seq: seq, Captured: time.Now(), SHA256: wire.Sum(img),
-						ContentType: wire.JPEG, Width: 256, Height: 256, Coverage: 0.5, Model: "bench/1"})
-					if _, err := q.Put(ctx, &spool.Record{Image: img, Mask: mask, Meta: meta}); err != nil {
-						b.Fatal(err)
-					}
-				}
-				d := &drain{q: q, pub: p, batch: 2 * drainWindow, agent: "forest-agent/bench", m: m, status: newStatus(),
-					log: slog.New(slog.NewTextHandler(io.Discard, nil)), backoffMin: 10 * time.Millisecond, backoffMax: time.Second}
-				stop, stopDrain := context.WithCancel(ctx)
-				drained := make(chan error, 1)
-				t0 := time.Now()
-				go func() { drained <- d.Run(stop, ctx) }()
-				for q.Stats().Frames > 0 {
-					time.Sleep(200 * time.Microsecond)
-				}
-				el := time.Since(t0)
-				stopDrain()
-				if err := <-drained; err != nil {
-					b.Fatal(err)
-				}
-				return el
-			}
-
-			var ratios []float64
-			var tb, td time.Duration
-			b.SetBytes(int64(2 * round * size))
-			b.ResetTimer()
-			for i := range b.N {
-				var eb, ed time.Duration
-				if i%2 == 0 {
-					eb = bare()
-					ed = drainRound()
-				} else {
-					ed = drainRound()
-					eb = bare()
-				}
-				tb += eb
-				td += ed
-				ratios = append(ratios, eb.Seconds()/ed.Seconds())
-				purgeBench(b, url)
-			}
-			b.StopTimer()
-			slices.Sort(ratios)
-			b.ReportMetric(ratios[len(ratios)/2], "ratio_median_round")
-			b.ReportMetric(tb.Seconds()/td.Seconds(), "ratio_all")
-			b.ReportMetric(float64(b.N*round)/tb.Seconds(), "bare_frames/s")
-			b.ReportMetric(float64(b.N*round)/td.Seconds(), "drain_frames/s")
-		})
 	}
 }
