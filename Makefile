@@ -11,10 +11,6 @@ LDFLAGS := -X github.com/forestwatch/forest/agent.Version=$(VERSION) \
            -X github.com/forestwatch/forest/agent.Commit=$(COMMIT) \
            -X main.version=$(VERSION)
 
-ORT_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x64)
-export ONNXRUNTIME_LIB ?= $(CURDIR)/.cache/onnxruntime/linux-$(ORT_ARCH)/libonnxruntime.so.1
-export FOREST_VERSITYGW ?= $(CURDIR)/.cache/bin/versitygw
-
 # Benchmarks: -count 5 so that BENCHMARKS.md can quote medians.
 BENCH_COUNT ?= 5
 

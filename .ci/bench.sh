@@ -7,12 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-5}
-arch=$( [[ $(uname -m) == aarch64 || $(uname -m) == arm64 ]] && echo arm64 || echo x64 )
-export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.cache/onnxruntime/linux-$arch/libonnxruntime.so.1}
-export FOREST_VERSITYGW=${FOREST_VERSITYGW:-$PWD/.cache/bin/versitygw}
+. .ci/env.sh
 out=.cache/bench
 mkdir -p "$out"
-trap 'pkill -KILL -f -- "-forest_harness /" 2>/dev/null || true; pkill -KILL -f -- "versitygw .*forest-s3-" 2>/dev/null || true; pkill -KILL -f -- "epmd -port [0-9]+ -address 127.0.0.1" 2>/dev/null || true' EXIT
 
 bench() { # name package args...
 	local name=$1 pkg=$2

@@ -7,17 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/deps.sh
 
-arch=$( [[ $(uname -m) == aarch64 || $(uname -m) == arm64 ]] && echo arm64 || echo x64 )
-export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.cache/onnxruntime/linux-$arch/libonnxruntime.so.1}
-export FOREST_VERSITYGW=${FOREST_VERSITYGW:-$PWD/.cache/bin/versitygw}
-
-leftovers() {
-	# Servers of a test binary that died before its cleanup ran.
-	pkill -KILL -f -- '-forest_harness /' 2>/dev/null || true
-	pkill -KILL -f -- 'versitygw .*forest-s3-' 2>/dev/null || true
-	pkill -KILL -f -- 'epmd -port [0-9]+ -address 127.0.0.1' 2>/dev/null || true
-}
-trap leftovers EXIT
+. .ci/env.sh
 
 start=$SECONDS
 go test -count=1 -timeout 45m ${GOTESTFLAGS:-} ./...
