@@ -132,17 +132,7 @@ type TLSBroker struct {
 // setting up topology.
 func StartTLS(t testing.TB, certs *Certs) *TLSBroker {
 	t.Helper()
-	if os.Getenv("FOREST_AMQP_URL") != "" && os.Getenv("CI") == "" {
-		t.Skip("FOREST_AMQP_URL is set: this test needs a broker it configures")
-	}
-	b, err := start()
-	if err != nil {
-		Unavailable(t, "rabbitmq: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = b.shutdown(syscall.SIGKILL)
-		_ = os.RemoveAll(b.dir)
-	})
+	b := Start(t)
 	// The harness's start writes a plain configuration and boots; restart
 	// the node with the TLS listener added.
 	ports, err := FreePorts(1)
