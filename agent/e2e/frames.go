@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"image"
 	"image/color"
@@ -14,6 +12,8 @@ import (
 	"sort"
 
 	"github.com/disintegration/imaging"
+
+	"github.com/forestwatch/forest/uplink/wire"
 )
 
 // Frames makes a stream of distinct JPEG frames from the agent's real
@@ -78,6 +78,5 @@ func Drop(dir, name string, b []byte) (string, error) {
 	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
 		return "", err
 	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:]), nil
+	return wire.Sum(b), nil
 }

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -422,14 +421,4 @@ func Metric(ctx context.Context, addr, name string, labels ...string) (float64, 
 		return 0, fmt.Errorf("metric %s%v not found at %s", name, labels, addr)
 	}
 	return sum, nil
-}
-
-// FreeAddr returns a free 127.0.0.1 address.
-func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }

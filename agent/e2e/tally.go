@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +9,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/forestwatch/forest/uplink/wire"
 )
 
 // Stored is one frame found in S3 through its sidecar, with its objects
@@ -64,11 +64,6 @@ func get(ctx context.Context, c *s3.Client, bucket, key string) ([]byte, error) 
 	return io.ReadAll(out.Body)
 }
 
-func sum(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
-}
-
 // StoredFrames reads every sidecar under prefix and checks that its image and
 // mask exist with the SHA-256 the sidecar records.
 func StoredFrames(ctx context.Context, c *s3.Client, bucket, prefix string) ([]Stored, error) {
@@ -97,7 +92,7 @@ func StoredFrames(ctx context.Context, c *s3.Client, bucket, prefix string) ([]S
 		if err != nil {
 			st.Problems = append(st.Problems, "image: "+err.Error())
 		} else {
-			st.ImageSHA256 = sum(img)
+			st.ImageSHA256 = wire.Sum(img)
 			if st.ImageSHA256 != sc.Image.SHA256 || len(img) != sc.Image.Bytes {
 				st.Problems = append(st.Problems, "image differs from its sidecar")
 			}
@@ -109,7 +104,7 @@ func StoredFrames(ctx context.Context, c *s3.Client, bucket, prefix string) ([]S
 			m, err := get(ctx, c, bucket, sc.Mask.Key)
 			if err != nil {
 				st.Problems = append(st.Problems, "mask: "+err.Error())
-			} else if sum(m) != sc.Mask.SHA256 {
+			} else if wire.Sum(m) != sc.Mask.SHA256 {
 				st.Problems = append(st.Problems, "mask differs from its sidecar")
 			}
 		}

@@ -58,10 +58,11 @@ func TestAgentTLS(t *testing.T) {
 	start := func(name string, c *uplinktest.Certs, n int) *Agent {
 		t.Helper()
 		dir := filepath.Join(t.TempDir(), name)
-		addr, err := FreeAddr()
+		ports, err := uplinktest.FreePorts(1)
 		if err != nil {
 			t.Fatal(err)
 		}
+		addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 		a := &Agent{Device: "mast-tls", Incoming: filepath.Join(dir, "incoming"), Spool: filepath.Join(dir, "spool"),
 			HTTP: addr, Config: filepath.Join(dir, "agent.yaml")}
 		if err := os.MkdirAll(a.Incoming, 0o755); err != nil {
