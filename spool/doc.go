@@ -58,7 +58,12 @@
 // reserve, checked with statfs(2) (Options.DiskFree for tests): a Put that
 // would grow the file while less than the reserve is available evicts or
 // rejects; a Put that fits in pages freed inside the file is always allowed,
-// so drop-oldest keeps working at constant disk use on a full disk. When a
+// so drop-oldest keeps working at constant disk use on a full disk. The
+// growth estimate rounds records up to whole pages and leaves 128 free
+// pages and 16 pages per commit out of the reckoning (bbolt's scattered
+// copy-on-write pages), so on a full disk the file keeps up to about
+// 600 KiB of free pages (4 KiB pages) that the reserve check does not
+// count. When a
 // record does not fit, eviction removes, in this order, quarantined
 // records, then records not in flight by (priority, id), then records in
 // flight. DropOldest never evicts a record of higher priority than the new

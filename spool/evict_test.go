@@ -132,10 +132,13 @@ func TestEvictionMinFree(t *testing.T) {
 	}
 }
 
-// TestPlanMinFree drives the admission arithmetic with exact disk figures.
+// TestPlanMinFree drives the admission arithmetic with exact disk figures:
+// a record needs its page run plus commitPages of copied pages.
 func TestPlanMinFree(t *testing.T) {
 	const reserve = 1000
 	one := sizeOf(rec(0, 1000, 0))
+	commit := commitPages * pageSize
+	need := footprint(one) + commit
 	for _, tc := range []struct {
 		name        string
 		policy      Policy
@@ -145,12 +148,13 @@ func TestPlanMinFree(t *testing.T) {
 		wantFull    bool
 	}{
 		{"plenty", DropOldest, 1 << 30, 0, 0, false},
-		{"fits in free pages", DropOldest, 0, one, 0, false},
-		{"exactly the reserve left", DropOldest, reserve + one, 0, 0, false},
-		{"one byte short evicts", DropOldest, reserve + one - 1, 0, 1, false},
-		{"below reserve recycles one", DropOldest, 10, 0, 1, false},
-		{"partial free pages", DropOldest, 10, one / 2, 1, false},
-		{"reject-new refuses", RejectNew, 10, 0, 0, true},
+		{"fits in free pages", DropOldest, 0, need, 0, false},
+		{"exactly the reserve left", DropOldest, reserve + need, 0, 0, false},
+		{"one byte short evicts", DropOldest, reserve + need - 1, 0, 1, false},
+		{"below reserve recycles one", DropOldest, 10, commit, 1, false},
+		{"partial free pages", DropOldest, 10, commit + footprint(one)/2, 1, false},
+		{"reject-new refuses", RejectNew, 10, commit, 0, true},
+		{"evicting everything is not enough", DropOldest, 10, 0, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q := openT(t, t.TempDir(), Options{MinFreeBytes: reserve, Policy: tc.policy})
