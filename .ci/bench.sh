@@ -31,7 +31,7 @@ bench uplink ./uplink -bench 'Publish$' -benchtime 2000x -count 3
 # agent: the drain from a spool to a quorum queue against bare amqp091-go;
 # the per-frame pipeline against decode + segment alone.
 bench agent ./agent -bench 'Drain$' -benchtime 2000x -count 3
-bench agent ./agent -bench 'DrainRatio' -benchtime 4x -count 3
+bench agent ./agent -bench 'DrainRatio' -benchtime 5x -count 3
 bench agent ./agent -bench 'Frame' -count "$count"
 # cloud: queue -> S3 against bare aws-sdk-go-v2 PUTs.
 bench cloud ./cloud -bench . -count 3

@@ -210,10 +210,14 @@ func TestDrainAcksOnlyConfirmed(t *testing.T) {
 	})
 	d := &drain{q: a.q, pub: pub, batch: 5, agent: "forest-agent/test", m: a.m, status: a.status, log: testLogger(t)}
 	recs, _ := a.q.Next(5)
-	ok, err := d.publish(context.Background(), recs)
+	confirmed, ok, err := d.publish(context.Background(), recs)
 	if ok || err == nil {
 		t.Fatalf("publish reported success with nacks: %v %v", ok, err)
 	}
+	if st := a.q.Stats(); st.Frames != 5 || st.InFlight != 3 {
+		t.Fatalf("before the ack: %d frames, %d in flight; want 5 and 3 (2 confirmed, 1 invalid)", st.Frames, st.InFlight)
+	}
+	d.ack(confirmed)
 	st := a.q.Stats()
 	if st.Frames != 3 || st.InFlight != 1 {
 		t.Fatalf("after 2 confirms of 5, one invalid: %d frames, %d in flight; want 3 and 1 (the invalid one set aside)", st.Frames, st.InFlight)

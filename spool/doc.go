@@ -47,9 +47,10 @@
 // in a read transaction concurrently with writes. An in-memory index (about
 // 100 bytes per record) holds ids, priorities, creation times and sizes, so
 // Next, eviction and Stats never scan the file. On Linux the spool unmaps
-// bbolt's mmap'd pages from the process after Open, compaction and every
-// Ack (madvise MADV_DONTNEED; the page cache keeps them), so resident
-// memory does not grow with the records read or walked.
+// bbolt's mmap'd pages from the process after Open, compaction and the
+// first Ack after Next has read 8 MiB of records (madvise MADV_DONTNEED;
+// the page cache keeps them), so resident memory does not grow with the
+// records read or walked.
 //
 // # Bounds and eviction
 //
@@ -77,12 +78,15 @@
 //
 // bbolt files never shrink on their own. The spool keeps frames inside bbolt
 // and compacts online: after an Ack or eviction, when the file holds more
-// than CompactFreeBytes (default 32 MiB) of free pages and either seven
-// eighths of the file are free or the file exceeds MaxBytes+CompactFreeBytes,
-// the live data is copied to DBName+".compact", synced, and renamed over the
-// file. So the file's pages stay within max(8×live, live+CompactFreeBytes) after each
-// Ack, and within MaxBytes + CompactFreeBytes + one batch (≤ 32 MiB) plus
-// page rounding (under 4 KiB per record) overall (TestDiskBoundedAfterChurn);
+// than CompactFreeBytes (default 32 MiB) of free pages and either the file
+// exceeds MaxBytes+CompactFreeBytes, or seven eighths of the file are free
+// and no record is in flight, the live data is copied to DBName+".compact",
+// synced, and renamed over the file. Waiting for nothing in flight keeps the
+// copy out of a running drain; the drain's last Ack compacts instead. So
+// the file's pages stay within max(8×live, live+CompactFreeBytes) once a
+// drain has ended, and within MaxBytes + CompactFreeBytes + one batch
+// (≤ 32 MiB) plus page rounding (under 4 KiB per record) overall
+// (TestDiskBoundedAfterChurn);
 // a compaction briefly needs a second copy of the live data on disk. Keeping blobs
 // as files beside a bbolt index was measured as the alternative
 // (BenchmarkAltBlobFiles): it costs a file fsync and a directory fsync on

@@ -47,9 +47,37 @@ func TestCheckRepairsCorruptFile(t *testing.T) {
 	}
 }
 
+// TestCompactionWaitsForInFlight: a spool mostly acked compacts only once
+// no record is in flight, so a running drain is not stalled by the copy.
+func TestCompactionWaitsForInFlight(t *testing.T) {
+	q := openT(t, t.TempDir(), Options{CompactFreeBytes: 1 << 20})
+	for i := range 60 {
+		putT(t, q, rec(i, 100_000, 0))
+	}
+	before := q.Stats().FileBytes
+	inflight := nextIDs(t, q, 3)
+	if err := q.Ack(idRange(4, 58)...); err != nil {
+		t.Fatal(err)
+	}
+	if st := q.Stats(); st.Compactions != 0 {
+		t.Fatalf("compacted with %d records in flight", st.InFlight)
+	}
+	if err := q.Ack(inflight...); err != nil {
+		t.Fatal(err)
+	}
+	if st := q.Stats(); st.Compactions != 1 || st.FileBytes >= before/2 {
+		t.Fatalf("compactions %d, file %d -> %d", st.Compactions, before, st.FileBytes)
+	}
+}
+
+// TestCompactionKeepsRecordsAndInFlight: a file far above MaxBytes is
+// compacted even with records in flight, and keeps them.
 func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
 	dir := t.TempDir()
-	q := openT(t, dir, Options{CompactFreeBytes: 1 << 20})
+	q, err := Open(dir, Options{CompactFreeBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var orig []*Record
 	for i := range 60 {
 		r := rec(i, 100_000, 0)
@@ -57,34 +85,36 @@ func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
 		orig = append(orig, r)
 	}
 	before := q.Stats().FileBytes
+	if err := q.Ack(idRange(4, 58)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// 500 KB of records left in a 6 MB file, now bounded at 1 MiB.
+	q = openT(t, dir, Options{CompactFreeBytes: 1 << 20, MaxBytes: 1 << 20})
 	if got := nextIDs(t, q, 3); !slices.Equal(got, []uint64{1, 2, 3}) {
 		t.Fatalf("Next %v", got)
 	}
-	ids := make([]uint64, 0, 55)
-	for id := uint64(4); id <= 58; id++ {
-		ids = append(ids, id)
-	}
-	if err := q.Ack(ids...); err != nil {
+	if err := q.Ack(59); err != nil {
 		t.Fatal(err)
 	}
 	st := q.Stats()
 	if st.Compactions != 1 || st.FileBytes >= before/2 {
 		t.Fatalf("compactions %d, file %d -> %d", st.Compactions, before, st.FileBytes)
 	}
-	if st.InFlight != 3 || st.Frames != 5 {
+	if st.InFlight != 3 || st.Frames != 4 {
 		t.Fatalf("after compaction %+v", st)
 	}
 	rs, err := q.Next(10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := recordIDs(rs); !slices.Equal(got, []uint64{59, 60}) {
+	if got := recordIDs(rs); !slices.Equal(got, []uint64{60}) {
 		t.Fatalf("Next after compaction %v", got)
 	}
-	for _, r := range rs {
-		if !sameRecord(&r, orig[r.ID-1]) {
-			t.Fatalf("record %d changed by compaction", r.ID)
-		}
+	if !sameRecord(&rs[0], orig[59]) {
+		t.Fatal("record 60 changed by compaction")
 	}
 	if id := putT(t, q, rec(1, 10, 0)); id != 61 {
 		t.Fatalf("id after compaction %d", id)
@@ -92,6 +122,15 @@ func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, DBName+compactSuffix)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("compaction left its temporary file: %v", err)
 	}
+}
+
+// idRange returns the ids from and to, both included.
+func idRange(from, to uint64) []uint64 {
+	var ids []uint64
+	for id := from; id <= to; id++ {
+		ids = append(ids, id)
+	}
+	return ids
 }
 
 func TestStaleCompactionFileRemoved(t *testing.T) {

@@ -58,6 +58,11 @@ type putRes struct {
 	err error
 }
 
+// dropMappedEvery is how many record bytes Next may read before an Ack
+// drops the mapped pages: the bound on what reading records adds to RSS,
+// besides the 64 KB the kernel maps around each fault.
+const dropMappedEvery = 8 << 20
+
 // Queue is an open spool. All methods are safe for concurrent use.
 type Queue struct {
 	dir, path string
@@ -74,8 +79,11 @@ type Queue struct {
 	recent [8]int
 	nbatch int
 	inPut  atomic.Int64 // Put calls in progress
-	quit   chan struct{}
-	wg     sync.WaitGroup
+	// unmapped counts the record bytes Next read since mapped pages were
+	// last dropped (see dropMapped).
+	unmapped atomic.Int64
+	quit     chan struct{}
+	wg       sync.WaitGroup
 
 	wmu  sync.Mutex   // serializes write transactions and compaction
 	dbmu sync.RWMutex // guards db against the swap done by compaction and Close
@@ -626,6 +634,7 @@ func (q *Queue) read(ids []uint64) (recs []Record, bad []badRecord, err error) {
 				continue
 			}
 			recs = append(recs, r)
+			q.unmapped.Add(int64(len(v)))
 		}
 		return nil
 	})
@@ -745,7 +754,13 @@ func (q *Queue) Ack(ids ...uint64) error {
 	q.removeLocked(drop)
 	q.mu.Unlock()
 	q.maybeCompactLocked()
-	q.dropMappedLocked() // pages Next read for these records
+	// The pages Next read for acknowledged records, once they add up:
+	// dropping them after every Ack cost the drain of small frames a
+	// madvise over the whole mapping and a page fault per page read.
+	if q.unmapped.Load() >= dropMappedEvery {
+		q.unmapped.Store(0)
+		q.dropMappedLocked()
+	}
 	return nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"syscall"
 	"testing"
 	"time"
 
@@ -224,20 +223,20 @@ func benchRatio(b *testing.B, br *uplinktest.Broker, size, batch int) {
 				b.StartTimer()
 				var tb, tu time.Duration
 				runBare := func() {
-					t0, c0 := time.Now(), cpuTime()
+					t0, c0 := time.Now(), uplinktest.ProcessCPU()
 					if err := barePublish(ch, msgs); err != nil {
 						b.Fatal(err)
 					}
 					tb = time.Since(t0)
-					bareCPU += cpuTime() - c0
+					bareCPU += uplinktest.ProcessCPU() - c0
 				}
 				runUp := func() {
-					t0, c0 := time.Now(), cpuTime()
+					t0, c0 := time.Now(), uplinktest.ProcessCPU()
 					if err := upPublish(ctx, p, msgs, batch); err != nil {
 						b.Fatal(err)
 					}
 					tu = time.Since(t0)
-					upCPU += cpuTime() - c0
+					upCPU += uplinktest.ProcessCPU() - c0
 				}
 				if i%2 == 0 {
 					runBare()
@@ -260,15 +259,6 @@ func benchRatio(b *testing.B, br *uplinktest.Broker, size, batch int) {
 			b.ReportMetric(float64(upCPU.Microseconds())/n, "uplink_cpu_us/msg")
 		})
 	}
-}
-
-// cpuTime is the user plus system CPU time of this process so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // barePublish is the reference: the library alone, same window, same
