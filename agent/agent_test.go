@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/uplink/wire"
 )
@@ -232,4 +234,39 @@ type publishFunc func(context.Context, []wire.Message) ([]uplink.Result, error)
 
 func (f publishFunc) Publish(ctx context.Context, m []wire.Message) ([]uplink.Result, error) {
 	return f(ctx, m)
+}
+
+// ackRecorder is a drainQueue that records the Ack calls.
+type ackRecorder struct {
+	drainQueue
+	calls [][]uint64
+}
+
+func (r *ackRecorder) Ack(ids ...uint64) error {
+	r.calls = append(r.calls, ids)
+	return nil
+}
+
+// TestAckerMergesBatches: batches confirmed while the acker was busy go
+// into one Ack (one fsync), and the acker finishes every batch handed to it
+// before it returns.
+func TestAckerMergesBatches(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return spool.Stats{}, true }, func() float64 { return 1 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &ackRecorder{}
+	d := &drain{q: q, m: m, status: newStatus(), log: testLogger(t)}
+	confirmed := make(chan []uint64, 3)
+	confirmed <- []uint64{1, 2}
+	confirmed <- []uint64{3}
+	confirmed <- []uint64{4, 5}
+	close(confirmed)
+	d.acker(confirmed)
+	if len(q.calls) != 1 || !slices.Equal(q.calls[0], []uint64{1, 2, 3, 4, 5}) {
+		t.Fatalf("Ack calls %v, want one with 1..5", q.calls)
+	}
+	if got := d.status.publishedTot; got != 5 {
+		t.Fatalf("published %d, want 5", got)
+	}
 }

@@ -119,8 +119,32 @@ class UNet(nn.Module):
         return F.interpolate(self.head(y), size=inp.shape[2:], mode="bilinear", align_corners=False)
 
 
-def augment(img, m, rng, crop, channel_jitter=0.0):
-    """img HxWx3 float32 0..255, m HxW. Random crop, dihedral transform, photometric jitter."""
+class TTA(nn.Module):
+    """Averages the logits over flipped and transposed copies of the input (test-time
+    augmentation inside the exported graph): "flip4" = identity and the three flips, "d8" = those
+    and their transposes (all 8 dihedral transforms). The graph then runs the network 4 or 8 times."""
+
+    def __init__(self, net, mode):
+        super().__init__()
+        self.net, self.mode = net, mode
+
+    def forward(self, x):
+        flips = [(), (3,), (2,), (2, 3)]
+        out = 0
+        n = 0
+        for tr in ([False, True] if self.mode == "d8" else [False]):
+            xt = x.transpose(2, 3) if tr else x
+            for f in flips:
+                y = self.net(torch.flip(xt, f) if f else xt)
+                y = torch.flip(y, f) if f else y
+                out = out + (y.transpose(2, 3) if tr else y)
+                n += 1
+        return out / n
+
+
+def augment(img, m, rng, crop, channel_jitter=0.0, haze=0.0):
+    """img HxWx3 float32 0..255, m HxW. Random crop, dihedral transform, photometric jitter,
+    and with probability haze a veil: a blend towards a bright, slightly coloured haze."""
     H, W = m.shape
     y = rng.randint(0, H - crop)
     x = rng.randint(0, W - crop)
@@ -139,6 +163,10 @@ def augment(img, m, rng, crop, channel_jitter=0.0):
     if rng.random() < 0.3:  # contrast around the mean
         mu = img.mean()
         img = (img - mu) * rng.uniform(0.75, 1.3) + mu
+    if rng.random() < haze:
+        veil = np.array([rng.uniform(90, 170) for _ in range(3)], np.float32)
+        a = rng.uniform(0.1, 0.45)
+        img = img * (1 - a) + veil * a
     img = np.clip(img, 0, 255)
     return np.ascontiguousarray(img), np.ascontiguousarray(m)
 
@@ -157,18 +185,25 @@ def tile_iter(scenes, keys):
 
 
 def evaluate(model, scenes, keys, mean, std):
-    """Per-tile inference at 256x256 (exactly what the Go package does); pooled IoU/accuracy."""
+    """Per-tile inference at 256x256 (exactly what the Go package does); pooled IoU/accuracy,
+    and per scene: IoU, accuracy, predicted and true forest fraction."""
     model.eval()
     tp = fp = fn = tn = 0
+    per = {}
     with torch.no_grad():
-        for _, img, m in tile_iter(scenes, keys):
+        for k, img, m in tile_iter(scenes, keys):
             x = to_tensor([img.astype(np.float32)], mean, std)
             p = (model(x)[0, 0] > 0).numpy()
             g = m.astype(bool)
-            tp += int((p & g).sum()); fp += int((p & ~g).sum()); fn += int((~p & g).sum()); tn += int((~p & ~g).sum())
+            c = [int((p & g).sum()), int((p & ~g).sum()), int((~p & g).sum()), int((~p & ~g).sum())]
+            tp += c[0]; fp += c[1]; fn += c[2]; tn += c[3]
+            per[k] = [a + b for a, b in zip(per.get(k, [0, 0, 0, 0]), c)]
     model.train()
+    scenes_ev = {k: {"iou": round(a / max(1, a + b + c), 4), "accuracy": round((a + d) / (a + b + c + d), 4),
+                     "pred_forest": round((a + b) / (a + b + c + d), 3), "true_forest": round((a + c) / (a + b + c + d), 3)}
+                 for k, (a, b, c, d) in per.items()}
     return {"iou": tp / max(1, tp + fp + fn), "accuracy": (tp + tn) / (tp + fp + fn + tn),
-            "nonforest_iou": tn / max(1, tn + fp + fn)}
+            "nonforest_iou": tn / max(1, tn + fp + fn), "scenes": scenes_ev}
 
 
 def otsu(v):
@@ -244,6 +279,10 @@ def main():
     ap.add_argument("--channel-jitter", type=float, default=0.0, help="per-channel gain jitter (hue); 0 keeps colour ratios")
     ap.add_argument("--stem-stride", type=int, default=1, help="1: network works at full resolution (shipped); 2: half, 4x cheaper")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
+    ap.add_argument("--haze", type=float, default=0.0, help="probability of a haze veil in augmentation")
+    ap.add_argument("--tta", choices=["none", "flip4", "d8"], default="none",
+                    help="test-time augmentation built into the exported graph (runs the network 4 or 8 times)")
+    ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -270,12 +309,15 @@ def main():
     fimgs = {k: scenes[k][0].astype(np.float32) for k in train_keys}
     t0 = time.time()
     nsteps = args.time_steps or args.steps
+    if args.init:
+        ema.load_state_dict(torch.load(args.init))
+        nsteps = 0
     history = []
     for step in range(1, nsteps + 1):
         bi, bm = [], []
         for _ in range(args.batch):
             k = rng.choice(train_keys)
-            a, b = augment(fimgs[k], scenes[k][1], rng, args.crop, args.channel_jitter)
+            a, b = augment(fimgs[k], scenes[k][1], rng, args.crop, args.channel_jitter, args.haze)
             bi.append(a); bm.append(b)
         x = to_tensor(bi, mean, std)
         y = torch.from_numpy(np.stack(bm)).float().unsqueeze(1)
@@ -306,14 +348,17 @@ def main():
         if not args.time_steps and (step % args.eval_every == 0 or step == args.steps):
             ev = evaluate(ema, scenes, val_keys, mean, std)
             ev["step"] = step
-            history.append(ev)
+            history.append({k: v for k, v in ev.items() if k != "scenes"})
             print(f"eval step {step}: val iou {ev['iou']:.4f} acc {ev['accuracy']:.4f}", flush=True)
             torch.save(ema.state_dict(), args.out + ".pt")  # checkpoint (not shipped)
     if args.time_steps:
         return
 
-    model = ema  # evaluate and export the averaged weights
+    net = ema  # evaluate and export the averaged weights
+    model = TTA(net, args.tta) if args.tta != "none" else net
+    plain = evaluate(net, scenes, val_keys, mean, std)
     final = evaluate(model, scenes, val_keys, mean, std)
+    print(f"val iou without test-time augmentation {plain['iou']:.4f} acc {plain['accuracy']:.4f}", flush=True)
     train_ev = evaluate(model, scenes, train_keys, mean, std)
     base = baseline(scenes, val_keys)
     elapsed = time.time() - t0
@@ -342,13 +387,13 @@ def main():
         "forest.val_accuracy": f"{final['accuracy']:.4f}",
     }
     export(model, args.out, mean, std, props)
-    metrics = {"params": nparams, "val_scenes": val_keys, "train_scenes": train_keys, "val": final,
+    metrics = {"params": nparams, "val_scenes": val_keys, "train_scenes": train_keys, "val": final, "val_no_tta": plain,
                "train": train_ev, "baseline_exg_otsu_val": base, "history": history,
                "minutes": elapsed / 60, "args": vars(args), "mean": mean.tolist(), "std": std.tolist(),
                "torch": torch.__version__, "onnx_bytes": os.path.getsize(args.out)}
     with open(args.out + ".metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)
-    torch.save(model.state_dict(), args.out + ".pt")
+    torch.save(net.state_dict(), args.out + ".pt")
     print("wrote", args.out, os.path.getsize(args.out), "bytes", flush=True)
 
 
