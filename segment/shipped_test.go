@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"encoding/json"
 	"image"
 	"image/draw"
 	"os"
@@ -108,6 +109,8 @@ var tileBounds = map[string]struct{ minIoU, maxCoverageErr float64 }{
 }
 
 const (
+	valMinIoU        = 0.88 // forest IoU pooled over the validation scenes
+	valMinAccuracy   = 0.95 // pixel accuracy pooled over the validation scenes
 	minPooledIoU     = 0.88 // forest IoU pooled over all test tiles
 	maxCoverageError = 0.03 // for the whole 512×512 scene
 )
@@ -124,7 +127,7 @@ func d(a, b float64) float64 {
 func TestShippedModelOnRealTiles(t *testing.T) {
 	m := loadModel(t, shippedModel, Options{Threads: 1})
 	info := m.Info()
-	if info.ID != "forest-unet" || info.Version != "1.0.0" || info.Width != 256 || info.Height != 256 || info.Output != "logits" ||
+	if info.ID != "forest-unet" || info.Version != "1.1.0" || info.Width != 256 || info.Height != 256 || info.Output != "logits" ||
 		len(info.Classes) != 1 || info.Classes[0] != "forest" {
 		t.Fatalf("shipped model info %+v", info)
 	}
@@ -195,4 +198,56 @@ func (c *confusion) add(pred, truth *image.Gray) {
 func (c *confusion) iou() float64 { return float64(c.tp) / float64(max(1, c.tp+c.fp+c.fn)) }
 func (c *confusion) accuracy() float64 {
 	return float64(c.tp+c.tn) / float64(max(1, c.tp+c.fp+c.fn+c.tn))
+}
+
+// sharedAmazon is the Sentinel-2 data set in ../shared beside the checkout (CI has it too).
+const sharedAmazon = "../../shared/data/amazon-forest-rgb"
+
+// TestShippedModelValidationScenes recomputes the shipped model's quality on all of its
+// validation scenes (the split recorded in the metrics file by train.py) through this package
+// and the real ONNX Runtime, tile by tile as the agent runs it, and checks it against the
+// training script's figures and the quality bar of the model card.
+func TestShippedModelValidationScenes(t *testing.T) {
+	if _, err := os.Stat(sharedAmazon); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI needs the shared data beside the checkout: %v", err)
+		}
+		t.Skipf("no shared data beside the checkout: %v", err)
+	}
+	raw, err := os.ReadFile(shippedModel + ".metrics.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var metrics struct {
+		ValScenes []string                        `json:"val_scenes"`
+		Val       struct{ IoU, Accuracy float64 } `json:"val"`
+	}
+	if err := json.Unmarshal(raw, &metrics); err != nil || len(metrics.ValScenes) == 0 {
+		t.Fatalf("metrics file: %v (%d validation scenes)", err, len(metrics.ValScenes))
+	}
+	m := loadModel(t, shippedModel, Options{Threads: 2})
+	pooled := &confusion{}
+	for _, sc := range metrics.ValScenes {
+		for _, rc := range []string{"r0c0", "r0c1", "r1c0", "r1c1"} {
+			name := sc + "_" + rc + ".png"
+			img := decodeFile(t, filepath.Join(sharedAmazon, "images", name))
+			mimg := decodeFile(t, filepath.Join(sharedAmazon, "masks", name))
+			truth := image.NewGray(mimg.Bounds())
+			draw.Draw(truth, truth.Bounds(), mimg, mimg.Bounds().Min, draw.Src)
+			res, err := m.Segment(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pooled.add(res.Mask, truth)
+		}
+	}
+	iou, acc := pooled.iou(), pooled.accuracy()
+	t.Logf("validation scenes %v: forest IoU %.4f, accuracy %.4f (train.py: %.4f, %.4f)",
+		metrics.ValScenes, iou, acc, metrics.Val.IoU, metrics.Val.Accuracy)
+	if d(iou, metrics.Val.IoU) > 0.005 || d(acc, metrics.Val.Accuracy) > 0.005 {
+		t.Errorf("Go and ONNX Runtime give IoU %.4f accuracy %.4f, train.py recorded %.4f %.4f", iou, acc, metrics.Val.IoU, metrics.Val.Accuracy)
+	}
+	if iou < valMinIoU || acc < valMinAccuracy {
+		t.Errorf("forest IoU %.4f, accuracy %.4f; the model card promises ≥ %.2f and ≥ %.2f", iou, acc, valMinIoU, valMinAccuracy)
+	}
 }

@@ -267,14 +267,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/shared/data/amazon-forest-rgb")
     ap.add_argument("--out", default="segment/models/forest-unet-v1.onnx")
-    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=192)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--width", type=str, default="16,32,64,96,128")
-    ap.add_argument("--eval-every", type=int, default=175)
+    ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--ema", type=float, default=0.99, help="EMA decay of the weights that are evaluated and exported (0: off)")
     ap.add_argument("--channel-jitter", type=float, default=0.0, help="per-channel gain jitter (hue); 0 keeps colour ratios")
     ap.add_argument("--stem-stride", type=int, default=1, help="1: network works at full resolution (shipped); 2: half, 4x cheaper")
@@ -367,7 +367,7 @@ def main():
     props = {
         "forest.model_id": "forest-unet",
         "forest.name": "forest-unet-v1 (Sentinel-2 RGB forest/non-forest)",
-        "forest.version": "1.0.0",
+        "forest.version": "1.1.0",
         "forest.input_name": "image",
         "forest.output_name": "logits",
         "forest.layout": "NCHW",
