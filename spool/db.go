@@ -19,6 +19,7 @@ import (
 const (
 	corruptSuffix = ".corrupt-"
 	compactSuffix = ".compact"
+	oldSuffix     = ".old" // the file a compaction replaced, until removed
 	freshSuffix   = ".fresh"
 	allocSize     = 32 << 20
 )

@@ -87,7 +87,8 @@
 // drain has ended, and within MaxBytes + CompactFreeBytes + one batch
 // (≤ 32 MiB) plus page rounding (under 4 KiB per record) overall
 // (TestDiskBoundedAfterChurn);
-// a compaction briefly needs a second copy of the live data on disk. Keeping blobs
+// a compaction briefly needs a second copy of the live data on disk, and the
+// replaced file is removed in the background after it. Keeping blobs
 // as files beside a bbolt index was measured as the alternative
 // (BenchmarkAltBlobFiles): it costs a file fsync and a directory fsync on
 // top of the index commit, so sequential durable Put fell well short of raw

@@ -119,8 +119,13 @@ func TestCompactionKeepsRecordsAndInFlight(t *testing.T) {
 	if id := putT(t, q, rec(1, 10, 0)); id != 61 {
 		t.Fatalf("id after compaction %d", id)
 	}
-	if _, err := os.Stat(filepath.Join(dir, DBName+compactSuffix)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("compaction left its temporary file: %v", err)
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{DBName + compactSuffix, DBName + oldSuffix} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("compaction left %s: %v", f, err)
+		}
 	}
 }
 
@@ -138,12 +143,16 @@ func TestStaleCompactionFileRemoved(t *testing.T) {
 	fill(t, dir, 2, 100)
 	tmp := filepath.Join(dir, DBName+compactSuffix)
 	writeFile(t, tmp, []byte("half a copy"))
+	old := filepath.Join(dir, DBName+oldSuffix)
+	writeFile(t, old, []byte("a replaced file"))
 	q := openT(t, dir, Options{})
 	if st := q.Stats(); st.Frames != 2 {
 		t.Fatalf("frames %d", st.Frames)
 	}
-	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("stale compaction file kept: %v", err)
+	for _, f := range []string{tmp, old} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("stale compaction file kept: %v", err)
+		}
 	}
 }
 

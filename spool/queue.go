@@ -157,9 +157,11 @@ func Open(dir string, opts Options) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open spool %s: %w", dir, err)
 	}
-	// A crash during compaction leaves a partial copy; the original is
-	// intact. Removed only now that this process holds the file lock.
+	// A crash during compaction leaves a partial copy (the original is
+	// intact) or a second link to the replaced file. Removed only now that
+	// this process holds the file lock.
 	_ = os.Remove(q.path + compactSuffix)
+	_ = os.Remove(q.path + oldSuffix)
 	// bbolt syncs the file it creates but not the directory entries: make
 	// the file's (and a new spool directory's) names durable before the
 	// first Put can claim durability.
