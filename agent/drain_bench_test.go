@@ -182,7 +182,7 @@ func (p *barePublisher) publish(b *testing.B, n int) {
 // between them.
 type benchDrain struct {
 	q         *spool.Queue
-	acks      *emptyingQueue
+	emptying  *emptyingQueue
 	d         *drain
 	img, mask []byte
 	sum       string
@@ -230,10 +230,10 @@ func newBenchDrain(b *testing.B, url string, img, mask []byte) *benchDrain {
 	if err != nil {
 		b.Fatal(err)
 	}
-	acks := &emptyingQueue{Queue: q, empty: make(chan struct{}, 1)}
-	d := &drain{q: acks, pub: p, batch: 2 * drainWindow, agent: "forest-agent/bench", m: m, status: newStatus(),
+	emptying := &emptyingQueue{Queue: q, empty: make(chan struct{}, 1)}
+	d := &drain{q: emptying, pub: p, batch: 2 * drainWindow, agent: "forest-agent/bench", m: m, status: newStatus(),
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)), backoffMin: 10 * time.Millisecond, backoffMax: time.Second}
-	return &benchDrain{q: q, acks: acks, d: d, img: img, mask: mask, sum: wire.Sum(img)}
+	return &benchDrain{q: q, emptying: emptying, d: d, img: img, mask: mask, sum: wire.Sum(img)}
 }
 
 // fill spools n frames as the pipeline does (checksum taken at capture).
@@ -257,7 +257,7 @@ func (bd *benchDrain) run(b *testing.B) time.Duration {
 	drained := make(chan error, 1)
 	t0 := time.Now()
 	go func() { drained <- bd.d.Run(stop, ctx) }()
-	<-bd.acks.empty
+	<-bd.emptying.empty
 	el := time.Since(t0)
 	stopDrain()
 	if err := <-drained; err != nil {
