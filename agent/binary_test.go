@@ -78,21 +78,7 @@ func TestBinaryAgainstBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := amqp.Dial(vurl.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, _ := conn.Channel()
-	if err := ch.ExchangeDeclare("forest.frames", "topic", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare("frames", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind("frames", "frames.#", "forest.frames", false, nil); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close()
+	uplinktest.FramesQueue(t, vurl.String(), "frames", nil)
 
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "amqp-password")
@@ -232,12 +218,7 @@ func consume(t *testing.T, b *uplinktest.Broker, vurl *url.URL, user, pw string,
 	t.Helper()
 	u := *vurl
 	u.User = url.UserPassword(user, pw)
-	conn, err := amqp.Dial(u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, _ := conn.Channel()
+	ch := uplinktest.Channel(t, u.String())
 	ch.Qos(50, 0, false)
 	dl, err := ch.Consume("frames", "", false, false, false, false, nil)
 	if err != nil {

@@ -33,7 +33,7 @@ func BenchmarkDrain(b *testing.B) {
 	br := uplinktest.Shared(b)
 	for _, size := range []int{200_000, 1_000} {
 		url := br.Vhost(b)
-		benchTopology(b, url)
+		uplinktest.FramesQueue(b, url, "bench", nil)
 		img, mask := benchFrame(size)
 		b.Run(fmt.Sprintf("size=%dKB/bare", size/1000), func(b *testing.B) {
 			bare := newBarePublisher(b, url, img, mask)
@@ -42,7 +42,7 @@ func BenchmarkDrain(b *testing.B) {
 			bare.publish(b, b.N)
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
-			purgeBench(b, url)
+			uplinktest.Purge(b, url, "bench")
 		})
 		b.Run(fmt.Sprintf("size=%dKB/drain", size/1000), func(b *testing.B) {
 			d := newBenchDrain(b, url, img, mask)
@@ -53,7 +53,7 @@ func BenchmarkDrain(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
 			b.ReportMetric(float64(d.q.Stats().Compactions), "compactions")
-			purgeBench(b, url)
+			uplinktest.Purge(b, url, "bench")
 		})
 	}
 }
@@ -71,7 +71,7 @@ func BenchmarkDrainRatio(b *testing.B) {
 	for _, size := range []int{200_000, 1_000} {
 		b.Run(fmt.Sprintf("size=%dKB", size/1000), func(b *testing.B) {
 			url := br.Vhost(b)
-			benchTopology(b, url)
+			uplinktest.FramesQueue(b, url, "bench", nil)
 			img, mask := benchFrame(size)
 			bare := newBarePublisher(b, url, img, mask)
 			d := newBenchDrain(b, url, img, mask)
@@ -103,7 +103,7 @@ func BenchmarkDrainRatio(b *testing.B) {
 				tb += eb
 				td += ed
 				ratios = append(ratios, eb.Seconds()/ed.Seconds())
-				purgeBench(b, url)
+				uplinktest.Purge(b, url, "bench")
 			}
 			b.StopTimer()
 			slices.Sort(ratios)
@@ -133,7 +133,7 @@ type barePublisher struct {
 
 func newBarePublisher(b *testing.B, url string, img, mask []byte) *barePublisher {
 	b.Helper()
-	ch := benchChannel(b, url)
+	ch := uplinktest.Channel(b, url)
 	if err := ch.Confirm(false); err != nil {
 		b.Fatal(err)
 	}
@@ -264,42 +264,4 @@ func (bd *benchDrain) run(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return el
-}
-
-// benchChannel opens a connection and a channel to url, closed with b.
-func benchChannel(b *testing.B, url string) *amqp.Channel {
-	b.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return ch
-}
-
-// benchTopology declares the exchange and a quorum queue "bench" bound to
-// every frame.
-func benchTopology(b *testing.B, url string) {
-	b.Helper()
-	ch := benchChannel(b, url)
-	if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare("bench", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		b.Fatal(err)
-	}
-	if err := ch.QueueBind("bench", "frames.#", uplink.DefaultExchange, false, nil); err != nil {
-		b.Fatal(err)
-	}
-}
-
-func purgeBench(b *testing.B, url string) {
-	b.Helper()
-	if _, err := benchChannel(b, url).QueuePurge("bench", false); err != nil {
-		b.Fatal(err)
-	}
 }

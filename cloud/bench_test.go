@@ -214,28 +214,23 @@ func histMean(reg interface {
 // drainOnly consumes n messages from queue and acks each, and returns how
 // long it took: the broker's delivery rate with no S3 work.
 func drainOnly(b *testing.B, url, queue string, prefetch, n int) time.Duration {
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := ch.Qos(prefetch, 0, false); err != nil {
-		b.Fatal(err)
-	}
-	t0 := time.Now()
-	ds, err := ch.Consume(queue, "", false, false, false, false, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for range n {
-		d := <-ds
-		if err := d.Ack(false); err != nil {
+	var el time.Duration
+	uplinktest.WithChannel(b, url, func(ch *amqp.Channel) {
+		if err := ch.Qos(prefetch, 0, false); err != nil {
 			b.Fatal(err)
 		}
-	}
-	return time.Since(t0)
+		t0 := time.Now()
+		ds, err := ch.Consume(queue, "", false, false, false, false, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range n {
+			d := <-ds
+			if err := d.Ack(false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		el = time.Since(t0)
+	})
+	return el
 }

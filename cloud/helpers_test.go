@@ -279,33 +279,26 @@ func (e *env) publish(t testing.TB, url string, routingKey func(i int) string, m
 	if url == "" {
 		url = e.url
 	}
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var dcs []*amqp.DeferredConfirmation
-	for i, m := range msgs {
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, e.cfg.AMQP.Exchange, routingKey(i), true, false, m)
-		if err != nil {
+	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
+		if err := ch.Confirm(false); err != nil {
 			t.Fatal(err)
 		}
-		dcs = append(dcs, dc)
-	}
-	for _, dc := range dcs {
-		if ok, err := dc.WaitContext(ctx); err != nil || !ok {
-			t.Fatalf("publish not confirmed: ok=%v err=%v", ok, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		var dcs []*amqp.DeferredConfirmation
+		for i, m := range msgs {
+			dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, e.cfg.AMQP.Exchange, routingKey(i), true, false, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dcs = append(dcs, dc)
 		}
-	}
+		for _, dc := range dcs {
+			if ok, err := dc.WaitContext(ctx); err != nil || !ok {
+				t.Fatalf("publish not confirmed: ok=%v err=%v", ok, err)
+			}
+		}
+	})
 }
 
 func (e *env) publishFrames(t testing.TB, frames []frame) {
@@ -320,20 +313,15 @@ func (e *env) publishFrames(t testing.TB, frames []frame) {
 // queueDepth returns the ready message count of a queue.
 func (e *env) queueDepth(t testing.TB, queue string) int {
 	t.Helper()
-	conn, err := amqp.Dial(e.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return q.Messages
+	var n int
+	uplinktest.WithChannel(t, e.url, func(ch *amqp.Channel) {
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n = q.Messages
+	})
+	return n
 }
 
 // keys lists every key in the bucket.

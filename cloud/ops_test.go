@@ -101,18 +101,11 @@ func TestHTTPAndReconnect(t *testing.T) {
 	}
 	// The queue deleted under the consumer: the broker cancels it; the
 	// service reconnects, declares the queue again and goes on.
-	conn, err := amqp.Dial(e.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDelete(e.cfg.AMQP.Queue, false, false, false); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close()
+	uplinktest.WithChannel(t, e.url, func(ch *amqp.Channel) {
+		if _, err := ch.QueueDelete(e.cfg.AMQP.Queue, false, false, false); err != nil {
+			t.Fatal(err)
+		}
+	})
 	waitFor(t, 30*time.Second, "second reconnect", func() bool {
 		return counter(r.reg, "forest_cloud_broker_reconnects_total") >= 2 && r.svc.Ready()
 	})

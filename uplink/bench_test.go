@@ -29,27 +29,11 @@ func BenchmarkPublish(b *testing.B) {
 	br := uplinktest.Shared(b)
 	for _, size := range []int{200_000, 1_000} {
 		url := br.Vhost(b)
-		setupBenchQueue(b, url)
+		uplinktest.FramesQueue(b, url, "bench", nil)
 		b.Run(fmt.Sprintf("size=%dKB/bare", size/1000), func(b *testing.B) {
 			msgs := frames(b, "bare", min(b.N, 512), size)
-			purge(b, url)
-			conn, err := amqp.Dial(url)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer conn.Close()
-			ch, err := conn.Channel()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := ch.Confirm(false); err != nil {
-				b.Fatal(err)
-			}
-			returns := ch.NotifyReturn(make(chan amqp.Return, benchWindow))
-			go func() {
-				for range returns {
-				}
-			}()
+			uplinktest.Purge(b, url, "bench")
+			ch := bareChannel(b, url)
 			b.SetBytes(int64(size))
 			b.ResetTimer()
 			var window []*amqp.DeferredConfirmation
@@ -80,7 +64,7 @@ func BenchmarkPublish(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("size=%dKB/uplink", size/1000), func(b *testing.B) {
 			msgs := frames(b, "uplink", min(b.N, 512), size)
-			purge(b, url)
+			uplinktest.Purge(b, url, "bench")
 			o := testOptions(url)
 			o.DeclareExchange = false
 			o.Window = benchWindow
@@ -120,41 +104,19 @@ func BenchmarkPublish(b *testing.B) {
 	}
 }
 
-func setupBenchQueue(b *testing.B, url string) {
-	conn, err := amqp.Dial(url)
-	if err != nil {
+// bareChannel is bare amqp091-go's side of the benchmarks: a channel in
+// confirm mode whose returns are read and dropped.
+func bareChannel(b *testing.B, url string) *amqp.Channel {
+	ch := uplinktest.Channel(b, url)
+	if err := ch.Confirm(false); err != nil {
 		b.Fatal(err)
 	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare("bench", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		b.Fatal(err)
-	}
-	if err := ch.QueueBind("bench", "frames.#", uplink.DefaultExchange, false, nil); err != nil {
-		b.Fatal(err)
-	}
-}
-
-// purge empties the bench queue so that runs do not pile up in the broker.
-func purge(b *testing.B, url string) {
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := ch.QueuePurge("bench", false); err != nil {
-		b.Fatal(err)
-	}
+	returns := ch.NotifyReturn(make(chan amqp.Return, benchWindow))
+	go func() {
+		for range returns {
+		}
+	}()
+	return ch
 }
 
 // BenchmarkPublishRatio alternates rounds of 125 messages between bare
@@ -179,25 +141,9 @@ func benchRatio(b *testing.B, br *uplinktest.Broker, size, batch int) {
 	{
 		b.Run(fmt.Sprintf("size=%dKB/batch=%d", size/1000, batch), func(b *testing.B) {
 			url := br.Vhost(b)
-			setupBenchQueue(b, url)
+			uplinktest.FramesQueue(b, url, "bench", nil)
 			msgs := frames(b, "ratio", 125, size)
-			conn, err := amqp.Dial(url)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer conn.Close()
-			ch, err := conn.Channel()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := ch.Confirm(false); err != nil {
-				b.Fatal(err)
-			}
-			returns := ch.NotifyReturn(make(chan amqp.Return, benchWindow))
-			go func() {
-				for range returns {
-				}
-			}()
+			ch := bareChannel(b, url)
 			o := testOptions(url)
 			o.DeclareExchange = false
 			o.Window = benchWindow
@@ -219,7 +165,7 @@ func benchRatio(b *testing.B, br *uplinktest.Broker, size, batch int) {
 			b.ResetTimer()
 			for i := range b.N {
 				b.StopTimer()
-				purge(b, url)
+				uplinktest.Purge(b, url, "bench")
 				b.StartTimer()
 				var tb, tu time.Duration
 				runBare := func() {

@@ -68,7 +68,7 @@ func waitConfirmed(t *testing.T, l *ledger, n int, within time.Duration) {
 func TestBrokerKilledMidPublish(t *testing.T) {
 	b := uplinktest.Start(t)
 	leakCheck(t)
-	topology(t, b.URL, "frames", amqp.Table{"x-queue-type": "classic"})
+	uplinktest.FramesQueue(t, b.URL, "frames", amqp.Table{"x-queue-type": "classic"})
 	p := start(t, testOptions(b.URL))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	drainWhile(t, p, b.URL, "frames", 400, 20_000, 90*time.Second, func(l *ledger) {
@@ -83,7 +83,7 @@ func TestBrokerKilledMidPublish(t *testing.T) {
 		// since a SIGKILLed 3.10 node has been seen to come back without a
 		// binding made just before the kill. Messages already in the queue
 		// are what the check below is about.
-		topology(t, b.URL, "frames", amqp.Table{"x-queue-type": "classic"})
+		uplinktest.FramesQueue(t, b.URL, "frames", amqp.Table{"x-queue-type": "classic"})
 	})
 	if st := p.State(); st.Reconnects < 1 {
 		t.Errorf("reconnects = %d, want >= 1", st.Reconnects)
@@ -95,7 +95,7 @@ func TestBrokerKilledMidPublish(t *testing.T) {
 func TestBrokerRestartMidPublish(t *testing.T) {
 	b := uplinktest.Start(t)
 	leakCheck(t)
-	topology(t, b.URL, "frames", nil)
+	uplinktest.FramesQueue(t, b.URL, "frames", nil)
 	p := start(t, testOptions(b.URL))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	drainWhile(t, p, b.URL, "frames", 400, 20_000, 90*time.Second, func(l *ledger) {
@@ -111,7 +111,7 @@ func TestLinkCut(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	topology(t, vh, "frames", nil)
+	uplinktest.FramesQueue(t, vh, "frames", nil)
 	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	reg := prometheus.NewRegistry()
 	o := testOptions(viaProxy(t, vh, px))
@@ -156,7 +156,7 @@ func TestLinkStall(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	topology(t, vh, "frames", nil)
+	uplinktest.FramesQueue(t, vh, "frames", nil)
 	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	p := start(t, testOptions(viaProxy(t, vh, px)))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
@@ -178,7 +178,7 @@ func TestLinkHalfOpen(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	topology(t, vh, "frames", nil)
+	uplinktest.FramesQueue(t, vh, "frames", nil)
 	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	p := start(t, testOptions(viaProxy(t, vh, px)))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
@@ -200,7 +200,7 @@ func TestMemoryAlarmBlocks(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	topology(t, vh, "frames", nil)
+	uplinktest.FramesQueue(t, vh, "frames", nil)
 	t.Cleanup(func() { _, _ = b.CtlErr("set_vm_memory_high_watermark", "0.6") })
 	reg := prometheus.NewRegistry()
 	o := testOptions(vh)

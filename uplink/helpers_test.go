@@ -89,42 +89,6 @@ func waitState(t *testing.T, p *uplink.Publisher, st uplink.LinkState, within ti
 	t.Fatalf("state %v after %s, want %v (last error %v)", p.State().State, within, st, p.State().LastError)
 }
 
-// topology declares the exchange, a durable quorum queue with args and a
-// binding for frames.# on the vhost at url.
-func topology(t *testing.T, url, queue string, args amqp.Table) {
-	t.Helper()
-	withChannel(t, url, func(ch *amqp.Channel) {
-		if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-			t.Fatal(err)
-		}
-		a := amqp.Table{"x-queue-type": "quorum"}
-		for k, v := range args {
-			a[k] = v
-		}
-		if _, err := ch.QueueDeclare(queue, true, false, false, false, a); err != nil {
-			t.Fatal(err)
-		}
-		if err := ch.QueueBind(queue, "frames.#", uplink.DefaultExchange, false, nil); err != nil {
-			t.Fatal(err)
-		}
-	})
-}
-
-func withChannel(t *testing.T, url string, f func(*amqp.Channel)) {
-	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	f(ch)
-}
-
 // frames returns n messages of size body bytes with distinct ids.
 func frames(t testing.TB, prefix string, n, size int) []wire.Message {
 	t.Helper()
@@ -216,7 +180,7 @@ func errKind(err error) string {
 func queued(t *testing.T, url, queue string) map[string]int {
 	t.Helper()
 	got := map[string]int{}
-	withChannel(t, url, func(ch *amqp.Channel) {
+	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
 		for {
 			d, ok, err := ch.Get(queue, true)
 			if err != nil {

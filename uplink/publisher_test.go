@@ -23,7 +23,7 @@ func TestPublishRoundTrip(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	withChannel(t, url, func(ch *amqp.Channel) {
+	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
 		if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -66,7 +66,7 @@ func TestPublishRoundTrip(t *testing.T) {
 			t.Fatalf("result %d: %+v", i, r)
 		}
 	}
-	withChannel(t, url, func(ch *amqp.Channel) {
+	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
 		for i := range msgs {
 			d, ok, err := ch.Get("frames", true)
 			if err != nil || !ok {
@@ -176,7 +176,7 @@ func TestReturned(t *testing.T) {
 	if got := metric(t, reg, "forest_agent_uplink_publish_total", "returned"); got != 40 {
 		t.Errorf("publish_total{result=returned} = %v", got)
 	}
-	topology(t, url, "frames", nil)
+	uplinktest.FramesQueue(t, url, "frames", nil)
 	l := newLedger()
 	if err := deliverAll(ctx, t, p, msgs, 16, l); err != nil {
 		t.Fatal(err)
@@ -191,7 +191,7 @@ func TestNacked(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	topology(t, url, "small", amqp.Table{"x-max-length": int64(10), "x-overflow": "reject-publish"})
+	uplinktest.FramesQueue(t, url, "small", amqp.Table{"x-max-length": int64(10), "x-overflow": "reject-publish"})
 	p := start(t, testOptions(url))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	msgs := frames(t, "nack", 60, 2000)
@@ -270,7 +270,7 @@ func TestRateLimit(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	topology(t, url, "frames", nil)
+	uplinktest.FramesQueue(t, url, "frames", nil)
 	o := testOptions(url)
 	o.RateLimit = 300_000
 	p := start(t, o)
@@ -294,7 +294,7 @@ func TestSameIDInBatch(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	topology(t, url, "frames", nil)
+	uplinktest.FramesQueue(t, url, "frames", nil)
 	p := start(t, testOptions(url))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	msgs := frames(t, "same", 4, 100)
@@ -329,7 +329,7 @@ func TestPublishAbandonedOnStalledLink(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	topology(t, vh, "frames", nil)
+	uplinktest.FramesQueue(t, vh, "frames", nil)
 	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	o := testOptions(viaProxy(t, vh, px))
 	o.Heartbeat = 30 * time.Second // only the context can end the wait
@@ -370,7 +370,7 @@ func TestInvalidMessage(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	topology(t, url, "frames", nil)
+	uplinktest.FramesQueue(t, url, "frames", nil)
 	p := start(t, testOptions(url))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	msgs := frames(t, "inv", 4, 100)
@@ -400,7 +400,7 @@ func TestWriteOnlyUser(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	topology(t, url, "frames", nil)
+	uplinktest.FramesQueue(t, url, "frames", nil)
 	u, err := neturl.Parse(url)
 	if err != nil {
 		t.Fatal(err)
@@ -475,7 +475,7 @@ func TestExchangeMissing(t *testing.T) {
 	if ae == nil || ae.Code != amqp.NotFound {
 		t.Errorf("last error %v, want 404 not found", p.State().LastError)
 	}
-	topology(t, url, "frames", nil)
+	uplinktest.FramesQueue(t, url, "frames", nil)
 	l := newLedger()
 	if err := deliverAll(ctx, t, p, msgs, 20, l); err != nil {
 		t.Fatal(err)
@@ -490,7 +490,7 @@ func TestStopWaitsForConfirms(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	topology(t, url, "frames", nil)
+	uplinktest.FramesQueue(t, url, "frames", nil)
 	o := testOptions(url)
 	o.CloseTimeout = 10 * time.Second
 	o.RateLimit = 2_000_000 // 10 messages/s of 200 KB: the batch is mid-way when Run stops
@@ -560,7 +560,7 @@ func TestConcurrentPublish(t *testing.T) {
 	b := uplinktest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	topology(t, url, "frames", nil)
+	uplinktest.FramesQueue(t, url, "frames", nil)
 	p := start(t, testOptions(url))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

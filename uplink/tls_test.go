@@ -18,7 +18,7 @@ func TestTLS(t *testing.T) {
 	certs := uplinktest.GenerateCerts(t, "forest-device")
 	b := uplinktest.StartTLS(t, certs)
 	leakCheck(t)
-	topology(t, b.URL, "frames", nil)
+	uplinktest.FramesQueue(t, b.URL, "frames", nil)
 	good := func() uplink.Options {
 		o := testOptions(b.TLSURL)
 		o.TLS = uplink.TLSOptions{CAFile: certs.CAFile, CertFile: certs.ClientCert, KeyFile: certs.ClientKey}

@@ -27,25 +27,16 @@ import (
 // publisher is a bare amqp091 channel in confirm mode, for tests that put
 // hand-made messages on the broker.
 type publisher struct {
-	conn *amqp.Connection
-	ch   *amqp.Channel
+	ch *amqp.Channel
 }
 
 func dial(t *testing.T, url string) *publisher {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := uplinktest.Channel(t, url)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
-	return &publisher{conn, ch}
+	return &publisher{ch}
 }
 
 // publish sends one message and waits for its confirm; an error means the
@@ -157,35 +148,28 @@ func TestIdentity(t *testing.T) {
 func waitDeadLetters(t *testing.T, s *Stack, n int, timeout time.Duration) map[string]int {
 	t.Helper()
 	waitFor(t, timeout, func() bool { return queueDepths(t, s)["forest.cloud.frames.dlq"] >= n })
-	conn, err := amqp.Dial(s.Broker.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
 	reasons := map[string]int{}
-	var tags []uint64
-	for {
-		d, ok, err := ch.Get("forest.cloud.frames.dlq", false)
-		if err != nil {
-			t.Fatal(err)
+	uplinktest.WithChannel(t, s.Broker.URL, func(ch *amqp.Channel) {
+		var tags []uint64
+		for {
+			d, ok, err := ch.Get("forest.cloud.frames.dlq", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				break
+			}
+			r, _ := d.Headers["x-forest-reason"].(string)
+			if r == "" {
+				r = "(none)"
+			}
+			reasons[r]++
+			tags = append(tags, d.DeliveryTag)
 		}
-		if !ok {
-			break
+		if len(tags) > 0 {
+			_ = ch.Nack(tags[len(tags)-1], true, true)
 		}
-		r, _ := d.Headers["x-forest-reason"].(string)
-		if r == "" {
-			r = "(none)"
-		}
-		reasons[r]++
-		tags = append(tags, d.DeliveryTag)
-	}
-	if len(tags) > 0 {
-		_ = ch.Nack(tags[len(tags)-1], true, true)
-	}
+	})
 	return reasons
 }
 

@@ -31,24 +31,8 @@ func TestAgentTLS(t *testing.T) {
 	stranger := uplinktest.GenerateCerts(t, "mast-tls")
 	br := uplinktest.StartTLS(t, certs)
 
-	conn, err := amqp.Dial(br.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.ExchangeDeclare("forest.frames", amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare("tls-frames", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind("tls-frames", "frames.#", "forest.frames", false, nil); err != nil {
-		t.Fatal(err)
-	}
+	uplinktest.FramesQueue(t, br.URL, "tls-frames", nil)
+	ch := uplinktest.Channel(t, br.URL)
 	br.AddUser(t, "mast-tls", "tls-Secret-77", "/", "^$", "^forest\\.frames$", "^$")
 
 	frames, err := LoadFrames(root, 128)

@@ -18,15 +18,7 @@ func TestMain(m *testing.M) { uplinktest.Main(m) }
 // ack.
 func TestSmokeBroker(t *testing.T) {
 	b := uplinktest.Shared(t)
-	conn, err := amqp.Dial(b.Vhost(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := uplinktest.Channel(t, b.Vhost(t))
 	q, err := ch.QueueDeclare("smoke", true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
 	if err != nil {
 		t.Fatal(err)
@@ -65,13 +57,7 @@ func TestSmokeBroker(t *testing.T) {
 // TestRestart proves a private broker keeps durable data across a restart.
 func TestRestart(t *testing.T) {
 	b := uplinktest.Start(t)
-	publish := func() {
-		conn, err := amqp.Dial(b.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		ch, _ := conn.Channel()
+	uplinktest.WithChannel(t, b.URL, func(ch *amqp.Channel) {
 		if _, err := ch.QueueDeclare("keep", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
 			t.Fatal(err)
 		}
@@ -80,15 +66,9 @@ func TestRestart(t *testing.T) {
 		if err != nil || !dc.Wait() {
 			t.Fatalf("publish: %v", err)
 		}
-	}
-	publish()
+	})
 	b.Restart(t)
-	conn, err := amqp.Dial(b.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, _ := conn.Channel()
+	ch := uplinktest.Channel(t, b.URL)
 	q, err := ch.QueueDeclarePassive("keep", true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
 	if err != nil {
 		t.Fatal(err)
