@@ -218,33 +218,34 @@ func consume(t *testing.T, b *uplinktest.Broker, vurl *url.URL, user, pw string,
 	t.Helper()
 	u := *vurl
 	u.User = url.UserPassword(user, pw)
-	ch := uplinktest.Channel(t, u.String())
-	ch.Qos(50, 0, false)
-	dl, err := ch.Consume("frames", "", false, false, false, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []wire.Message
-	timeout := time.After(60 * time.Second)
-	for len(out) < n {
+	uplinktest.WithChannel(t, u.String(), func(ch *amqp.Channel) {
+		ch.Qos(50, 0, false)
+		dl, err := ch.Consume("frames", "", false, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		timeout := time.After(60 * time.Second)
+		for len(out) < n {
+			select {
+			case d := <-dl:
+				out = append(out, wire.Message{ContentType: d.ContentType, MessageID: d.MessageId, Timestamp: d.Timestamp,
+					AppID: d.AppId, Type: d.Type, UserID: d.UserId, Headers: d.Headers, Body: d.Body})
+				if d.DeliveryMode != amqp.Persistent {
+					t.Errorf("message %s not persistent", d.MessageId)
+				}
+				d.Ack(false)
+			case <-timeout:
+				t.Fatalf("got %d of %d messages", len(out), n)
+			}
+		}
+		// Nothing more: no duplicates were published.
 		select {
 		case d := <-dl:
-			out = append(out, wire.Message{ContentType: d.ContentType, MessageID: d.MessageId, Timestamp: d.Timestamp,
-				AppID: d.AppId, Type: d.Type, UserID: d.UserId, Headers: d.Headers, Body: d.Body})
-			if d.DeliveryMode != amqp.Persistent {
-				t.Errorf("message %s not persistent", d.MessageId)
-			}
-			d.Ack(false)
-		case <-timeout:
-			t.Fatalf("got %d of %d messages", len(out), n)
+			t.Fatalf("unexpected extra message %s", d.MessageId)
+		case <-time.After(300 * time.Millisecond):
 		}
-	}
-	// Nothing more: no duplicates were published.
-	select {
-	case d := <-dl:
-		t.Fatalf("unexpected extra message %s", d.MessageId)
-	case <-time.After(300 * time.Millisecond):
-	}
+	})
 	return out
 }
 
