@@ -22,7 +22,7 @@ help: ## list the targets
 build: ## build bin/forest-agent and bin/forest-cloud
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./agent/cmd/forest-agent ./cloud/cmd/forest-cloud
 
-deps: ## install RabbitMQ, versitygw, staticcheck and ONNX Runtime (cached in .cache/)
+deps: ## install RabbitMQ, versitygw, staticcheck, ONNX Runtime (npm), Chromium, gcc, systemd (cached in .cache/)
 	bash .ci/deps.sh
 
 run: deps build ## the main job: forest-agent --once on the bundled sample frames, offline

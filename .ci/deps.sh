@@ -2,6 +2,11 @@
 # Installs everything the build and the tests need from outside the Go module,
 # idempotently. Installs go to .cache/ (git-ignored) except the Debian packages.
 #
+#   Go 1.26       must be on the PATH already (Debian 12's golang is 1.19)
+#   C toolchain   apt-get install gcc libc6-dev binutils (cgo for ONNX Runtime;
+#                 readelf for the firmware tests)
+#   systemd       apt-get install systemd (systemd-analyze for the unit tests;
+#                 nothing is started)
 #   Chromium      apt-get install chromium (the status page test)
 #   RabbitMQ      apt-get install rabbitmq-server (not started: the test
 #                 harness starts its own broker on 127.0.0.1)
@@ -67,7 +72,17 @@ onnxruntime() {
 	touch "$dir/.ok"
 }
 
-apt_install rabbitmq-server ca-certificates chromium
+go_ok() {
+	local v
+	v=$(go env GOVERSION 2>/dev/null) || return 1
+	v=${v#go}
+	local major=${v%%.*} rest=${v#*.}
+	local minor=${rest%%.*}
+	((major > 1 || (major == 1 && minor >= 26)))
+}
+go_ok || { say "Go 1.26 or later is needed on the PATH (found: $(go env GOVERSION 2>/dev/null || echo none)); Debian 12's golang package is 1.19: install Go 1.26 and put its bin/ on the PATH"; exit 1; }
+
+apt_install rabbitmq-server ca-certificates chromium gcc libc6-dev binutils systemd
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 onnxruntime

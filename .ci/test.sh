@@ -10,7 +10,14 @@ bash .ci/deps.sh
 . .ci/env.sh
 
 start=$SECONDS
+# The end-to-end test writes its tally here (go test shows no log of a
+# passing package); it is printed below.
+export FOREST_E2E_TALLY=$PWD/.cache/e2e-tally.txt
+rm -f "$FOREST_E2E_TALLY"
 go test -count=1 -timeout 45m ${GOTESTFLAGS:-} ./...
+if [ -s "$FOREST_E2E_TALLY" ]; then
+	cat "$FOREST_E2E_TALLY"
+fi
 
 # Each fuzz target for a bounded number of inputs: the seed corpus ran
 # above already. A count, not a duration: Go 1.26's fuzz coordinator can

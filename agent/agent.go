@@ -466,11 +466,11 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 }
 
 // BuildInfo describes the binary for `forest-agent version`.
-func BuildInfo() string {
-	ort, err := segment.RuntimeVersion()
+func BuildInfo(library string) string {
+	ort, err := segment.RuntimeVersion(library)
 	if err != nil {
 		ort = "unavailable (" + err.Error() + ")"
 	}
 	return fmt.Sprintf("forest-agent %s\ncommit %s\ngo %s %s/%s\nonnxruntime %s (%s)\n", Version, Commit,
-		runtime.Version(), runtime.GOOS, runtime.GOARCH, ort, segment.LibraryPath(""))
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, ort, segment.LibraryPath(library))
 }

@@ -58,7 +58,7 @@ type DirConfig struct {
 	// Pattern is a filepath.Match pattern of file names to take.
 	Pattern string `yaml:"pattern"`
 	// Settle is how long a file's size and mtime must stay unchanged before
-	// it counts as complete (unless inotify reported it closed after write).
+	// it counts as complete.
 	Settle Duration `yaml:"settle"`
 	// After is "delete" or "move" (to DoneDir) once the frame is spooled.
 	After string `yaml:"after"`
@@ -285,7 +285,7 @@ func expandEnv(b []byte) ([]byte, error) {
 
 // LoadConfig reads path, expands ${ENV} references (${NAME:-default} gives
 // a default), applies defaults for missing keys, resolves relative paths
-// against the file's directory and validates the result. Unknown keys are
+// (see resolve) and validates the result. Unknown keys are
 // errors. Errors wrap ErrConfig and name the field.
 func LoadConfig(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)

@@ -122,6 +122,23 @@ func TestConfigErrors(t *testing.T) {
 		{"http: {listen: 'localhost'}", "http.listen", "host:port"},
 		{"log: {level: loud}", "log.level", "debug, info"},
 		{"shutdown_timeout: 0s", "shutdown_timeout", "must be > 0 (got 0s)"},
+		{"source: {type: http, http: {url: 'http://cam/s', interval: 0s}}", "source.http.interval", "must be > 0 (got 0s)"},
+		{"source: {type: http, http: {url: 'http://cam/s', max_bytes: 0}}", "source.http.max_bytes", "must be > 0 (got 0)"},
+		{"source: {type: exec, exec: {command: [x], interval: -1s}}", "source.exec.interval", "must be > 0 (got -1s)"},
+		{"source: {type: exec, exec: {command: [x], max_bytes: -5}}", "source.exec.max_bytes", "must be > 0 (got -5)"},
+		{"segment: {threads: -1}", "segment.threads", ">= 0 (got -1)"},
+		{"segment: {min_coverage: 2}", "segment.min_coverage", "[0,1] (got 2)"},
+		{"spool: {min_free_bytes: -1}", "spool.min_free_bytes", ">= 0 (got -1)"},
+		{"spool: {max_age: -1h}", "spool.max_age", ">= 0 (got -1h0m0s)"},
+		{"uplink: {url: 'amqp://broker/', user: u, password_file: /p, password_env: P}", "uplink.password_env", "not both"},
+		{"uplink: {url: 'amqps://broker/', tls: {cert_file: /c}}", "uplink.tls.cert_file", "go together"},
+		{"uplink: {exchange: ''}", "uplink.exchange", "required"},
+		{"uplink: {batch: 0}", "uplink.batch", ">= 1 (got 0)"},
+		{"uplink: {dial_timeout: 0s}", "uplink.dial_timeout", "must be > 0 (got 0s)"},
+		{"uplink: {heartbeat: -1s}", "uplink.heartbeat", "(got -1s)"},
+		{"uplink: {backoff_max: 0s}", "uplink.backoff_max", "must be > 0 (got 0s)"},
+		{"http: {refresh: 0s}", "http.refresh", "must be > 0 (got 0s)"},
+		{"log: {format: xml}", "log.format", `text or json (got "xml")`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.field, func(t *testing.T) {

@@ -18,7 +18,7 @@ const EnvLibraryPath = "ONNXRUNTIME_LIB"
 // explicit if non-empty; the ONNXRUNTIME_LIB environment variable; the copy `make deps`
 // installs at .cache/onnxruntime/linux-<x64|arm64>/libonnxruntime.so.1 in the working
 // directory or any parent up to the one holding go.mod; the copy the .deb installs at
-// <executable dir>/../lib/forest-agent/libonnxruntime.so.1; else "libonnxruntime.so",
+// <executable dir>/../lib/forest-agent/libonnxruntime.so.1; else "libonnxruntime.so.1",
 // which the dynamic loader looks up in the system's library path.
 func LibraryPath(explicit string) string {
 	wd, _ := os.Getwd()
@@ -55,7 +55,7 @@ func libraryPath(explicit, env, wd, exe, arch string) string {
 			return p
 		}
 	}
-	return "libonnxruntime.so"
+	return "libonnxruntime.so.1"
 }
 
 func archName() string {
@@ -124,10 +124,10 @@ func releaseEnv() error {
 	return nil
 }
 
-// RuntimeVersion loads the ONNX Runtime library that LibraryPath("") selects (or uses the
-// one already loaded) and returns its version string, such as "1.22.0".
-func RuntimeVersion() (string, error) {
-	path := LibraryPath("")
+// RuntimeVersion loads the ONNX Runtime library that LibraryPath(library) selects (or uses
+// the one already loaded) and returns its version string, such as "1.24.1".
+func RuntimeVersion(library string) (string, error) {
+	path := LibraryPath(library)
 	env.mu.Lock()
 	if env.refs > 0 {
 		path = env.path

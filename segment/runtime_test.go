@@ -36,8 +36,8 @@ func TestLibraryPath(t *testing.T) {
 		{"env next", "", "/env/ort.so", wd, exe, "arm64", "/env/ort.so"},
 		{"make deps cache walking up to go.mod", "", "", wd, exe, "arm64", cached},
 		{"other arch falls to the .deb layout", "", "", wd, exe, "x64", deb},
-		{"no go.mod above: stops at /", "", "", filepath.Join(root, "outside", "a"), "", "x64", "libonnxruntime.so"},
-		{"system library last", "", "", filepath.Join(root, "repo"), filepath.Join(root, "bin", "x"), "x64", "libonnxruntime.so"},
+		{"no go.mod above: stops at /", "", "", filepath.Join(root, "outside", "a"), "", "x64", "libonnxruntime.so.1"},
+		{"system library last", "", "", filepath.Join(root, "repo"), filepath.Join(root, "bin", "x"), "x64", "libonnxruntime.so.1"},
 	} {
 		if got := libraryPath(c.explicit, c.env, c.wd, c.exe, c.arch); got != c.want {
 			t.Errorf("%s: got %q, want %q", c.name, got, c.want)

@@ -117,6 +117,26 @@ func envInt(k string, def int) int {
 	return def
 }
 
+// reportTally appends a run's tally to the file FOREST_E2E_TALLY names, so
+// that `make test` can print it although go test shows no log of a passing
+// package.
+func reportTally(t *testing.T, tally string) {
+	path := os.Getenv("FOREST_E2E_TALLY")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err == nil {
+		_, err = fmt.Fprintln(f, tally)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		t.Errorf("FOREST_E2E_TALLY: %v", err)
+	}
+}
+
 // queueDepths returns messages per queue on the stack's broker.
 func queueDepths(t *testing.T, s *Stack) map[string]int {
 	t.Helper()
@@ -200,9 +220,19 @@ func TestChainUnderFaults(t *testing.T) {
 			dupsSuppressed += v
 		}
 	}
+	// A kill counts only if it hit a running process.
+	killed := map[string]int{}
+	kill := func(p *Proc, what string) {
+		if _, alive := p.Running(); alive {
+			killed[what]++
+		} else {
+			t.Logf("%s was not running when it was to be killed", p.Name)
+		}
+		p.Kill()
+	}
 	restartAgent := func(ag *Agent) func() {
 		return func() {
-			ag.Kill()
+			kill(ag.Proc, "agent")
 			time.Sleep(time.Second)
 			if err := ag.Start(); err != nil {
 				t.Error(err)
@@ -232,7 +262,7 @@ func TestChainUnderFaults(t *testing.T) {
 		for _, at := range []time.Duration{45, 105, 165} {
 			events = append(events, event{c + at*time.Second, "consumer kill -9", func() {
 				scrapeDups()
-				s.Cloud.Kill()
+				kill(s.Cloud.Proc, "consumer")
 				time.Sleep(2 * time.Second)
 				if err := s.Cloud.Start(); err != nil {
 					t.Error(err)
@@ -247,6 +277,15 @@ func TestChainUnderFaults(t *testing.T) {
 		)
 	}
 	sort.SliceStable(events, func(i, j int) bool { return events[i].at < events[j].at })
+	// forest-cloud exits when its start-up check fails (S3 or the broker
+	// down); its unit restarts it, and so does this.
+	superviseCtx, stopSupervising := context.WithCancel(context.Background())
+	defer stopSupervising()
+	supervised := make(chan struct{})
+	go func() {
+		defer close(supervised)
+		s.Cloud.Supervise(superviseCtx, time.Second, func(err error) { t.Error(err) })
+	}()
 	start := time.Now()
 	for _, e := range events {
 		time.Sleep(time.Until(start.Add(e.at)))
@@ -259,13 +298,27 @@ func TestChainUnderFaults(t *testing.T) {
 	if err := <-feedErr; err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("faults injected: %v", counts)
+	t.Logf("faults injected: %v; processes killed while running: %v", counts, killed)
+	cycles := int((period + 200*time.Second - 1) / (200 * time.Second))
+	if killed["agent"] < 10*cycles || killed["consumer"] < 3*cycles {
+		t.Errorf("kills that hit a running process: %v, want at least %d agent and %d consumer", killed, 10*cycles, 3*cycles)
+	}
 
 	// Drain: the spools and the queue empty, S3 catches up.
 	drained := waitDrained(t, s, 5*time.Minute)
+	// Evictions as each agent reports them on /metrics (the spool keeps
+	// the counts across restarts), compared below with the spool's own.
+	evictedMetric := map[string]float64{}
 	for _, ag := range s.Agents {
+		v, err := Metric(context.Background(), ag.HTTP, "forest_agent_frames_evicted_total")
+		if err != nil {
+			t.Errorf("%s: %v", ag.Device, err)
+		}
+		evictedMetric[ag.Device] = v
 		ag.Stop(20 * time.Second)
 	}
+	stopSupervising()
+	<-supervised
 	scrapeDups()
 	s.Cloud.Stop(20 * time.Second)
 	if !drained {
@@ -294,6 +347,8 @@ func TestChainUnderFaults(t *testing.T) {
 		case n > 1:
 			dups++
 			t.Errorf("frame %s of %s stored %d times: %v", f.name, f.device, n, bySHA[sha])
+		case bySHA[sha][0].Device != f.device:
+			t.Errorf("frame %s captured by %s stored as device %s", f.name, f.device, bySHA[sha][0].Device)
 		}
 	}
 	for sha, sts := range bySHA {
@@ -307,6 +362,9 @@ func TestChainUnderFaults(t *testing.T) {
 		var n uint64
 		for _, v := range evicted[ag.Device] {
 			n += v
+		}
+		if float64(n) != evictedMetric[ag.Device] {
+			t.Errorf("%s: the spool counts %d evictions, the agent's metrics %v", ag.Device, n, evictedMetric[ag.Device])
 		}
 		if int(n) != missing[ag.Device] {
 			t.Errorf("%s: %d frames missing from S3 but %d evicted (%v): unexplained difference",
@@ -324,9 +382,11 @@ func TestChainUnderFaults(t *testing.T) {
 	if q["forest.cloud.frames"] != 0 || q["forest.cloud.frames.dlq"] != 0 {
 		t.Errorf("queues not empty: %v", q)
 	}
-	t.Logf("TALLY captured=%d stored=%d missing=%v evicted=%v duplicates_stored=%d duplicates_suppressed>=%.0f dead_lettered=%d agent_starts=[%d %d] consumer_starts=%d",
-		len(fed), len(stored), missing, evicted, dups, dupsSuppressed, q["forest.cloud.frames.dlq"],
-		s.Agents[0].Starts(), s.Agents[1].Starts(), s.Cloud.Starts())
+	tally := fmt.Sprintf("TALLY %s: captured=%d stored=%d missing=%v evicted=%v duplicates_stored=%d duplicates_suppressed>=%.0f dead_lettered=%d faults=%v killed_while_running=%v agent_starts=[%d %d] consumer_starts=%d consumer_exits_on_its_own=%d elapsed=%s",
+		t.Name(), len(fed), len(stored), missing, evicted, dups, dupsSuppressed, q["forest.cloud.frames.dlq"],
+		counts, killed, s.Agents[0].Starts(), s.Agents[1].Starts(), s.Cloud.Starts(), s.Cloud.Exits(), time.Since(start).Round(time.Second))
+	t.Log(tally)
+	reportTally(t, tally)
 	checkNoSecrets(t, s)
 }
 

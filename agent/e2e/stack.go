@@ -73,6 +73,7 @@ type Proc struct {
 	cmd    *exec.Cmd
 	done   chan struct{}
 	starts int
+	exits  int
 }
 
 // Start starts the process (again).
@@ -140,6 +141,45 @@ func (p *Proc) Running() (int, bool) {
 	default:
 		return p.cmd.Process.Pid, true
 	}
+}
+
+// Supervise restarts the process whenever it exits on its own (not through
+// Kill or Stop), checking every interval until ctx ends, as systemd's
+// Restart=always does for the services' units. A start error is reported
+// to onErr.
+func (p *Proc) Supervise(ctx context.Context, interval time.Duration, onErr func(error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		exited := false
+		if p.cmd != nil {
+			select {
+			case <-p.done:
+				p.cmd, exited = nil, true
+				p.exits++
+			default:
+			}
+		}
+		p.mu.Unlock()
+		if exited {
+			if err := p.Start(); err != nil {
+				onErr(err)
+			}
+		}
+	}
+}
+
+// Exits is how many times Supervise found the process exited on its own.
+func (p *Proc) Exits() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exits
 }
 
 // Starts is how many times the process was started.

@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/forestwatch/forest/cloud"
 	"github.com/forestwatch/forest/uplink/wire"
 )
 
@@ -23,20 +24,6 @@ type Stored struct {
 	ImageSHA256 string // of the bytes read back
 	MaskKey     string
 	Problems    []string
-}
-
-type sidecar struct {
-	FrameID string `json:"frame_id"`
-	Device  string `json:"device"`
-	Image   struct {
-		Key    string `json:"key"`
-		SHA256 string `json:"sha256"`
-		Bytes  int    `json:"bytes"`
-	} `json:"image"`
-	Mask *struct {
-		Key    string `json:"key"`
-		SHA256 string `json:"sha256"`
-	} `json:"mask"`
 }
 
 // Keys lists every object key under prefix.
@@ -65,7 +52,9 @@ func get(ctx context.Context, c *s3.Client, bucket, key string) ([]byte, error) 
 }
 
 // StoredFrames reads every sidecar under prefix and checks that its image and
-// mask exist with the SHA-256 the sidecar records.
+// mask exist with the SHA-256 the sidecar records, and that all three keys
+// are the ones cloud.KeysFor gives for the frame's device, id, capture time
+// and content type with the default key prefix "frames".
 func StoredFrames(ctx context.Context, c *s3.Client, bucket, prefix string) ([]Stored, error) {
 	keys, err := Keys(ctx, c, bucket, prefix)
 	if err != nil {
@@ -80,7 +69,7 @@ func StoredFrames(ctx context.Context, c *s3.Client, bucket, prefix string) ([]S
 		if err != nil {
 			return nil, fmt.Errorf("get %s: %w", k, err)
 		}
-		var sc sidecar
+		var sc cloud.Sidecar
 		st := Stored{Sidecar: k}
 		if err := json.Unmarshal(b, &sc); err != nil {
 			st.Problems = append(st.Problems, "sidecar is not JSON: "+err.Error())
@@ -88,6 +77,12 @@ func StoredFrames(ctx context.Context, c *s3.Client, bucket, prefix string) ([]S
 			continue
 		}
 		st.FrameID, st.Device, st.ImageKey = sc.FrameID, sc.Device, sc.Image.Key
+		want, err := cloud.KeysFor("frames", sc.Device, sc.FrameID, sc.CapturedAt, sc.ContentType)
+		if err != nil {
+			st.Problems = append(st.Problems, "no key for its metadata: "+err.Error())
+		} else if k != want.Sidecar || sc.Image.Key != want.Image || (sc.Mask != nil && sc.Mask.Key != want.Mask) {
+			st.Problems = append(st.Problems, fmt.Sprintf("keys %s, %s differ from the layout's %+v", k, sc.Image.Key, want))
+		}
 		img, err := get(ctx, c, bucket, sc.Image.Key)
 		if err != nil {
 			st.Problems = append(st.Problems, "image: "+err.Error())

@@ -75,8 +75,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "spool":
 		return cmdSpool(args[1:], stdout, stderr)
 	case "version":
-		fmt.Fprint(stdout, agent.BuildInfo())
-		return 0
+		return cmdVersion(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "forest-agent: unknown command %q\nRun \"forest-agent --help\" for the list of commands.\n", args[0])
 	return 2
@@ -198,6 +197,41 @@ func signalContext(log *slog.Logger) (context.Context, func()) {
 		}
 	}()
 	return ctx, func() { signal.Stop(ch); close(done); cancel() }
+}
+
+func cmdVersion(args []string, stdout, stderr io.Writer) int {
+	help := `Usage: forest-agent version [--config FILE]
+
+Prints the agent's version and commit, the Go version and platform, and the
+ONNX Runtime version with the path of the library it loaded: with --config,
+the config's segment.library if set, else the default search
+($ONNXRUNTIME_LIB, a checkout's .cache/onnxruntime, ../lib/forest-agent
+beside the binary, the system's library path).
+
+Examples:
+  forest-agent version
+  forest-agent version --config /etc/forest-agent/agent.yaml
+`
+	fs := flags("version", help, stdout)
+	cfgPath := fs.String("config", "", "agent config whose segment.library to load")
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "forest-agent version: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	lib := ""
+	if *cfgPath != "" {
+		cfg, err := agent.LoadConfig(*cfgPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "forest-agent version: %v\n", err)
+			return 1
+		}
+		lib = cfg.Segment.Library
+	}
+	fmt.Fprint(stdout, agent.BuildInfo(lib))
+	return 0
 }
 
 func cmdConfig(args []string, stdout, stderr io.Writer) int {

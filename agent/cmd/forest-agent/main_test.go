@@ -52,6 +52,16 @@ func TestVersion(t *testing.T) {
 			t.Fatalf("version output lacks %q: %q", want, out)
 		}
 	}
+	// With --config it reports the config's library.
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	lib := filepath.Join(t.TempDir(), "libonnxruntime.so.1")
+	os.WriteFile(cfg, []byte("device: {id: d1}\nsegment: {library: "+lib+"}\n"), 0o644)
+	if code, out, _ := runCLI("version", "--config", cfg); code != 0 || !strings.Contains(out, "("+lib+")") {
+		t.Fatalf("version --config: %d %q", code, out)
+	}
+	if code, out, _ := runCLI("version", "--help"); code != 0 || !strings.Contains(out, "Examples:") {
+		t.Fatalf("version --help: %d %q", code, out)
+	}
 }
 
 func TestConfigCheck(t *testing.T) {
