@@ -21,8 +21,9 @@ rm -f "$out"/*.txt
 
 # spool: durable Put (sequential, 4 producers, interleaved ratio), Ack of 64,
 # against raw bbolt; RSS growth with 10,000 frames spooled.
-bench spool ./spool -bench 'Put|Ack64|AltBlob' -count "$count"
-bench spool ./spool -bench 'Memory10k' -benchtime 1x -count 1
+bench spool ./spool -bench 'Put|AltBlob' -count "$count"
+bench spool ./spool -bench 'Ack64' -benchtime 40x -count "$count"
+bench spool ./spool -bench 'Memory10k' -benchtime 1x -count 3
 # segment: Model.Segment against a bare onnxruntime_go Run (x_bare).
 bench segment ./segment -bench . -count "$count"
 # uplink: Publisher against bare amqp091-go, rounds interleaved.

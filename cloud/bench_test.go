@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	dto "github.com/prometheus/client_model/go"
@@ -101,7 +102,7 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			_, err := c.PutObject(context.Background(), &s3.PutObjectInput{
 				Bucket: aws.String(e.bucket), Key: aws.String(fmt.Sprintf("%s/%06d%s", prefix, i, o.ext)), Body: bytes.NewReader(o.body),
 				ChecksumAlgorithm: types.ChecksumAlgorithmSha256, ChecksumSHA256: aws.String(base64.StdEncoding.EncodeToString(o.sum[:])),
-			})
+			}, s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)) // as the consumer signs
 			if err != nil {
 				b.Error(err)
 			}

@@ -60,13 +60,19 @@ func TestKill9(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// Kill it while it works: once it has stored a frame of its own,
+		// after a random further 0-500 ms.
 		before := sidecars(e.keys(t))
-		time.Sleep(time.Duration(200+rand.IntN(800)) * time.Millisecond)
+		waitFor(t, 30*time.Second, "the child storing frames", func() bool { return sidecars(e.keys(t)) > before })
+		time.Sleep(time.Duration(rand.IntN(500)) * time.Millisecond)
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		log.Close()
 		got, depth := noLoss(t, e, len(frames))
 		t.Logf("round %d: killed with %d frames stored (+%d), %d in the queue", round, got, got-before, depth)
+		if depth == 0 {
+			t.Fatalf("round %d: the queue was empty at the kill; the test needs more messages", round)
+		}
 	}
 	// A SIGTERM stops the consumer cleanly: exit status 0 within the
 	// shutdown timeout, and again nothing lost.
