@@ -96,7 +96,9 @@ func TestMalformed(t *testing.T) {
 		{"legacy name too long", legacyPub("l12", legacyBody(png8, strings.Repeat("a", 300)+".png")), cloud.ReasonUnsafeName, ""},
 		{"legacy empty name", legacyPub("l13", legacyBody(png8, "")), cloud.ReasonUnsafeName, ""},
 		{"legacy oversized", legacyPub("l14", bytes.Repeat([]byte(" "), 1<<20+1)), cloud.ReasonTooLarge, ""},
-		{"wire oversized", wf(func(f *wire.Frame, m *amqp.Publishing) { m.Body = append(append([]byte{}, m.Body...), make([]byte, 1<<20)...) }), cloud.ReasonTooLarge, ""},
+		{"wire oversized", wf(func(f *wire.Frame, m *amqp.Publishing) {
+			m.Body = append(append([]byte{}, m.Body...), make([]byte, 1<<20)...)
+		}), cloud.ReasonTooLarge, ""},
 		{"wire unknown major", wf(func(f *wire.Frame, m *amqp.Publishing) { m.Type = "forest.frame.v2.0" }), cloud.ReasonSchema, ""},
 		{"wire body checksum", wf(func(f *wire.Frame, m *amqp.Publishing) { m.Body = append([]byte{}, m.Body...); m.Body[40] ^= 1 }), cloud.ReasonChecksum, ""},
 		{"wire mask checksum", wf(func(f *wire.Frame, m *amqp.Publishing) {
