@@ -12,34 +12,38 @@ import (
 	"testing"
 )
 
-// debPackage returns the amd64 .deb to test: $FOREST_DEB if set, else one
-// built now by `bash firmware/package.sh amd64` into a temporary directory.
-func debPackage(t *testing.T) string {
+// debPackage returns the .deb of arch (amd64 or arm64) to test: for amd64
+// $FOREST_DEB if set, else one built now by `bash firmware/package.sh ARCH`
+// into a temporary directory.
+func debPackage(t *testing.T, arch string) string {
 	t.Helper()
-	if p := os.Getenv("FOREST_DEB"); p != "" {
+	if p := os.Getenv("FOREST_DEB"); p != "" && arch == "amd64" {
 		return p
 	}
 	need(t, "dpkg-deb")
 	if m, _ := filepath.Glob(filepath.Join(repoRoot(t), "agent/cmd/forest-agent/*.go")); len(m) == 0 {
 		missing(t, "agent/cmd/forest-agent does not exist yet")
 	}
-	ortLibrary(t, "x64")
+	ortLibrary(t, ortArch[arch])
 	dist := t.TempDir()
-	cmd := exec.Command("bash", "firmware/package.sh", "amd64")
+	cmd := exec.Command("bash", "firmware/package.sh", arch)
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(os.Environ(), "DIST="+dist)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("package.sh amd64: %v\n%s", err, stderr.Bytes())
+		t.Fatalf("package.sh %s: %v\n%s", arch, err, stderr.Bytes())
 	}
 	deb := strings.TrimSpace(string(out))
-	if filepath.Dir(deb) != dist || !strings.HasSuffix(deb, "_amd64.deb") {
+	if filepath.Dir(deb) != dist || !strings.HasSuffix(deb, "_"+arch+".deb") {
 		t.Fatalf("package.sh printed %q, want a .deb in %s", deb, dist)
 	}
 	return deb
 }
+
+// ortArch names the ONNX Runtime build of a Debian architecture.
+var ortArch = map[string]string{"amd64": "x64", "arm64": "arm64"}
 
 var debVersion = regexp.MustCompile(`(?m)^ Version: ([0-9][A-Za-z0-9.+~]*)$`)
 
@@ -56,53 +60,8 @@ func TestPackage(t *testing.T) {
 	if os.Geteuid() != 0 {
 		missing(t, "the install check needs root (dpkg --root and the maintainer scripts chown files)")
 	}
-	deb := debPackage(t)
-
-	info := run(t, "", "dpkg-deb", "--info", deb)
-	for _, want := range []string{
-		" Package: forest-agent\n", " Architecture: amd64\n", " Depends: libc6 (>= 2.", "libstdc++6",
-		" Recommends: systemd\n", "conffiles", "postinst", "prerm", "postrm",
-	} {
-		if !strings.Contains(info, want) {
-			t.Errorf("dpkg-deb --info lacks %q:\n%s", want, info)
-		}
-	}
-	m := debVersion.FindStringSubmatch(info)
-	if m == nil || !strings.Contains(filepath.Base(deb), "_"+m[1]+"_") {
-		t.Errorf("version %v does not match the file name %s", m, filepath.Base(deb))
-	}
-	if cf := run(t, "", "dpkg-deb", "--field", deb, "Version"); strings.TrimSpace(cf) == "" {
-		t.Error("no Version field")
-	}
-	ctl := t.TempDir()
-	run(t, "", "dpkg-deb", "--control", deb, ctl)
-	if b, _ := os.ReadFile(filepath.Join(ctl, "conffiles")); string(b) != "/etc/forest-agent/agent.yaml\n" {
-		t.Errorf("conffiles = %q", b)
-	}
-
-	contents := run(t, "", "dpkg-deb", "--contents", deb)
-	for path, mode := range map[string]string{
-		"./usr/bin/forest-agent":                              "-rwxr-xr-x root/root",
-		"./usr/lib/forest-agent/libonnxruntime.so.1":          "-rw-r--r-- root/root",
-		"./usr/share/forest-agent/models/forest-unet-v1.onnx": "-rw-r--r-- root/root",
-		"./usr/lib/systemd/system/forest-agent.service":       "-rw-r--r-- root/root",
-		"./etc/forest-agent/agent.yaml":                       "-rw-r--r-- root/root",
-		"./usr/share/doc/forest-agent/copyright":              "-rw-r--r-- root/root",
-		"./":                                                  "drwxr-xr-x root/root",
-	} {
-		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(mode) + `\s.*\s` + regexp.QuoteMeta(path) + `$`).MatchString(contents) {
-			t.Errorf("dpkg-deb --contents: no %s %s in\n%s", mode, path, contents)
-		}
-	}
-	if strings.Contains(contents, " ./var/") || strings.Contains(contents, "/home/") {
-		t.Errorf("package ships files outside its paths:\n%s", contents)
-	}
-	// The packaged library is the pinned one.
-	ex := t.TempDir()
-	run(t, "", "dpkg-deb", "-x", deb, ex)
-	assertSameFile(t, filepath.Join(ex, "usr/lib/forest-agent/libonnxruntime.so.1"), ortLibrary(t, "x64"))
-	assertSameFile(t, filepath.Join(ex, "usr/lib/systemd/system/forest-agent.service"), "forest-agent.service")
-	assertSameFile(t, filepath.Join(ex, "etc/forest-agent/agent.yaml"), "agent.yaml")
+	deb := debPackage(t, "amd64")
+	version := checkDeb(t, deb, "amd64")
 
 	// A throwaway root: an empty dpkg database, passwd and group files with
 	// root and video, and /usr/lib/systemd so that postinst enables the unit
@@ -169,8 +128,8 @@ func TestPackage(t *testing.T) {
 	if !strings.Contains(ver, filepath.Join(root, "usr/lib/forest-agent/libonnxruntime.so.1")) || !strings.Contains(ver, "1.24.1") {
 		t.Errorf("installed agent does not use the installed ONNX Runtime 1.24.1:\n%s", ver)
 	}
-	if m != nil && !strings.HasPrefix(ver, "forest-agent "+m[1]+"\n") {
-		t.Errorf("forest-agent version does not print the package version %s:\n%s", m[1], ver)
+	if version != "" && !strings.HasPrefix(ver, "forest-agent "+version+"\n") {
+		t.Errorf("forest-agent version does not print the package version %s:\n%s", version, ver)
 	}
 	seg := runEnv(t, root, []string{"ONNXRUNTIME_LIB="}, bin, "segment", "--json", "--model",
 		filepath.Join(root, "usr/share/forest-agent/models/forest-unet-v1.onnx"), sampleFrames(t)[0])
@@ -183,7 +142,7 @@ func TestPackage(t *testing.T) {
 	// unmodified conffile: dpkg replaces it (root:root 0644) and postinst
 	// restricts it again.
 	conf := filepath.Join(root, "etc/forest-agent/agent.yaml")
-	newer := rebuilt(t, deb, m[1]+"+t1", "# changed default\n")
+	newer := rebuilt(t, deb, version+"+t1", "# changed default\n")
 	dpkg("-i", newer)
 	if fi, err := os.Stat(conf); err != nil || fi.Mode().Perm() != 0o640 || statOwner(fi) != [2]int{0, gid} {
 		t.Errorf("after an upgrade that replaced agent.yaml: %v %v, want 0640 root:forest-agent", fi.Mode(), err)
@@ -317,4 +276,81 @@ func runEnv(t *testing.T, dir string, env []string, name string, args ...string)
 		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr.Bytes())
 	}
 	return string(out)
+}
+
+// checkDeb checks a package's metadata (dpkg-deb --info, --control) and
+// contents (--contents, and the extracted library, unit and config against
+// the pinned and committed files), and returns its version.
+func checkDeb(t *testing.T, deb, arch string) string {
+	t.Helper()
+
+	info := run(t, "", "dpkg-deb", "--info", deb)
+	for _, want := range []string{
+		" Package: forest-agent\n", " Architecture: " + arch + "\n", " Depends: libc6 (>= 2.", "libstdc++6",
+		" Recommends: systemd\n", "conffiles", "postinst", "prerm", "postrm",
+	} {
+		if !strings.Contains(info, want) {
+			t.Errorf("dpkg-deb --info lacks %q:\n%s", want, info)
+		}
+	}
+	m := debVersion.FindStringSubmatch(info)
+	if m == nil || !strings.Contains(filepath.Base(deb), "_"+m[1]+"_") {
+		t.Errorf("version %v does not match the file name %s", m, filepath.Base(deb))
+	}
+	if cf := run(t, "", "dpkg-deb", "--field", deb, "Version"); strings.TrimSpace(cf) == "" {
+		t.Error("no Version field")
+	}
+	ctl := t.TempDir()
+	run(t, "", "dpkg-deb", "--control", deb, ctl)
+	if b, _ := os.ReadFile(filepath.Join(ctl, "conffiles")); string(b) != "/etc/forest-agent/agent.yaml\n" {
+		t.Errorf("conffiles = %q", b)
+	}
+
+	contents := run(t, "", "dpkg-deb", "--contents", deb)
+	for path, mode := range map[string]string{
+		"./usr/bin/forest-agent":                              "-rwxr-xr-x root/root",
+		"./usr/lib/forest-agent/libonnxruntime.so.1":          "-rw-r--r-- root/root",
+		"./usr/share/forest-agent/models/forest-unet-v1.onnx": "-rw-r--r-- root/root",
+		"./usr/lib/systemd/system/forest-agent.service":       "-rw-r--r-- root/root",
+		"./etc/forest-agent/agent.yaml":                       "-rw-r--r-- root/root",
+		"./usr/share/doc/forest-agent/copyright":              "-rw-r--r-- root/root",
+		"./":                                                  "drwxr-xr-x root/root",
+	} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(mode) + `\s.*\s` + regexp.QuoteMeta(path) + `$`).MatchString(contents) {
+			t.Errorf("dpkg-deb --contents: no %s %s in\n%s", mode, path, contents)
+		}
+	}
+	if strings.Contains(contents, " ./var/") || strings.Contains(contents, "/home/") {
+		t.Errorf("package ships files outside its paths:\n%s", contents)
+	}
+	// The packaged library is the pinned one.
+	ex := t.TempDir()
+	run(t, "", "dpkg-deb", "-x", deb, ex)
+	assertSameFile(t, filepath.Join(ex, "usr/lib/forest-agent/libonnxruntime.so.1"), ortLibrary(t, ortArch[arch]))
+	assertSameFile(t, filepath.Join(ex, "usr/lib/systemd/system/forest-agent.service"), "forest-agent.service")
+	assertSameFile(t, filepath.Join(ex, "etc/forest-agent/agent.yaml"), "agent.yaml")
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+// TestPackageArm64 cross-builds the arm64 package and checks it as
+// TestPackage checks the amd64 one, short of installing it: metadata,
+// contents, the pinned arm64 ONNX Runtime, and an AArch64 binary.
+// (qemu-check.sh runs it under emulation.)
+func TestPackageArm64(t *testing.T) {
+	need(t, "readelf")
+	if os.Geteuid() != 0 {
+		missing(t, "package.sh installs the arm64 cross compiler with apt-get, which needs root")
+	}
+	deb := debPackage(t, "arm64")
+	checkDeb(t, deb, "arm64")
+	ex := t.TempDir()
+	run(t, "", "dpkg-deb", "-x", deb, ex)
+	for _, f := range []string{"usr/bin/forest-agent", "usr/lib/forest-agent/libonnxruntime.so.1"} {
+		if h := run(t, "", "readelf", "-h", filepath.Join(ex, f)); !strings.Contains(h, "AArch64") {
+			t.Errorf("%s is not an AArch64 ELF file:\n%s", f, h)
+		}
+	}
 }
