@@ -31,7 +31,8 @@ func procKB(pid int, key string) int64 {
 // TestRSS1000Frames runs the real binary with the default model, offline,
 // spooling 1,000 frames (the shipped samples round-robin: four 256×256
 // Sentinel-2 tiles and one 1024×1024 NEON JPEG), and reports its peak RSS
-// (VmHWM). Target: ≤ 120 MB. It takes minutes, so it runs only with
+// (VmHWM), with the default settings (2 ONNX Runtime threads). Target:
+// ≤ 120 MB. It takes minutes, so it runs only with
 // FOREST_AGENT_RSS=1 (make bench sets it).
 func TestRSS1000Frames(t *testing.T) {
 	if os.Getenv("FOREST_AGENT_RSS") == "" {
@@ -55,7 +56,7 @@ func TestRSS1000Frames(t *testing.T) {
 	cfgPath := filepath.Join(dir, "agent.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`device: {id: rss-1, state_dir: %[1]s/state}
 source: {type: dir, dir: {path: %[2]s, settle: 50ms, after: delete}}
-segment: {model: %[3]s, threads: 1}
+segment: {model: %[3]s}
 spool: {dir: %[1]s/spool, min_free_bytes: 0}
 http: {listen: "%[4]s"}
 log: {level: warn}

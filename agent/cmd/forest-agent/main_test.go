@@ -169,6 +169,14 @@ func TestRunOnceAndSpoolCommands(t *testing.T) {
 	if code, out, _ := runCLI("spool", "check", filepath.Join(dir, "spool")); code != 0 || !strings.Contains(out, "ok") {
 		t.Fatalf("spool check: %d %q", code, out)
 	}
+	code, out, _ = runCLI("spool", "check", "--json", filepath.Join(dir, "spool"))
+	var rep struct {
+		OK      bool `json:"ok"`
+		Records int  `json:"records"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || !rep.OK || rep.Records != n {
+		t.Fatalf("spool check --json: %d %q", code, out)
+	}
 	// Run again: nothing new, nothing spooled twice.
 	code, out, _ = runCLI("run", "--config", cfg, "--once")
 	if code != 0 || strings.Contains(out, "spooled id") || !strings.Contains(out, "0 frame(s)") {
