@@ -86,4 +86,4 @@ apt_install rabbitmq-server ca-certificates chromium gcc libc6-dev binutils syst
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 onnxruntime
-say "ok (.cache/bin: versitygw $VERSITYGW_VERSION, staticcheck $STATICCHECK_VERSION; .cache/onnxruntime: $ORT_NPM)"
+say "ok in ${SECONDS}s (.cache/bin: versitygw $VERSITYGW_VERSION, staticcheck $STATICCHECK_VERSION; .cache/onnxruntime: $ORT_NPM)"
