@@ -64,10 +64,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "forest-cloud %s\n", version)
 		return 0
 	case "run":
-		return cmdRun(args[1:], stderr)
+		return cmdRun(args[1:], stdout, stderr)
 	case "config":
+		if len(args) == 2 && args[1] == "--help" || len(args) == 3 && args[2] == "--help" {
+			fmt.Fprint(stdout, configHelp)
+			return 0
+		}
 		if len(args) != 3 || args[1] != "check" {
-			fmt.Fprint(stderr, "usage: forest-cloud config check FILE\n")
+			fmt.Fprint(stderr, configHelp)
 			return 2
 		}
 		if _, err := cloud.LoadConfig(args[2]); err != nil {
@@ -83,26 +87,74 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-func loadFlags(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*cloud.Config, *flag.FlagSet, int) {
+// Help texts of the subcommands, printed by --help with their flags.
+const (
+	runHelp = `Usage: forest-cloud run --config FILE
+
+Checks the broker, the queue topology and the S3 bucket, then consumes frame
+messages and stores each frame's image, mask and sidecar in S3, acking a
+message only after S3 holds every object. Serves /metrics, /healthz and
+/readyz on http.listen. Stops on SIGTERM or SIGINT after finishing the
+messages in flight.
+
+Example:
+  AMQP_PASSWORD=... forest-cloud run --config /etc/forest/cloud.yaml
+`
+	configHelp = `Usage: forest-cloud config check FILE
+
+Reads FILE, expands ${ENV} references, applies defaults and validates every
+field; prints "FILE: ok" or the problem, naming the field.
+
+Example:
+  forest-cloud config check /etc/forest/cloud.yaml
+`
+	dlqHelp = `Usage: forest-cloud dlq list --config FILE [--limit N] [--reason CODE]
+       forest-cloud dlq requeue --config FILE [--limit N] [--reason CODE]
+
+list prints the dead letters with their reason and detail; requeue moves
+them back to the frames queue (after the cause is fixed), optionally only
+those with one reason.
+
+Examples:
+  forest-cloud dlq list --config /etc/forest/cloud.yaml --limit 20
+  forest-cloud dlq requeue --config /etc/forest/cloud.yaml --reason conflict
+`
+)
+
+// loadFlags parses a subcommand's flags and loads its config. With --help it
+// prints help and the flags to stdout and returns code 0 and a nil config.
+func loadFlags(name, help string, args []string, stdout, stderr io.Writer, extra func(*flag.FlagSet)) (*cloud.Config, int) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), help)
+		fmt.Fprintln(fs.Output(), "\nFlags:")
+		fs.PrintDefaults()
+	}
 	path := fs.String("config", "", "config `FILE` (YAML)")
 	if extra != nil {
 		extra(fs)
 	}
+	for _, a := range args {
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return nil, 0
+		}
+	}
 	if err := fs.Parse(args); err != nil {
-		return nil, nil, 2
+		return nil, 2
 	}
 	if *path == "" {
-		fmt.Fprintf(stderr, "forest-cloud %s: --config FILE is required\n", name)
-		return nil, nil, 2
+		fmt.Fprintf(stderr, "forest-cloud %s: --config FILE is required (see forest-cloud %s --help)\n", name, name)
+		return nil, 2
 	}
 	cfg, err := cloud.LoadConfig(*path)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", *path, err)
-		return nil, nil, 2
+		return nil, 2
 	}
-	return cfg, fs, 0
+	return cfg, 0
 }
 
 func newLogger(c cloud.LogConfig, w io.Writer) *slog.Logger {
@@ -115,8 +167,8 @@ func newLogger(c cloud.LogConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, o))
 }
 
-func cmdRun(args []string, stderr io.Writer) int {
-	cfg, _, code := loadFlags("run", args, stderr, nil)
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	cfg, code := loadFlags("run", runHelp, args, stdout, stderr, nil)
 	if cfg == nil {
 		return code
 	}
@@ -153,12 +205,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 }
 
 func cmdDLQ(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprint(stdout, dlqHelp)
+		return 0
+	}
 	if len(args) == 0 || (args[0] != "list" && args[0] != "requeue") {
-		fmt.Fprint(stderr, "usage: forest-cloud dlq list|requeue --config FILE [--limit N] [--reason CODE]\n")
+		fmt.Fprint(stderr, dlqHelp)
 		return 2
 	}
 	var opts cloud.DLQOptions
-	cfg, _, code := loadFlags("dlq "+args[0], args[1:], stderr, func(fs *flag.FlagSet) {
+	cfg, code := loadFlags("dlq "+args[0], dlqHelp, args[1:], stdout, stderr, func(fs *flag.FlagSet) {
 		fs.IntVar(&opts.Limit, "limit", 0, "look at most `N` messages (0: all)")
 		fs.StringVar(&opts.Reason, "reason", "", "only dead letters with this reason `CODE`")
 	})

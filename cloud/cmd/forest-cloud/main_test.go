@@ -25,6 +25,18 @@ func TestHelpAndVersion(t *testing.T) {
 	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 {
 		t.Fatalf("unknown command: %d", code)
 	}
+	// Every subcommand's help: on stdout, exit 0, with an example.
+	for _, args := range [][]string{{"run", "--help"}, {"dlq", "--help"}, {"dlq", "list", "--help"}, {"dlq", "requeue", "-h"}, {"config", "check", "--help"}} {
+		out.Reset()
+		if code := run(args, &out, &errb); code != 0 || !strings.Contains(out.String(), "Usage: forest-cloud "+args[0]) ||
+			!strings.Contains(out.String(), "Example") {
+			t.Errorf("%v: %d %q", args, code, out.String())
+		}
+	}
+	errb.Reset()
+	if code := run([]string{"run"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "--config FILE is required") {
+		t.Errorf("run without --config: %d %q", code, errb.String())
+	}
 }
 
 // TestExampleConfig checks that the shipped cloud.yaml is valid once its
