@@ -217,6 +217,13 @@ func (m *Model) init(path string, data []byte) error {
 			return fmt.Errorf("set threads: %w", err)
 		}
 	}
+	// No memory pattern: with it ONNX Runtime plans one block for all
+	// intermediate tensors on top of its arena, and the agent spooling
+	// frames with the shipped model peaked at 161 MB RSS; without it at
+	// 112 MB, at the same speed. (Without the arena as well: 346 MB.)
+	if err := m.sessOpt.SetMemPattern(false); err != nil {
+		return fmt.Errorf("session options: %w", err)
+	}
 	m.sess, err = ort.NewAdvancedSessionWithONNXData(data, []string{info.InputName}, []string{info.OutputName},
 		[]ort.Value{m.in}, []ort.Value{m.out}, m.sessOpt)
 	if err != nil {
