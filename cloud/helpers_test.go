@@ -11,6 +11,7 @@ import (
 	"image/color"
 	"image/png"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -131,12 +132,18 @@ type running struct {
 // start runs a Service with e's configuration until stop (or cleanup).
 func (e *env) start(t testing.TB, cfg *cloud.Config) *running {
 	t.Helper()
+	return e.startLogging(t, cfg, testLogger(t))
+}
+
+// startLogging is start with the service's logs going to log.
+func (e *env) startLogging(t testing.TB, cfg *cloud.Config, log *slog.Logger) *running {
+	t.Helper()
 	if cfg == nil {
 		cfg = e.cfg
 	}
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := cloud.New(ctx, cloud.Options{Config: cfg, Registry: reg, Logger: testLogger(t)})
+	svc, err := cloud.New(ctx, cloud.Options{Config: cfg, Registry: reg, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

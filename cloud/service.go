@@ -23,6 +23,15 @@ import (
 	"github.com/forestwatch/forest/uplink/wire"
 )
 
+// GCPercent is the garbage collector setting forest-cloud runs with unless
+// GOGC is set: every message body (typically 200 KB, up to
+// consumer.max_message_bytes) is garbage once stored while the live heap
+// stays small (about prefetch × message size), so Go's default of 100
+// collects many times a second. With 400 the queue → S3 benchmark spent
+// about 15 % less CPU per message; the heap may grow to about five times
+// the live messages.
+const GCPercent = 400
+
 // Options configure a Service. Config is required; the rest have useful
 // zero values.
 type Options struct {
