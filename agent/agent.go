@@ -467,10 +467,10 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 
 // BuildInfo describes the binary for `forest-agent version`.
 func BuildInfo(library string) string {
-	ort, err := segment.RuntimeVersion(library)
+	ort, path, err := segment.RuntimeVersion(library)
 	if err != nil {
 		ort = "unavailable (" + err.Error() + ")"
 	}
 	return fmt.Sprintf("forest-agent %s\ncommit %s\ngo %s %s/%s\nonnxruntime %s (%s)\n", Version, Commit,
-		runtime.Version(), runtime.GOOS, runtime.GOARCH, ort, segment.LibraryPath(library))
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, ort, path)
 }

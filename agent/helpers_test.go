@@ -28,7 +28,7 @@ func needModel(t testing.TB) {
 	if _, err := os.Stat(modelPath); err != nil {
 		uplinktest.Unavailable(t, "default model %s: %v", modelPath, err)
 	}
-	if _, err := segment.RuntimeVersion(""); err != nil {
+	if _, _, err := segment.RuntimeVersion(""); err != nil {
 		uplinktest.Unavailable(t, "onnx runtime: %v", err)
 	}
 }

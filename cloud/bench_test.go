@@ -47,12 +47,6 @@ func noisePNG(w, h int) []byte {
 	return buf.Bytes()
 }
 
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 func maxRSSMB() float64 {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -174,11 +168,11 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			for !r.svc.Ready() {
 				time.Sleep(time.Millisecond)
 			}
-			cpu0 := cpuTime()
+			cpu0 := uplinktest.ProcessCPU()
 			t0 := time.Now()
 			<-stored.done
 			consumerT += time.Since(t0)
-			cpu += cpuTime() - cpu0
+			cpu += uplinktest.ProcessCPU() - cpu0
 			if iter == 0 && round == 0 {
 				b.Logf("mean s3 put %.1fms, mean handle %.1fms", 1000*histMean(r.reg, "forest_cloud_s3_put_seconds"), 1000*histMean(r.reg, "forest_cloud_handle_seconds"))
 			}
@@ -188,9 +182,9 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			settle()
 			bareT += bare(fmt.Sprintf("bare/%d/%d", iter, round), perRound, []obj{img})
 			settle()
-			c0 := cpuTime()
+			c0 := uplinktest.ProcessCPU()
 			sameT += bare(fmt.Sprintf("same/%d/%d", iter, round), perRound, same)
-			sameCPU += cpuTime() - c0
+			sameCPU += uplinktest.ProcessCPU() - c0
 			if round == 0 {
 				// The broker alone: the same messages consumed and acked.
 				e.publish(b, "", func(int) string { return "frames.dev-a" }, msgs...)

@@ -187,11 +187,11 @@ func TestSegmentErrors(t *testing.T) {
 
 func TestRuntimeVersion(t *testing.T) {
 	requireRuntime(t)
-	v, err := RuntimeVersion("")
+	v, path, err := RuntimeVersion("")
 	if err != nil || v == "" || v[0] < '1' || v[0] > '9' {
 		t.Fatalf("RuntimeVersion(\"\") = %q, %v", v, err)
 	}
-	t.Logf("ONNX Runtime %s from %s", v, LibraryPath(""))
+	t.Logf("ONNX Runtime %s from %s", v, path)
 }
 
 func TestConcurrentSegment(t *testing.T) {

@@ -125,19 +125,20 @@ func releaseEnv() error {
 }
 
 // RuntimeVersion loads the ONNX Runtime library that LibraryPath(library) selects (or uses
-// the one already loaded) and returns its version string, such as "1.24.1".
-func RuntimeVersion(library string) (string, error) {
-	path := LibraryPath(library)
+// the one already loaded) and returns its version string, such as "1.24.1", and the path of
+// that library.
+func RuntimeVersion(library string) (version, path string, err error) {
+	path = LibraryPath(library)
 	env.mu.Lock()
 	if env.refs > 0 {
 		path = env.path
 	}
 	env.mu.Unlock()
 	if err := acquireEnv(path); err != nil {
-		return "", err
+		return "", path, err
 	}
 	v := ort.GetVersion()
-	return v, releaseEnv()
+	return v, path, releaseEnv()
 }
 
 func sortStrings(s []string) { sort.Strings(s) }

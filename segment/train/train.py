@@ -357,7 +357,7 @@ def main():
     net = ema  # evaluate and export the averaged weights
     model = TTA(net, args.tta) if args.tta != "none" else net
     plain = evaluate(net, scenes, val_keys, mean, std)
-    final = evaluate(model, scenes, val_keys, mean, std)
+    final = evaluate(model, scenes, val_keys, mean, std) if model is not net else plain
     print(f"val iou without test-time augmentation {plain['iou']:.4f} acc {plain['accuracy']:.4f}", flush=True)
     train_ev = evaluate(model, scenes, train_keys, mean, std)
     base = baseline(scenes, val_keys)
