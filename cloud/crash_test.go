@@ -13,10 +13,15 @@ import (
 
 func manyFrames(t testing.TB, prefix string, n int) []frame {
 	t.Helper()
+	return moreFrames(t, prefix, nil, n)
+}
+
+// moreFrames appends n frames numbered after those in frames.
+func moreFrames(t testing.TB, prefix string, frames []frame, n int) []frame {
+	t.Helper()
 	devs := []string{"dev-a", "dev-b", "dev-c"}
-	frames := make([]frame, n)
-	for i := range n {
-		frames[i] = makeFrame(t, prefix, devs[i%3], i, "forest-admin")
+	for i := len(frames); n > 0; i, n = i+1, n-1 {
+		frames = append(frames, makeFrame(t, prefix, devs[i%3], i, "forest-admin"))
 	}
 	return frames
 }
@@ -32,11 +37,11 @@ func sidecars(got map[string]int64) int {
 	return n
 }
 
-// TestKill9 kills the consumer process with SIGKILL at random points while
-// it works through 1,000 messages, several times. After each kill every
-// message is stored or still in the queue; after a final run every message
-// is in S3 exactly once with the right checksum and nothing is
-// dead-lettered.
+// TestKill9 kills the consumer process with SIGKILL at random points, six
+// times, while it works through a backlog of at least 400 messages. After
+// each kill every message is stored or still in the queue; after a final
+// run every message is in S3 exactly once with the right checksum and
+// nothing is dead-lettered.
 func TestKill9(t *testing.T) {
 	t.Parallel() // tests with goleak checks run serially, before these
 	if testing.Short() {
@@ -49,6 +54,13 @@ func TestKill9(t *testing.T) {
 	cfgPath := writeFile(t, "cloud.yaml", e.yaml)
 	logPath := filepath.Join(t.TempDir(), "child.log")
 	for round := range 6 {
+		// Keep a backlog however fast this machine drains it, so that
+		// every kill lands while there is work.
+		if d := e.queueDepth(t, e.cfg.AMQP.Queue); d < 400 {
+			n := len(frames)
+			frames = moreFrames(t, e.cfg.S3.Prefix, frames, 600)
+			e.publishFrames(t, frames[n:])
+		}
 		log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			t.Fatal(err)
@@ -60,11 +72,12 @@ func TestKill9(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		// Kill it while it works: once it has stored a frame of its own,
-		// after a random further 0-500 ms.
+		// Kill it while it works: once it has stored 1 to 100 frames of
+		// its own, then after a random further 0-50 ms.
 		before := sidecars(e.keys(t))
-		waitFor(t, 30*time.Second, "the child storing frames", func() bool { return sidecars(e.keys(t)) > before })
-		time.Sleep(time.Duration(rand.IntN(500)) * time.Millisecond)
+		target := before + 1 + rand.IntN(100)
+		waitFor(t, 30*time.Second, "the child storing frames", func() bool { return sidecars(e.keys(t)) >= target })
+		time.Sleep(time.Duration(rand.IntN(50)) * time.Millisecond)
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		log.Close()
