@@ -313,6 +313,7 @@ func (s *Service) session(ctx context.Context) error {
 	// work is cancelled shutdown_timeout after ctx, bounding in-flight work.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	acks := newAcker(ch, ackBatch(s.cfg.AMQP.Prefetch, s.cfg.Consumer.Workers), ackDelay, s.log)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range s.cfg.Consumer.Workers {
@@ -327,7 +328,7 @@ func (s *Service) session(ctx context.Context) error {
 					if !ok {
 						return
 					}
-					s.handle(work, pub, &d)
+					s.handle(work, pub, acks, &d)
 				}
 			}
 		}()
@@ -363,7 +364,9 @@ func (s *Service) session(ctx context.Context) error {
 		cancelWork()
 		<-done
 	}
-	// Closing returns every unacknowledged delivery to the queue.
+	// Send the held acks; closing the channel then returns every
+	// unacknowledged delivery to the queue.
+	acks.close()
 	_ = ch.Close()
 	_ = pub.Close()
 	if err := conn.Close(); err != nil && cause == nil && !errors.Is(err, amqp.ErrClosed) {
@@ -380,13 +383,20 @@ func amqpErr(e *amqp.Error) error {
 }
 
 // handle processes one delivery and settles it: ack when stored, dead
-// letter when poison, nack with requeue otherwise.
-func (s *Service) handle(ctx context.Context, pub *amqp.Channel, d *amqp.Delivery) {
+// letter when poison, nack with requeue otherwise. The result is counted
+// once the ack is sent (see acker).
+func (s *Service) handle(ctx context.Context, pub *amqp.Channel, acks *acker, d *amqp.Delivery) {
 	t0 := time.Now()
 	s.m.inflight.Inc()
 	defer func() { s.m.inflight.Dec(); s.m.handleSeconds.Observe(time.Since(t0).Seconds()) }()
 	m := toMessage(d)
 	log := s.log.With("delivery_tag", d.DeliveryTag, "message_id", d.MessageId, "routing_key", d.RoutingKey)
+	requeue := func() {
+		if err := acks.nack(d.DeliveryTag); err != nil {
+			log.Warn("nack failed; the broker will redeliver", "err", err)
+		}
+		s.m.messages.WithLabelValues("requeued").Inc()
+	}
 	p, err := s.plan(m, t0)
 	dups := 0
 	if err == nil {
@@ -395,34 +405,28 @@ func (s *Service) handle(ctx context.Context, pub *amqp.Channel, d *amqp.Deliver
 	var pe *PoisonError
 	switch {
 	case err == nil:
-		if aerr := d.Ack(false); aerr != nil {
-			log.Warn("ack failed; the broker will redeliver", "err", aerr)
-			return
-		}
-		result := "stored"
-		if dups == len(p.objects) {
-			result = "duplicate"
-		}
-		s.m.messages.WithLabelValues(result).Inc()
-		log.Debug("stored", "device", p.device, "frame_id", p.id, "objects", len(p.objects), "duplicates", dups)
+		acks.ack(d.DeliveryTag, func() {
+			result := "stored"
+			if dups == len(p.objects) {
+				result = "duplicate"
+			}
+			s.m.messages.WithLabelValues(result).Inc()
+			log.Debug("stored", "device", p.device, "frame_id", p.id, "objects", len(p.objects), "duplicates", dups)
+		})
 	case errors.As(err, &pe):
 		if derr := s.deadLetter(ctx, pub, d, pe); derr != nil {
 			log.Warn("dead-lettering failed; returning the message", "reason", string(pe.Reason), "err", derr)
-			_ = d.Nack(false, true)
-			s.m.messages.WithLabelValues("requeued").Inc()
+			requeue()
 			return
 		}
-		if aerr := d.Ack(false); aerr != nil {
-			log.Warn("ack after dead letter failed; the broker will redeliver", "err", aerr)
-			return
-		}
-		s.m.messages.WithLabelValues("dead_lettered").Inc()
-		s.m.deadLetters.WithLabelValues(string(pe.Reason)).Inc()
-		log.Warn("dead-lettered", "reason", string(pe.Reason), "err", pe.Err)
+		acks.ack(d.DeliveryTag, func() {
+			s.m.messages.WithLabelValues("dead_lettered").Inc()
+			s.m.deadLetters.WithLabelValues(string(pe.Reason)).Inc()
+			log.Warn("dead-lettered", "reason", string(pe.Reason), "err", pe.Err)
+		})
 	default:
 		log.Warn("cannot store; returning the message to the queue", "err", err)
-		_ = d.Nack(false, true)
-		s.m.messages.WithLabelValues("requeued").Inc()
+		requeue()
 	}
 }
 
