@@ -52,6 +52,8 @@ type AMQPConfig struct {
 	// DeliveryLimit is the queue's x-delivery-limit (default 20).
 	DeliveryLimit int `yaml:"delivery_limit"`
 	// Prefetch bounds unacknowledged messages per consumer (default 32).
+	// Acks are held for up to half of what the workers leave free of it
+	// (see the package comment).
 	Prefetch int `yaml:"prefetch"`
 	// Heartbeat is the AMQP heartbeat interval (default 10s).
 	Heartbeat time.Duration `yaml:"heartbeat"`
