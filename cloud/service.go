@@ -405,13 +405,15 @@ func (s *Service) handle(ctx context.Context, pub *amqp.Channel, acks *acker, d 
 	var pe *PoisonError
 	switch {
 	case err == nil:
+		// The held ack must not keep the message's bodies alive.
+		device, id, objects := p.device, p.id, len(p.objects)
 		acks.ack(d.DeliveryTag, func() {
 			result := "stored"
-			if dups == len(p.objects) {
+			if dups == objects {
 				result = "duplicate"
 			}
 			s.m.messages.WithLabelValues(result).Inc()
-			log.Debug("stored", "device", p.device, "frame_id", p.id, "objects", len(p.objects), "duplicates", dups)
+			log.Debug("stored", "device", device, "frame_id", id, "objects", objects, "duplicates", dups)
 		})
 	case errors.As(err, &pe):
 		if derr := s.deadLetter(ctx, pub, d, pe); derr != nil {
