@@ -61,7 +61,7 @@ func TestPackage(t *testing.T) {
 		missing(t, "the install check needs root (dpkg --root and the maintainer scripts chown files)")
 	}
 	deb := debPackage(t, "amd64")
-	version := checkDeb(t, deb, "amd64")
+	version, _ := checkDeb(t, deb, "amd64")
 
 	// A throwaway root: an empty dpkg database, passwd and group files with
 	// root and video, and /usr/lib/systemd so that postinst enables the unit
@@ -280,8 +280,9 @@ func runEnv(t *testing.T, dir string, env []string, name string, args ...string)
 
 // checkDeb checks a package's metadata (dpkg-deb --info, --control) and
 // contents (--contents, and the extracted library, unit and config against
-// the pinned and committed files), and returns its version.
-func checkDeb(t *testing.T, deb, arch string) string {
+// the pinned and committed files), and returns its version and the
+// directory it was extracted into.
+func checkDeb(t *testing.T, deb, arch string) (version, extracted string) {
 	t.Helper()
 
 	info := run(t, "", "dpkg-deb", "--info", deb)
@@ -330,9 +331,9 @@ func checkDeb(t *testing.T, deb, arch string) string {
 	assertSameFile(t, filepath.Join(ex, "usr/lib/systemd/system/forest-agent.service"), "forest-agent.service")
 	assertSameFile(t, filepath.Join(ex, "etc/forest-agent/agent.yaml"), "agent.yaml")
 	if m == nil {
-		return ""
+		return "", ex
 	}
-	return m[1]
+	return m[1], ex
 }
 
 // TestPackageArm64 cross-builds the arm64 package and checks it as
@@ -345,9 +346,7 @@ func TestPackageArm64(t *testing.T) {
 		missing(t, "package.sh installs the arm64 cross compiler with apt-get, which needs root")
 	}
 	deb := debPackage(t, "arm64")
-	checkDeb(t, deb, "arm64")
-	ex := t.TempDir()
-	run(t, "", "dpkg-deb", "-x", deb, ex)
+	_, ex := checkDeb(t, deb, "arm64")
 	for _, f := range []string{"usr/bin/forest-agent", "usr/lib/forest-agent/libonnxruntime.so.1"} {
 		if h := run(t, "", "readelf", "-h", filepath.Join(ex, f)); !strings.Contains(h, "AArch64") {
 			t.Errorf("%s is not an AArch64 ELF file:\n%s", f, h)
