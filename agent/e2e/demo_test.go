@@ -35,7 +35,9 @@ func TestDemo(t *testing.T) {
 	}
 	cmd := exec.Command(bin, "-every", "1s")
 	cmd.Dir = root
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a terminal's job
+	// A terminal's job; killed with the test process, as the harness's
+	// other children are.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
