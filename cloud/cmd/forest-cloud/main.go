@@ -72,7 +72,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "run":
 		return cmdRun(args[1:], stdout, stderr)
 	case "config":
-		if len(args) == 2 && args[1] == "--help" || len(args) == 3 && args[2] == "--help" {
+		if len(args) == 2 && isHelp(args[1]) || len(args) == 3 && isHelp(args[2]) {
 			fmt.Fprint(stdout, configHelp)
 			return 0
 		}
@@ -127,6 +127,9 @@ Examples:
 `
 )
 
+// isHelp reports whether a is one of the flags that ask for help.
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
+
 // loadFlags parses a subcommand's flags and loads its config. With --help it
 // prints help and the flags to stdout and returns code 0 and a nil config.
 func loadFlags(name, help string, args []string, stdout, stderr io.Writer, extra func(*flag.FlagSet)) (*cloud.Config, int) {
@@ -142,7 +145,7 @@ func loadFlags(name, help string, args []string, stdout, stderr io.Writer, extra
 		extra(fs)
 	}
 	for _, a := range args {
-		if a == "-h" || a == "-help" || a == "--help" {
+		if isHelp(a) {
 			fs.SetOutput(stdout)
 			fs.Usage()
 			return nil, 0
@@ -211,7 +214,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdDLQ(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+	if len(args) > 0 && isHelp(args[0]) {
 		fmt.Fprint(stdout, dlqHelp)
 		return 0
 	}
