@@ -219,8 +219,9 @@ func (m *Model) init(path string, data []byte) error {
 	}
 	// No memory pattern: with it ONNX Runtime plans one block for all
 	// intermediate tensors on top of its arena, and the agent spooling
-	// frames with the shipped model peaked at 161 MB RSS; without it at
-	// 112 MB, at the same speed. (Without the arena as well: 346 MB.)
+	// frames with the shipped model peaked at 166 MB RSS; without it at
+	// 116 MB, at the same speed (BENCHMARKS.md, agent). (Without the arena
+	// as well: 346 MB.)
 	if err := m.sessOpt.SetMemPattern(false); err != nil {
 		return fmt.Errorf("session options: %w", err)
 	}
