@@ -13,8 +13,9 @@ import (
 // ack with the multiple flag for a run of stored messages halves its work
 // per message.
 //
-// A worker's ack is held until batch acks are held; then one multiple-ack
-// goes out for the held tags below the lowest unsettled one. Finished tags
+// A worker's ack is held until batch acks are held, or until no delivery
+// is in progress any more; then one multiple-ack goes out for the held tags
+// below the lowest unsettled one. Finished tags
 // above a message still in progress are acked one by one when batch of
 // them are held or delay after the first held ack, so that a slow message
 // never holds up the acks of the ones after it. Nacks are sent at once.
@@ -34,6 +35,7 @@ type acker struct {
 
 	mu      sync.Mutex
 	low     uint64            // every tag below low is settled
+	started uint64            // highest tag a worker began
 	settled map[uint64]bool   // tags >= low that are settled or held
 	held    map[uint64]func() // held acks: tag → run once the ack is sent
 	timer   *time.Timer
@@ -62,6 +64,15 @@ func ackBatch(prefetch, workers int) int { return min(16, max(1, (prefetch-worke
 // ackDelay is how long forest-cloud holds an ack at most.
 const ackDelay = 50 * time.Millisecond
 
+// begin records that a worker began tag. Until every begun tag is
+// settled, acks are held; then they are sent at once, so that the last
+// message of a burst is not acked delay late.
+func (a *acker) begin(tag uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.started = max(a.started, tag)
+}
+
 // ack acknowledges tag, now or with the next flush; acked runs once the
 // ack was written to the broker (not if the channel dies first).
 func (a *acker) ack(tag uint64, acked func()) {
@@ -72,7 +83,10 @@ func (a *acker) ack(tag uint64, acked func()) {
 	}
 	a.held[tag] = acked
 	a.settle(tag)
-	if len(a.held) >= a.batch {
+	switch {
+	case a.low > a.started: // nothing in progress
+		a.flush(true)
+	case len(a.held) >= a.batch:
 		a.flush(false)
 	}
 	if len(a.held) > 0 && a.timer == nil {
@@ -96,6 +110,9 @@ func (a *acker) nack(tag uint64) error {
 	defer a.mu.Unlock()
 	err := a.ch.Nack(tag, false, true)
 	a.settle(tag)
+	if a.low > a.started {
+		a.flush(true)
+	}
 	return err
 }
 

@@ -80,6 +80,7 @@ func TestAckerReal(t *testing.T) {
 				case <-time.After(2 * time.Second):
 					return // the queue is drained, or stalled (checked below)
 				}
+				a.begin(d.DeliveryTag)
 				if d.DeliveryTag == 1 {
 					// Held until 300 others are acked: that needs their
 					// acks to pass it.
@@ -147,5 +148,43 @@ func TestAckBatch(t *testing.T) {
 		if got := ackBatch(c.prefetch, c.workers); got != c.want {
 			t.Errorf("ackBatch(%d, %d) = %d, want %d", c.prefetch, c.workers, got, c.want)
 		}
+	}
+}
+
+// recorder is a settler that records the frames it is given.
+type recorder struct{ frames []string }
+
+func (r *recorder) Ack(tag uint64, multiple bool) error {
+	r.frames = append(r.frames, fmt.Sprintf("ack %d %v", tag, multiple))
+	return nil
+}
+
+func (r *recorder) Nack(tag uint64, multiple, requeue bool) error {
+	r.frames = append(r.frames, fmt.Sprintf("nack %d", tag))
+	return nil
+}
+
+// TestAckerFlushesWhenIdle holds acks while another delivery is in
+// progress and sends them as soon as none is, without waiting for the
+// timer.
+func TestAckerFlushesWhenIdle(t *testing.T) {
+	r := &recorder{}
+	a := newAcker(r, 12, time.Hour, slog.New(slog.DiscardHandler))
+	a.begin(1)
+	a.begin(2)
+	a.begin(3)
+	a.ack(2, func() {})
+	a.ack(1, func() {})
+	if len(r.frames) != 0 {
+		t.Fatalf("sent %q while tag 3 is in progress", r.frames)
+	}
+	if err := a.nack(3); err != nil {
+		t.Fatal(err)
+	}
+	a.begin(4)
+	a.ack(4, func() {})
+	want := []string{"nack 3", "ack 2 true", "ack 4 true"}
+	if fmt.Sprint(r.frames) != fmt.Sprint(want) {
+		t.Errorf("frames %q, want %q", r.frames, want)
 	}
 }

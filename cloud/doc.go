@@ -106,10 +106,11 @@
 // and the connection is closed, returning everything unacknowledged to the
 // queue.
 //
-// Acks are coalesced: a stored message's ack is held for at most 50 ms or
+// Acks are coalesced: a stored message's ack is held for at most 50 ms,
 // until half the prefetch left over by the workers is held (at most 16),
-// then one ack with the multiple flag settles the run, which halves the
-// broker's work per message. A held ack lost with its connection only means
+// or until no worker has a message in progress; then one ack with the
+// multiple flag settles the run, which halves the broker's work per
+// message. A held ack lost with its connection only means
 // a redelivery, which finds its objects stored (a counted duplicate).
 // Results are counted in forest_cloud_messages_total when the ack is sent.
 package cloud

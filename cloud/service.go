@@ -328,6 +328,7 @@ func (s *Service) session(ctx context.Context) error {
 					if !ok {
 						return
 					}
+					acks.begin(d.DeliveryTag)
 					s.handle(work, pub, acks, &d)
 				}
 			}
