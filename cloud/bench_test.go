@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -59,8 +60,8 @@ func maxRSSMB() float64 {
 // iteration moves msgsPerIter messages both ways. Reported: msgs/s of both,
 // their ratio, the ratio against bare PUTs of the same objects the consumer
 // writes in the same pattern (image and mask at once, then the sidecar;
-// target >= 0.8), the broker's own delivery rate, consumer CPU per message
-// and the process's peak RSS.
+// target >= 0.8), the broker's own delivery rate, CPU per message of the
+// consumer, the broker and the S3 server, and the process's peak RSS.
 func BenchmarkEndToEnd(b *testing.B) {
 	for _, last := range []bool{true, false} {
 		b.Run(fmt.Sprintf("sidecar_last=%v", last), func(b *testing.B) { benchEndToEnd(b, last) })
@@ -143,6 +144,7 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 	defer debug.SetGCPercent(debug.SetGCPercent(cloud.GCPercent))
 	b.ResetTimer()
 	var consumerT, bareT, sameT, brokerT, cpu, sameCPU time.Duration
+	var brokerCPU, s3CPU, sameS3CPU time.Duration // the servers' CPU
 	total := 0
 	for iter := 0; b.Loop(); iter++ {
 		for round := range rounds {
@@ -168,11 +170,13 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			for !r.svc.Ready() {
 				time.Sleep(time.Millisecond)
 			}
-			cpu0 := uplinktest.ProcessCPU()
+			cpu0, bk0, s30 := uplinktest.ProcessCPU(), commandCPU("beam.smp"), commandCPU("versitygw")
 			t0 := time.Now()
 			<-stored.done
 			consumerT += time.Since(t0)
 			cpu += uplinktest.ProcessCPU() - cpu0
+			brokerCPU += commandCPU("beam.smp") - bk0
+			s3CPU += commandCPU("versitygw") - s30
 			if iter == 0 && round == 0 {
 				b.Logf("mean s3 put %.1fms, mean handle %.1fms", 1000*histMean(r.reg, "forest_cloud_s3_put_seconds"), 1000*histMean(r.reg, "forest_cloud_handle_seconds"))
 			}
@@ -182,9 +186,10 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			settle()
 			bareT += bare(fmt.Sprintf("bare/%d/%d", iter, round), perRound, []obj{img})
 			settle()
-			c0 := uplinktest.ProcessCPU()
+			c0, s30 := uplinktest.ProcessCPU(), commandCPU("versitygw")
 			sameT += bare(fmt.Sprintf("same/%d/%d", iter, round), perRound, same)
 			sameCPU += uplinktest.ProcessCPU() - c0
+			sameS3CPU += commandCPU("versitygw") - s30
 			if round == 0 {
 				// The broker alone: the same messages consumed and acked.
 				e.publish(b, "", func(int) string { return "frames.dev-a" }, msgs...)
@@ -202,8 +207,12 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 	b.ReportMetric(float64(total/rounds)/brokerT.Seconds(), "broker_only_msgs/s")
 	b.ReportMetric(cr/br, "ratio")
 	b.ReportMetric(cr/sr, "ratio_same_objects")
-	b.ReportMetric(float64(cpu.Microseconds())/float64(total), "cpu_us/msg")
-	b.ReportMetric(float64(sameCPU.Microseconds())/float64(total), "bare_same_cpu_us/msg")
+	perMsg := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(total) }
+	b.ReportMetric(perMsg(cpu), "cpu_us/msg")
+	b.ReportMetric(perMsg(sameCPU), "bare_same_cpu_us/msg")
+	b.ReportMetric(perMsg(brokerCPU), "broker_cpu_us/msg")
+	b.ReportMetric(perMsg(s3CPU), "s3_server_cpu_us/msg")
+	b.ReportMetric(perMsg(sameS3CPU), "bare_same_s3_server_cpu_us/msg")
 	b.ReportMetric(maxRSSMB(), "peak_rss_MB")
 }
 
@@ -273,6 +282,33 @@ func settle() {
 			return
 		}
 	}
+}
+
+// commandCPU is the CPU time used so far by the processes named comm (in
+// 10 ms ticks): the broker's and the S3 server's share of a phase.
+func commandCPU(comm string) time.Duration {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var ticks uint64
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: utime and stime are fields 14 and 15.
+		s := string(b)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < 0 || s[open+1:end] != comm {
+			continue
+		}
+		f := strings.Fields(s[end+1:])
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseUint(f[11], 10, 64)
+		k, _ := strconv.ParseUint(f[12], 10, 64)
+		ticks += u + k
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 func histMean(reg interface {
