@@ -14,11 +14,11 @@ import (
 // per message.
 //
 // A worker's ack is held until batch acks are held, or until no delivery
-// is in progress any more; then one multiple-ack goes out for the held tags
-// below the lowest unsettled one. Finished tags
-// above a message still in progress are acked one by one when batch of
-// them are held or delay after the first held ack, so that a slow message
-// never holds up the acks of the ones after it. Nacks are sent at once.
+// is in progress any more; then one multiple-ack goes out for the held
+// tags below the lowest unsettled one. Finished tags above a message still
+// in progress are acked one by one when batch of them are held or delay
+// after the first held ack, so that a slow message never holds up the acks
+// of the ones after it. Nacks are sent at once.
 // Every frame goes out under one lock, in order: a multiple-ack then never
 // reaches the broker before a single ack or nack of a tag it covers, which
 // would close the channel (unknown delivery tag) or ack a requeued message.
