@@ -4,10 +4,16 @@ arch=$( [[ $(uname -m) == aarch64 || $(uname -m) == arm64 ]] && echo arm64 || ec
 export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.cache/onnxruntime/linux-$arch/libonnxruntime.so.1}
 export FOREST_VERSITYGW=${FOREST_VERSITYGW:-$PWD/.cache/bin/versitygw}
 
-# leftovers kills servers of a test binary that died before its cleanup ran.
+# FOREST_RUN tags every process this run starts: they inherit it. leftovers
+# kills the ones still running at exit (servers of a test binary that died
+# before its cleanup ran), and nothing of another run on the same machine.
+export FOREST_RUN="run-$$-$RANDOM$RANDOM"
 leftovers() {
-	pkill -KILL -f -- '-forest_harness /' 2>/dev/null || true
-	pkill -KILL -f -- 'versitygw .*forest-s3-' 2>/dev/null || true
-	pkill -KILL -f -- 'epmd -port [0-9]+ -address 127.0.0.1' 2>/dev/null || true
+	local f pid
+	for f in $(grep -lsxzF "FOREST_RUN=$FOREST_RUN" /proc/[0-9]*/environ); do
+		pid=${f#/proc/}
+		pid=${pid%/environ}
+		kill -KILL "$pid" 2>/dev/null || true
+	done
 }
 trap leftovers EXIT

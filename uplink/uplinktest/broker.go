@@ -30,9 +30,9 @@ import (
 	"time"
 )
 
-// Marker is an argument passed to every process the harness starts, so that
-// a cleanup step can find leftovers of a crashed test binary
-// (pkill -f -- -forest_harness).
+// Marker is an argument passed to the brokers the harness starts, so that
+// a person can find leftovers of a crashed test binary (pgrep -af --
+// -forest_harness). .ci/env.sh finds them by their FOREST_RUN variable.
 const Marker = "-forest_harness"
 
 // rabbitBin is where Debian installs the broker's scripts.
