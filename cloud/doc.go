@@ -110,7 +110,7 @@
 // until half the prefetch left over by the workers is held (at most 16),
 // or until no worker has a message in progress; then one ack with the
 // multiple flag settles the run, which halves the broker's work per
-// message. A held ack lost with its connection only means
-// a redelivery, which finds its objects stored (a counted duplicate).
+// message. A held ack lost with its connection only means a redelivery,
+// which finds its objects stored (a counted duplicate).
 // Results are counted in forest_cloud_messages_total when the ack is sent.
 package cloud
