@@ -83,12 +83,6 @@ func (a *acker) ack(tag uint64, acked func()) {
 	}
 	a.held[tag] = acked
 	a.settle(tag)
-	switch {
-	case a.low > a.started: // nothing in progress
-		a.flush(true)
-	case len(a.held) >= a.batch:
-		a.flush(false)
-	}
 	if len(a.held) > 0 && a.timer == nil {
 		var t *time.Timer
 		t = time.AfterFunc(a.delay, func() {
@@ -110,9 +104,6 @@ func (a *acker) nack(tag uint64) error {
 	defer a.mu.Unlock()
 	err := a.ch.Nack(tag, false, true)
 	a.settle(tag)
-	if a.low > a.started {
-		a.flush(true)
-	}
 	return err
 }
 
@@ -124,12 +115,20 @@ func (a *acker) close() {
 	a.closed = true
 }
 
-// settle marks tag settled and advances low over the settled run.
+// settle marks tag settled, advances low over the settled run, and sends
+// the held acks that are due: all of them when no begun tag is in progress
+// any more, the run below low when batch are held.
 func (a *acker) settle(tag uint64) {
 	a.settled[tag] = true
 	for a.settled[a.low] {
 		delete(a.settled, a.low)
 		a.low++
+	}
+	switch {
+	case a.low > a.started:
+		a.flush(true)
+	case len(a.held) >= a.batch:
+		a.flush(false)
 	}
 }
 
