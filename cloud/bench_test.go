@@ -170,13 +170,15 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			for !r.svc.Ready() {
 				time.Sleep(time.Millisecond)
 			}
-			cpu0, bk0, s30 := uplinktest.ProcessCPU(), commandCPU("beam.smp"), commandCPU("versitygw")
+			cpu0 := uplinktest.ProcessCPU()
+			bk0, s30 := serversCPU()
 			t0 := time.Now()
 			<-stored.done
 			consumerT += time.Since(t0)
 			cpu += uplinktest.ProcessCPU() - cpu0
-			brokerCPU += commandCPU("beam.smp") - bk0
-			s3CPU += commandCPU("versitygw") - s30
+			bk1, s31 := serversCPU()
+			brokerCPU += bk1 - bk0
+			s3CPU += s31 - s30
 			if iter == 0 && round == 0 {
 				b.Logf("mean s3 put %.1fms, mean handle %.1fms", 1000*histMean(r.reg, "forest_cloud_s3_put_seconds"), 1000*histMean(r.reg, "forest_cloud_handle_seconds"))
 			}
@@ -186,10 +188,12 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			settle()
 			bareT += bare(fmt.Sprintf("bare/%d/%d", iter, round), perRound, []obj{img})
 			settle()
-			c0, s30 := uplinktest.ProcessCPU(), commandCPU("versitygw")
+			c0 := uplinktest.ProcessCPU()
+			_, s30 = serversCPU()
 			sameT += bare(fmt.Sprintf("same/%d/%d", iter, round), perRound, same)
 			sameCPU += uplinktest.ProcessCPU() - c0
-			sameS3CPU += commandCPU("versitygw") - s30
+			_, s31 = serversCPU()
+			sameS3CPU += s31 - s30
 			if round == 0 {
 				// The broker alone: the same messages consumed and acked.
 				e.publish(b, "", func(int) string { return "frames.dev-a" }, msgs...)
@@ -284,11 +288,11 @@ func settle() {
 	}
 }
 
-// commandCPU is the CPU time used so far by the processes named comm (in
-// 10 ms ticks): the broker's and the S3 server's share of a phase.
-func commandCPU(comm string) time.Duration {
+// serversCPU is the CPU time used so far by the broker's (beam.smp) and
+// the S3 server's (versitygw) processes, in 10 ms ticks, from one pass over
+// /proc: their share of a phase.
+func serversCPU() (broker, s3 time.Duration) {
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	var ticks uint64
 	for _, p := range stats {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -297,7 +301,16 @@ func commandCPU(comm string) time.Duration {
 		// pid (comm) state ppid ...: utime and stime are fields 14 and 15.
 		s := string(b)
 		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || end < 0 || s[open+1:end] != comm {
+		if open < 0 || end < 0 {
+			continue
+		}
+		var sum *time.Duration
+		switch s[open+1 : end] {
+		case "beam.smp":
+			sum = &broker
+		case "versitygw":
+			sum = &s3
+		default:
 			continue
 		}
 		f := strings.Fields(s[end+1:])
@@ -306,9 +319,9 @@ func commandCPU(comm string) time.Duration {
 		}
 		u, _ := strconv.ParseUint(f[11], 10, 64)
 		k, _ := strconv.ParseUint(f[12], 10, 64)
-		ticks += u + k
+		*sum += time.Duration(u+k) * 10 * time.Millisecond
 	}
-	return time.Duration(ticks) * 10 * time.Millisecond
+	return broker, s3
 }
 
 func histMean(reg interface {
