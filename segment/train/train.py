@@ -39,12 +39,16 @@ def load_scenes(data):
     return {k: (v[0], v[1]) for k, v in scenes.items()}
 
 
-def split(scenes):
+def split(scenes, fold=0):
+    """Scenes shuffled with SPLIT_SEED and cut into folds of VAL_FRACTION of them; fold 0 is
+    the validation split of the shipped model, folds 1.. the others (for cross-validation)."""
     keys = sorted(scenes)
     rng = random.Random(SPLIT_SEED)
     rng.shuffle(keys)
     nval = max(1, round(len(keys) * VAL_FRACTION))
-    return sorted(keys[nval:]), sorted(keys[:nval])
+    val = keys[fold * nval:(fold + 1) * nval]
+    assert val, f"fold {fold}: only {len(keys) // nval} folds"
+    return sorted(k for k in keys if k not in val), sorted(val)
 
 
 class DS(nn.Module):
@@ -199,7 +203,7 @@ def evaluate(model, scenes, keys, mean, std):
             tp += c[0]; fp += c[1]; fn += c[2]; tn += c[3]
             per[k] = [a + b for a, b in zip(per.get(k, [0, 0, 0, 0]), c)]
     model.train()
-    scenes_ev = {k: {"iou": round(a / max(1, a + b + c), 4), "accuracy": round((a + d) / (a + b + c + d), 4),
+    scenes_ev = {k: {"iou": round(a / max(1, a + b + c), 4), "accuracy": round((a + d) / (a + b + c + d), 4), "tp_fp_fn_tn": [a, b, c, d],
                      "pred_forest": round((a + b) / (a + b + c + d), 3), "true_forest": round((a + c) / (a + b + c + d), 3)}
                  for k, (a, b, c, d) in per.items()}
     return {"iou": tp / max(1, tp + fp + fn), "accuracy": (tp + tn) / (tp + fp + fn + tn),
@@ -280,6 +284,7 @@ def main():
     ap.add_argument("--stem-stride", type=int, default=1, help="1: network works at full resolution (shipped); 2: half, 4x cheaper")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--haze", type=float, default=0.0, help="probability of a haze veil in augmentation")
+    ap.add_argument("--fold", type=int, default=0, help="validation fold (0: the shipped split; 1-4: the other scenes, for cross-validation)")
     ap.add_argument("--tta", choices=["none", "flip4", "d8"], default="none",
                     help="test-time augmentation built into the exported graph (runs the network 4 or 8 times)")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
@@ -291,7 +296,7 @@ def main():
     np.random.seed(args.seed)
 
     scenes = load_scenes(args.data)
-    train_keys, val_keys = split(scenes)
+    train_keys, val_keys = split(scenes, args.fold)
     print(f"scenes: {len(scenes)} train {len(train_keys)} val {len(val_keys)}: {val_keys}", flush=True)
 
     px = np.concatenate([scenes[k][0].reshape(-1, 3) for k in train_keys]).astype(np.float64) / 255.0
