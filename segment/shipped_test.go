@@ -28,10 +28,7 @@ func realTiles(tb testing.TB) []tile {
 	for _, mp := range paths {
 		name := strings.TrimSuffix(filepath.Base(mp), ".mask.png")
 		img := decodeFile(tb, filepath.Join("testdata/tiles", name+".png"))
-		mimg := decodeFile(tb, mp)
-		mask := image.NewGray(mimg.Bounds())
-		draw.Draw(mask, mask.Bounds(), mimg, mimg.Bounds().Min, draw.Src)
-		out = append(out, tile{name, img, mask})
+		out = append(out, tile{name, img, decodeMask(tb, mp)})
 	}
 	return out
 }
@@ -47,6 +44,15 @@ func decodeFile(tb testing.TB, path string) image.Image {
 		tb.Fatalf("decode %s: %v", path, err)
 	}
 	return f.Image
+}
+
+// decodeMask decodes a 0/255 mask image as gray.
+func decodeMask(tb testing.TB, path string) *image.Gray {
+	tb.Helper()
+	m := decodeFile(tb, path)
+	g := image.NewGray(m.Bounds())
+	draw.Draw(g, g.Bounds(), m, m.Bounds().Min, draw.Src)
+	return g
 }
 
 // scores returns forest IoU, pixel accuracy and true coverage of pred against truth.
@@ -247,14 +253,11 @@ func validate(t *testing.T, model string) (foldMetrics, *confusion) {
 		for _, rc := range []string{"r0c0", "r0c1", "r1c0", "r1c1"} {
 			name := sc + "_" + rc + ".png"
 			img := decodeFile(t, filepath.Join(sharedAmazon, "images", name))
-			mimg := decodeFile(t, filepath.Join(sharedAmazon, "masks", name))
-			truth := image.NewGray(mimg.Bounds())
-			draw.Draw(truth, truth.Bounds(), mimg, mimg.Bounds().Min, draw.Src)
 			res, err := m.Segment(img)
 			if err != nil {
 				t.Fatal(err)
 			}
-			c.add(res.Mask, truth)
+			c.add(res.Mask, decodeMask(t, filepath.Join(sharedAmazon, "masks", name)))
 		}
 	}
 	iou, acc := c.iou(), c.accuracy()
