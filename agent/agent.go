@@ -20,6 +20,7 @@ import (
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
+	"github.com/forestwatch/forest/wire"
 )
 
 // Version and Commit identify the build; the Makefile sets them with
@@ -424,7 +425,7 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 		default:
 			sum.Spooled++
 			fmt.Fprintf(w, "%-44s coverage %5.1f%%  spooled id %d as %s (%dx%d, %s, %d ms)\n", r.Name, r.Coverage*100,
-				r.SpoolID, FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, humanBytes(int64(r.Bytes)), r.Duration.Milliseconds())
+				r.SpoolID, wire.FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, humanBytes(int64(r.Bytes)), r.Duration.Milliseconds())
 		}
 		if report != nil {
 			report(r)

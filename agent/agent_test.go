@@ -16,7 +16,7 @@ import (
 
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // fakeLink stands in for *uplink.Publisher in the shutdown-order test (a

@@ -23,7 +23,7 @@ import (
 
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // buildBinary builds forest-agent into a temporary directory.
@@ -261,7 +261,7 @@ func checkFrames(t *testing.T, msgs []wire.Message, device, user string) {
 		if err != nil {
 			t.Fatalf("message %s: %v", m.MessageID, err)
 		}
-		if f.Device != device || f.ID != FrameID(device, f.Seq) || !frameIDRe.MatchString(f.ID) || seen[f.Seq] {
+		if f.Device != device || f.ID != wire.FrameID(device, f.Seq) || !frameIDRe.MatchString(f.ID) || seen[f.Seq] {
 			t.Fatalf("bad id/device/seq: %+v", f.ID)
 		}
 		seen[f.Seq] = true

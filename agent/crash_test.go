@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forestwatch/forest/wire"
 )
 
 // TestDirCrashRestart SIGKILLs the real binary at random points while it
@@ -78,7 +80,7 @@ log: {level: warn}
 		if err := json.Unmarshal(r.Meta, &m); err != nil {
 			t.Fatal(err)
 		}
-		id := FrameID(m.Device, m.Seq)
+		id := wire.FrameID(m.Device, m.Seq)
 		if idsByFile[m.Source] == nil {
 			idsByFile[m.Source] = map[string]int{}
 		}

@@ -15,7 +15,7 @@
 // into the spool with a priority from its coverage. Put returns only when
 // the frame is on stable storage; only then does the dir source delete or
 // move the file. The drain takes batches from the spool, builds the
-// uplink/wire messages, publishes them and acknowledges in the spool
+// wire messages, publishes them and acknowledges in the spool
 // exactly the frames the broker confirmed; everything else is released and
 // retried. Capture never waits for the uplink: the spool decouples them.
 //

@@ -11,7 +11,7 @@ import (
 
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // publisher is what the drain needs from the uplink: *uplink.Publisher.
@@ -265,7 +265,7 @@ func (d *drain) message(r *spool.Record) (wire.Message, error) {
 		return wire.Message{}, fmt.Errorf("frame meta version %d not understood", m.V)
 	}
 	return wire.Encode(&wire.Frame{
-		ID: FrameID(m.Device, m.Seq), Device: m.Device, Seq: m.Seq, Captured: m.Captured,
+		ID: wire.FrameID(m.Device, m.Seq), Device: m.Device, Seq: m.Seq, Captured: m.Captured,
 		ContentType: m.ContentType, Image: r.Image, ImageSHA256: m.SHA256, Width: m.Width, Height: m.Height,
 		Coverage: m.Coverage, Model: m.Model, Mask: r.Mask, GPS: m.GPS, Camera: m.Camera,
 		Agent: d.agent, User: d.user,

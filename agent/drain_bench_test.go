@@ -17,7 +17,7 @@ import (
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // drainWindow is the confirm window of both the drain's publisher and the
@@ -139,7 +139,7 @@ func newBarePublisher(b *testing.B, url string, img, mask []byte) *barePublisher
 	}
 	msgs := make([]wire.Message, 64)
 	for i := range msgs {
-		m, err := wire.Encode(&wire.Frame{ID: FrameID("bench", uint64(i)), Device: "bench", Seq: uint64(i),
+		m, err := wire.Encode(&wire.Frame{ID: wire.FrameID("bench", uint64(i)), Device: "bench", Seq: uint64(i),
 			Captured: time.Now(), ContentType: wire.JPEG, Image: img, Width: 256, Height: 256, Coverage: 0.5,
 			Model: "bench/1", Mask: mask, Agent: "forest-agent/bench"})
 		if err != nil {

@@ -10,7 +10,7 @@ import (
 	"github.com/disintegration/imaging"
 
 	"github.com/forestwatch/forest/segment"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // encoded is the transmitted form of one frame.

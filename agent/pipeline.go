@@ -16,7 +16,7 @@ import (
 
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // Meta is the JSON stored in spool.Record.Meta: everything the drain needs,
@@ -40,9 +40,6 @@ type Meta struct {
 	// Source names the capture ("dir:<file>", "http:<url>", "exec:<cmd>").
 	Source string `json:"source,omitempty"`
 }
-
-// FrameID returns the frame id: "<device>-<seq as 12 digits>".
-func FrameID(device string, seq uint64) string { return fmt.Sprintf("%s-%012d", device, seq) }
 
 // segmenter is the part of *segment.Model the pipeline uses.
 type segmenter interface {
@@ -187,7 +184,7 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 		rep.Overlay = p.writeOverlay(dir, c.Name, seq, enc)
 	}
 	p.status.frame(statusFrame{
-		ID: FrameID(p.cfg.Device.ID, seq), Name: c.Name, Seq: seq, SpoolID: id, Coverage: res.Coverage,
+		ID: wire.FrameID(p.cfg.Device.ID, seq), Name: c.Name, Seq: seq, SpoolID: id, Coverage: res.Coverage,
 		Captured: meta.Captured, Spooled: time.Now(), Width: enc.Width, Height: enc.Height, Bytes: int64(len(enc.Image)),
 		Thumb: thumbnail(enc.Upright, enc.MaskImg, 160),
 	})

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/forestwatch/forest/segment"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // exifJPEG re-encodes a sample frame as a JPEG carrying EXIF: camera make

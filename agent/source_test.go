@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/forestwatch/forest/segment"
+	"github.com/forestwatch/forest/wire"
 )
 
 func dirCfg(t *testing.T) DirConfig {
@@ -235,7 +236,7 @@ func TestDirRestartNoDoubleSpool(t *testing.T) {
 				if err := jsonUnmarshal(r.Meta, &m); err != nil {
 					t.Fatal(err)
 				}
-				ids[FrameID(m.Device, m.Seq)] = true
+				ids[wire.FrameID(m.Device, m.Seq)] = true
 				if !strings.HasPrefix(m.Source, "dir:f.png") {
 					t.Fatalf("meta source %q", m.Source)
 				}

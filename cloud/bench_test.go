@@ -31,7 +31,7 @@ import (
 
 	"github.com/forestwatch/forest/cloud"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // noisePNG returns a PNG of random pixels of about 200 KB.

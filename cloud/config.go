@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/forestwatch/forest/wire"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -297,7 +298,7 @@ func (c *Config) Validate() error {
 		if p == "" {
 			continue
 		}
-		if _, err := SanitiseKey(p); err != nil {
+		if _, err := wire.SanitiseName(p); err != nil {
 			bad(f, "not a safe key prefix: %v", err)
 		}
 	}

@@ -6,7 +6,7 @@
 //
 // Two formats are accepted on the queue:
 //
-//   - the current frame message defined by package uplink/wire (AMQP type
+//   - the current frame message defined by package wire (AMQP type
 //     "forest.frame.v1.x", the image bytes as body, metadata in headers);
 //   - the legacy JSON message of old devices, with no content type and no
 //     type: {"image": <base64>, "image_metadata": {"image_name": ...}}.
@@ -25,7 +25,7 @@
 // [A-Za-z0-9._-]{1,128} (and never "." or ".."). A legacy message with image
 // name N is stored as PNG at
 //
-//	L/<SanitiseKey(N) with its extension replaced by .png>
+//	L/<wire.SanitiseName(N) with its extension replaced by .png>
 //
 // where L is the configured legacy prefix. Keys depend only on the message,
 // so every redelivery and every replica computes the same keys: a frame is

@@ -3,6 +3,8 @@ package cloud
 import (
 	"errors"
 	"fmt"
+
+	"github.com/forestwatch/forest/wire"
 )
 
 // Sentinel errors. Match them with errors.Is.
@@ -13,7 +15,7 @@ var (
 	// different content.
 	ErrConflict = errors.New("object exists with different content")
 	// ErrUnsafeName means a legacy image name cannot be used as a key.
-	ErrUnsafeName = errors.New("unsafe object name")
+	ErrUnsafeName = wire.ErrUnsafeName
 	// ErrNotImage means the bytes are not an image this service accepts.
 	ErrNotImage = errors.New("not an accepted image")
 	// ErrTooLarge means a message or image is over a configured limit.

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // Header names forest-cloud adds to the dead-lettered copy of a message.

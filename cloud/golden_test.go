@@ -2,66 +2,21 @@ package cloud_test
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/forestwatch/forest/cloud"
+	"github.com/forestwatch/forest/wire/wiretest"
 )
-
-// golden is one file of uplink/wire/testdata.
-type golden struct {
-	Properties struct {
-		ContentType string    `json:"content_type"`
-		MessageID   string    `json:"message_id"`
-		Timestamp   time.Time `json:"timestamp"`
-		AppID       string    `json:"app_id"`
-		Type        string    `json:"type"`
-		UserID      string    `json:"user_id"`
-	} `json:"properties"`
-	Headers map[string]struct {
-		String  *string  `json:"string"`
-		Int64   *int64   `json:"int64"`
-		Float64 *float64 `json:"float64"`
-		Bytes   []byte   `json:"bytes"`
-		Bool    *bool    `json:"bool"`
-	} `json:"headers"`
-	Body      []byte `json:"body"`
-	WantError string `json:"want_error"`
-}
-
-func (g *golden) publishing() amqp.Publishing {
-	h := amqp.Table{}
-	for k, v := range g.Headers {
-		switch {
-		case v.String != nil:
-			h[k] = *v.String
-		case v.Int64 != nil:
-			h[k] = *v.Int64
-		case v.Float64 != nil:
-			h[k] = *v.Float64
-		case v.Bytes != nil:
-			h[k] = v.Bytes
-		case v.Bool != nil:
-			h[k] = *v.Bool
-		}
-	}
-	p := g.Properties
-	return amqp.Publishing{ContentType: p.ContentType, MessageId: p.MessageID, Timestamp: p.Timestamp, AppId: p.AppID,
-		Type: p.Type, UserId: p.UserID, Headers: h, Body: g.Body, DeliveryMode: amqp.Persistent}
-}
 
 // TestGolden publishes the wire package's golden messages as their device
 // user: the valid ones are stored (the newer minor version of the same
 // frame as a duplicate), the invalid ones dead-lettered with the reason.
 func TestGolden(t *testing.T) {
 	t.Parallel() // tests with goleak checks run serially, before these
-	files, err := filepath.Glob("../uplink/wire/testdata/*.json")
-	if err != nil || len(files) == 0 {
+	goldens, err := wiretest.Load()
+	if err != nil || len(goldens) == 0 {
 		t.Fatalf("no golden messages: %v", err)
 	}
 	want := map[string]cloud.Reason{"checksum": cloud.ReasonChecksum, "version": cloud.ReasonSchema, "field": cloud.ReasonInvalid}
@@ -71,16 +26,8 @@ func TestGolden(t *testing.T) {
 	users := map[string]string{}
 	var good, bad int
 	reasons := map[cloud.Reason]int{}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var g golden
-		if err := json.Unmarshal(b, &g); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		u := g.Properties.UserID
+	for _, g := range goldens {
+		u := g.Message.UserID
 		if _, ok := users[u]; !ok {
 			e.broker.AddUser(t, u, u+"-pw", vhost, "", ".*", "")
 			users[u] = e.broker.URLFor(u, u+"-pw", vhost)
@@ -91,11 +38,11 @@ func TestGolden(t *testing.T) {
 			bad++
 			r, ok := want[g.WantError]
 			if !ok {
-				t.Fatalf("%s: unknown want_error %q", f, g.WantError)
+				t.Fatalf("%s: unknown want_error %q", g.Name, g.WantError)
 			}
 			reasons[r]++
 		}
-		e.publish(t, users[u], func(int) string { return "frames." + u }, g.publishing())
+		e.publish(t, users[u], func(int) string { return "frames." + u }, publishing(g.Message))
 	}
 	r := e.start(t, nil)
 	waitFor(t, 30*time.Second, "golden messages handled", func() bool {

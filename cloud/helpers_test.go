@@ -32,7 +32,7 @@ import (
 	"github.com/forestwatch/forest/cloud"
 	"github.com/forestwatch/forest/cloud/cloudtest"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // childEnv names the config file a re-executed test binary runs the

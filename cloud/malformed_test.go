@@ -15,7 +15,7 @@ import (
 
 	"github.com/forestwatch/forest/cloud"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 func legacyBody(img []byte, name string) []byte {

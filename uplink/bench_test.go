@@ -11,7 +11,7 @@ import (
 
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // benchWindow is the confirm window of both the publisher and the bare

@@ -13,7 +13,7 @@ import (
 
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // viaProxy rewrites an AMQP URL to go through a fault-injecting proxy.

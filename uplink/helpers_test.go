@@ -16,7 +16,7 @@ import (
 
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 func TestMain(m *testing.M) { uplinktest.Main(m) }

@@ -80,7 +80,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // Outcome is what became of one message given to Publish.

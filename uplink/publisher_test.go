@@ -14,7 +14,7 @@ import (
 
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/uplink/uplinktest"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // TestPublishRoundTrip publishes encoded frames through the publisher and

@@ -13,7 +13,7 @@ import (
 
 	"github.com/disintegration/imaging"
 
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // Frames makes a stream of distinct JPEG frames from the agent's real

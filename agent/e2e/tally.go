@@ -11,7 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/forestwatch/forest/cloud"
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // Stored is one frame found in S3 through its sidecar, with its objects

@@ -1,5 +1,5 @@
 // Package wiretest reads and writes the golden wire messages kept in
-// uplink/wire/testdata, so that the publisher's and the consumer's tests
+// wire/testdata, so that the publisher's and the consumer's tests
 // decode the very same messages.
 package wiretest
 
@@ -12,7 +12,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/forestwatch/forest/uplink/wire"
+	"github.com/forestwatch/forest/wire"
 )
 
 // Golden is one golden message with what decoding it must give.
@@ -49,7 +49,7 @@ type value struct {
 	Bool    *bool    `json:"bool,omitempty"`
 }
 
-// Dir is the absolute path of uplink/wire/testdata.
+// Dir is the absolute path of wire/testdata.
 func Dir() string {
 	_, here, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(here), "..", "testdata")

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/forestwatch/forest/uplink/wire"
-	"github.com/forestwatch/forest/uplink/wire/wiretest"
+	"github.com/forestwatch/forest/wire"
+	"github.com/forestwatch/forest/wire/wiretest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden messages in testdata/")
