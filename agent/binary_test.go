@@ -22,7 +22,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/segment"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -73,12 +73,12 @@ func TestBinaryAgainstBroker(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
 	}
-	b := uplinktest.Start(t)
+	b := rabbittest.Start(t)
 	vurl, err := url.Parse(b.Vhost(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	uplinktest.FramesQueue(t, vurl.String(), "frames", nil)
+	rabbittest.FramesQueue(t, vurl.String(), "frames", nil)
 
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "amqp-password")
@@ -214,12 +214,12 @@ shutdown_timeout: 10s
 }
 
 // consume takes n messages from the queue "frames" and acks them.
-func consume(t *testing.T, b *uplinktest.Broker, vurl *url.URL, user, pw string, n int) []wire.Message {
+func consume(t *testing.T, b *rabbittest.Broker, vurl *url.URL, user, pw string, n int) []wire.Message {
 	t.Helper()
 	u := *vurl
 	u.User = url.UserPassword(user, pw)
 	var out []wire.Message
-	uplinktest.WithChannel(t, u.String(), func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, u.String(), func(ch *amqp.Channel) {
 		ch.Qos(50, 0, false)
 		dl, err := ch.Consume("frames", "", false, false, false, false, nil)
 		if err != nil {

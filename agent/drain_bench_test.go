@@ -14,9 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/forestwatch/forest/internal/procstat"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
-	"github.com/forestwatch/forest/uplink/uplinktest"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -30,10 +31,10 @@ const drainWindow = 32
 // amqp091-go and the same confirm window. Run with -benchtime 2000x (the
 // issue's figure) and compare frames/s of drain and bare.
 func BenchmarkDrain(b *testing.B) {
-	br := uplinktest.Shared(b)
+	br := rabbittest.Shared(b)
 	for _, size := range []int{200_000, 1_000} {
 		url := br.Vhost(b)
-		uplinktest.FramesQueue(b, url, "bench", nil)
+		rabbittest.FramesQueue(b, url, "bench", nil)
 		img, mask := benchFrame(size)
 		b.Run(fmt.Sprintf("size=%dKB/bare", size/1000), func(b *testing.B) {
 			bare := newBarePublisher(b, url, img, mask)
@@ -42,7 +43,7 @@ func BenchmarkDrain(b *testing.B) {
 			bare.publish(b, b.N)
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
-			uplinktest.Purge(b, url, "bench")
+			rabbittest.Purge(b, url, "bench")
 		})
 		b.Run(fmt.Sprintf("size=%dKB/drain", size/1000), func(b *testing.B) {
 			d := newBenchDrain(b, url, img, mask)
@@ -53,7 +54,7 @@ func BenchmarkDrain(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
 			b.ReportMetric(float64(d.q.Stats().Compactions), "compactions")
-			uplinktest.Purge(b, url, "bench")
+			rabbittest.Purge(b, url, "bench")
 		})
 	}
 }
@@ -67,26 +68,26 @@ func BenchmarkDrain(b *testing.B) {
 // five rounds.
 func BenchmarkDrainRatio(b *testing.B) {
 	const round = 2000
-	br := uplinktest.Shared(b)
+	br := rabbittest.Shared(b)
 	for _, size := range []int{200_000, 1_000} {
 		b.Run(fmt.Sprintf("size=%dKB", size/1000), func(b *testing.B) {
 			url := br.Vhost(b)
-			uplinktest.FramesQueue(b, url, "bench", nil)
+			rabbittest.FramesQueue(b, url, "bench", nil)
 			img, mask := benchFrame(size)
 			bare := newBarePublisher(b, url, img, mask)
 			d := newBenchDrain(b, url, img, mask)
 			var cb, cd time.Duration // client CPU time of bare and drain rounds
 			bareRound := func() time.Duration {
-				t0, c0 := time.Now(), uplinktest.ProcessCPU()
+				t0, c0 := time.Now(), procstat.ProcessCPU()
 				bare.publish(b, round)
-				cb += uplinktest.ProcessCPU() - c0
+				cb += procstat.ProcessCPU() - c0
 				return time.Since(t0)
 			}
 			drainRound := func() time.Duration {
 				d.fill(b, round)
-				c0 := uplinktest.ProcessCPU()
+				c0 := procstat.ProcessCPU()
 				el := d.run(b)
-				cd += uplinktest.ProcessCPU() - c0
+				cd += procstat.ProcessCPU() - c0
 				return el
 			}
 			var ratios []float64
@@ -103,7 +104,7 @@ func BenchmarkDrainRatio(b *testing.B) {
 				tb += eb
 				td += ed
 				ratios = append(ratios, eb.Seconds()/ed.Seconds())
-				uplinktest.Purge(b, url, "bench")
+				rabbittest.Purge(b, url, "bench")
 			}
 			b.StopTimer()
 			slices.Sort(ratios)
@@ -133,7 +134,7 @@ type barePublisher struct {
 
 func newBarePublisher(b *testing.B, url string, img, mask []byte) *barePublisher {
 	b.Helper()
-	ch := uplinktest.Channel(b, url)
+	ch := rabbittest.Channel(b, url)
 	if err := ch.Confirm(false); err != nil {
 		b.Fatal(err)
 	}

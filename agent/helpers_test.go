@@ -13,10 +13,10 @@ import (
 
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
-func TestMain(m *testing.M) { uplinktest.Main(m) }
+func TestMain(m *testing.M) { rabbittest.Main(m) }
 
 // modelPath is the default model, trained on Sentinel-2 tiles.
 var modelPath = filepath.Join("..", "segment", "models", "forest-unet-v1.onnx")
@@ -26,10 +26,10 @@ var modelPath = filepath.Join("..", "segment", "models", "forest-unet-v1.onnx")
 func needModel(t testing.TB) {
 	t.Helper()
 	if _, err := os.Stat(modelPath); err != nil {
-		uplinktest.Unavailable(t, "default model %s: %v", modelPath, err)
+		rabbittest.Unavailable(t, "default model %s: %v", modelPath, err)
 	}
 	if _, _, err := segment.RuntimeVersion(""); err != nil {
-		uplinktest.Unavailable(t, "onnx runtime: %v", err)
+		rabbittest.Unavailable(t, "onnx runtime: %v", err)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 // countingChannel counts the ack frames sent through a real channel.
@@ -37,9 +37,9 @@ func (c *countingChannel) Ack(tag uint64, multiple bool) error {
 // the acks must be coalesced.
 func TestAckerReal(t *testing.T) {
 	const n, prefetch, workers = 1000, 40, 8
-	url := uplinktest.Shared(t).Vhost(t)
+	url := rabbittest.Shared(t).Vhost(t)
 	queue := fmt.Sprintf("acker-%d", rand.Int64())
-	ch := uplinktest.Channel(t, url)
+	ch := rabbittest.Channel(t, url)
 	if _, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum}); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestAckerReal(t *testing.T) {
 	if err := ch.Close(); err != nil { // returns anything unacked to the queue
 		t.Fatal(err)
 	}
-	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, url, func(ch *amqp.Channel) {
 		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
 		if err != nil {
 			t.Fatal(err)

@@ -30,7 +30,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/cloud"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/procstat"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -153,7 +154,7 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 				f := &wire.Frame{
 					ID: fmt.Sprintf("bench-%d-%d-%06d", iter, round, i), Device: "dev-a", Seq: uint64(i), Captured: captured,
 					ContentType: wire.PNG, Image: body, Width: 256, Height: 260, Coverage: 0.4, Model: "bench/1", Mask: mask,
-					User: uplinktest.AdminUser, Sent: captured,
+					User: rabbittest.AdminUser, Sent: captured,
 				}
 				m, err := wire.Encode(f)
 				if err != nil {
@@ -170,12 +171,12 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			for !r.svc.Ready() {
 				time.Sleep(time.Millisecond)
 			}
-			cpu0 := uplinktest.ProcessCPU()
+			cpu0 := procstat.ProcessCPU()
 			bk0, s30 := serversCPU()
 			t0 := time.Now()
 			<-stored.done
 			consumerT += time.Since(t0)
-			cpu += uplinktest.ProcessCPU() - cpu0
+			cpu += procstat.ProcessCPU() - cpu0
 			bk1, s31 := serversCPU()
 			brokerCPU += bk1 - bk0
 			s3CPU += s31 - s30
@@ -188,10 +189,10 @@ func benchEndToEnd(b *testing.B, sidecarLast bool) {
 			settle()
 			bareT += bare(fmt.Sprintf("bare/%d/%d", iter, round), perRound, []obj{img})
 			settle()
-			c0 := uplinktest.ProcessCPU()
+			c0 := procstat.ProcessCPU()
 			_, s30 = serversCPU()
 			sameT += bare(fmt.Sprintf("same/%d/%d", iter, round), perRound, same)
-			sameCPU += uplinktest.ProcessCPU() - c0
+			sameCPU += procstat.ProcessCPU() - c0
 			_, s31 = serversCPU()
 			sameS3CPU += s31 - s30
 			if round == 0 {
@@ -341,7 +342,7 @@ func histMean(reg interface {
 // long it took: the broker's delivery rate with no S3 work.
 func drainOnly(b *testing.B, url, queue string, prefetch, n int) time.Duration {
 	var el time.Duration
-	uplinktest.WithChannel(b, url, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(b, url, func(ch *amqp.Channel) {
 		if err := ch.Qos(prefetch, 0, false); err != nil {
 			b.Fatal(err)
 		}

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 
 	"github.com/forestwatch/forest/cloud"
 )
@@ -17,7 +17,7 @@ func TestStoreFrames(t *testing.T) {
 	noLeaks(t)
 	var frames []frame
 	for i := range 20 {
-		frames = append(frames, makeFrame(t, e.cfg.S3.Prefix, []string{"dev-a", "dev-b"}[i%2], i, uplinktest.AdminUser))
+		frames = append(frames, makeFrame(t, e.cfg.S3.Prefix, []string{"dev-a", "dev-b"}[i%2], i, rabbittest.AdminUser))
 	}
 	e.declare(t)
 	e.publishFrames(t, frames)

@@ -30,8 +30,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/forestwatch/forest/cloud"
-	"github.com/forestwatch/forest/cloud/cloudtest"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/s3test"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -52,8 +52,8 @@ func TestMain(m *testing.M) {
 		_ = flag.Set("test.parallel", "4")
 	}
 	code := m.Run()
-	uplinktest.StopShared()
-	cloudtest.StopShared()
+	rabbittest.StopShared()
+	s3test.StopShared()
 	os.Exit(code)
 }
 
@@ -81,9 +81,9 @@ func runChild(path string) int {
 // env is one test's broker vhost, bucket and configuration.
 type env struct {
 	t      testing.TB
-	broker *uplinktest.Broker
+	broker *rabbittest.Broker
 	url    string
-	s3     *cloudtest.Server
+	s3     *s3test.Server
 	bucket string
 	cfg    *cloud.Config
 	yaml   []byte
@@ -91,11 +91,11 @@ type env struct {
 
 // newEnv makes a vhost on the shared broker and a bucket on srv (the shared
 // S3 server when nil) and a configuration for them.
-func newEnv(t testing.TB, srv *cloudtest.Server, devices ...string) *env {
+func newEnv(t testing.TB, srv *s3test.Server, devices ...string) *env {
 	t.Helper()
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	if srv == nil {
-		srv = cloudtest.Shared(t)
+		srv = s3test.Shared(t)
 	}
 	e := &env{t: t, broker: b, url: b.Vhost(t), s3: srv, bucket: srv.Bucket(t)}
 	if len(devices) == 0 {
@@ -109,7 +109,7 @@ func newEnv(t testing.TB, srv *cloudtest.Server, devices ...string) *env {
 			"retry_min": "50ms", "retry_max": "1s", "retry_max_elapsed": "10s", "request_timeout": "5s",
 		},
 		"consumer": map[string]any{"workers": 4, "shutdown_timeout": "10s", "max_message_bytes": 1 << 20, "max_pixels": 4 << 20},
-		"identity": map[string]any{"devices": map[string]any{uplinktest.AdminUser: devices}},
+		"identity": map[string]any{"devices": map[string]any{rabbittest.AdminUser: devices}},
 		"log":      map[string]any{"level": "debug", "format": "text"},
 	}
 	var err error
@@ -286,7 +286,7 @@ func (e *env) publish(t testing.TB, url string, routingKey func(i int) string, m
 	if url == "" {
 		url = e.url
 	}
-	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, url, func(ch *amqp.Channel) {
 		if err := ch.Confirm(false); err != nil {
 			t.Fatal(err)
 		}
@@ -321,7 +321,7 @@ func (e *env) publishFrames(t testing.TB, frames []frame) {
 func (e *env) queueDepth(t testing.TB, queue string) int {
 	t.Helper()
 	var n int
-	uplinktest.WithChannel(t, e.url, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, e.url, func(ch *amqp.Channel) {
 		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
 		if err != nil {
 			t.Fatal(err)
@@ -465,7 +465,7 @@ func writeFile(t testing.TB, name string, b []byte) string {
 }
 
 // startS3 starts a private S3 server this test may stop.
-func startS3(t testing.TB) *cloudtest.Server {
+func startS3(t testing.TB) *s3test.Server {
 	t.Helper()
-	return cloudtest.Start(t)
+	return s3test.Start(t)
 }

@@ -14,7 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/cloud"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -56,7 +56,7 @@ func TestMalformed(t *testing.T) {
 	b.AddUser(t, "dev-x", "dev-x-pw", strings.ReplaceAll(vhost, "%2F", "/"), "", ".*", "")
 	devURL := b.URLFor("dev-x", "dev-x-pw", strings.ReplaceAll(vhost, "%2F", "/"))
 	e.declare(t)
-	admin := uplinktest.AdminUser
+	admin := rabbittest.AdminUser
 	n := 0
 	// wf builds a valid wire message and lets the case break it.
 	wf := func(mut func(f *wire.Frame, m *amqp.Publishing)) amqp.Publishing {
@@ -222,7 +222,7 @@ func TestRequeue(t *testing.T) {
 	t.Parallel() // tests with goleak checks run serially, before these
 	e := newEnv(t, nil, "dev-a")
 	e.declare(t)
-	f := makeFrame(t, e.cfg.S3.Prefix, "dev-new", 1, uplinktest.AdminUser)
+	f := makeFrame(t, e.cfg.S3.Prefix, "dev-new", 1, rabbittest.AdminUser)
 	e.publishFrames(t, []frame{f})
 	r := e.start(t, nil)
 	waitFor(t, 30*time.Second, "dead letter", func() bool {
@@ -232,7 +232,7 @@ func TestRequeue(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := *e.cfg
-	cfg.Identity.Devices = map[string][]string{uplinktest.AdminUser: {"dev-a", "dev-new"}}
+	cfg.Identity.Devices = map[string][]string{rabbittest.AdminUser: {"dev-a", "dev-new"}}
 	n, err := cloud.RequeueDeadLetters(t.Context(), &cfg, cloud.DLQOptions{Reason: string(cloud.ReasonIdentity)})
 	if err != nil || n != 1 {
 		t.Fatalf("requeued %d: %v", n, err)

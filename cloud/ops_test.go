@@ -13,7 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/cloud"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 // TestStartupChecks: a missing bucket and an unreachable broker stop the
@@ -56,7 +56,7 @@ func TestHTTPAndReconnect(t *testing.T) {
 	e := newEnv(t, nil)
 	noLeaks(t)
 	e.declare(t)
-	ports, err := uplinktest.FreePorts(1)
+	ports, err := rabbittest.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestHTTPAndReconnect(t *testing.T) {
 	}
 	// The queue deleted under the consumer: the broker cancels it; the
 	// service reconnects, declares the queue again and goes on.
-	uplinktest.WithChannel(t, e.url, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, e.url, func(ch *amqp.Channel) {
 		if _, err := ch.QueueDelete(e.cfg.AMQP.Queue, false, false, false); err != nil {
 			t.Fatal(err)
 		}

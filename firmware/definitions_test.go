@@ -15,7 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 // The example users of rabbitmq/definitions.json and the passwords their
@@ -95,7 +95,7 @@ func TestDefinitionHashes(t *testing.T) {
 // TestDefinitionsImport imports rabbitmq/definitions.json into a real
 // broker and proves what each user may do.
 func TestDefinitionsImport(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	// Registered first, so it runs after every connection is closed.
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })

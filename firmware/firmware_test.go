@@ -15,20 +15,20 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Getenv(mdweEnv) != "" {
 		mdweExec() // does not return
 	}
-	uplinktest.Main(m)
+	rabbittest.Main(m)
 }
 
 // missing fails the test when CI is set and skips it otherwise.
 func missing(t *testing.T, format string, args ...any) {
 	t.Helper()
-	uplinktest.Unavailable(t, format, args...)
+	rabbittest.Unavailable(t, format, args...)
 }
 
 func need(t *testing.T, tool string) string {

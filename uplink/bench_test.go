@@ -9,8 +9,9 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/forestwatch/forest/internal/procstat"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/uplink"
-	"github.com/forestwatch/forest/uplink/uplinktest"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -26,13 +27,13 @@ const (
 // bytes, properties, mandatory flag and confirm window. Run it with
 // -benchtime 2000x (the figure); compare msgs/s of uplink and bare.
 func BenchmarkPublish(b *testing.B) {
-	br := uplinktest.Shared(b)
+	br := rabbittest.Shared(b)
 	for _, size := range []int{200_000, 1_000} {
 		url := br.Vhost(b)
-		uplinktest.FramesQueue(b, url, "bench", nil)
+		rabbittest.FramesQueue(b, url, "bench", nil)
 		b.Run(fmt.Sprintf("size=%dKB/bare", size/1000), func(b *testing.B) {
 			msgs := frames(b, "bare", min(b.N, 512), size)
-			uplinktest.Purge(b, url, "bench")
+			rabbittest.Purge(b, url, "bench")
 			ch := bareChannel(b, url)
 			b.SetBytes(int64(size))
 			b.ResetTimer()
@@ -64,7 +65,7 @@ func BenchmarkPublish(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("size=%dKB/uplink", size/1000), func(b *testing.B) {
 			msgs := frames(b, "uplink", min(b.N, 512), size)
-			uplinktest.Purge(b, url, "bench")
+			rabbittest.Purge(b, url, "bench")
 			o := testOptions(url)
 			o.DeclareExchange = false
 			o.Window = benchWindow
@@ -107,7 +108,7 @@ func BenchmarkPublish(b *testing.B) {
 // bareChannel is bare amqp091-go's side of the benchmarks: a channel in
 // confirm mode whose returns are read and dropped.
 func bareChannel(b *testing.B, url string) *amqp.Channel {
-	ch := uplinktest.Channel(b, url)
+	ch := rabbittest.Channel(b, url)
 	if err := ch.Confirm(false); err != nil {
 		b.Fatal(err)
 	}
@@ -129,7 +130,7 @@ func bareChannel(b *testing.B, url string) *amqp.Channel {
 // it, one batch after the other, for several batch sizes: each batch ends
 // by waiting for its last confirms, which the bare loop never does.
 func BenchmarkPublishRatio(b *testing.B) {
-	br := uplinktest.Shared(b)
+	br := rabbittest.Shared(b)
 	for _, size := range []int{200_000, 1_000} {
 		for _, batch := range []int{16, 64, 256} {
 			benchRatio(b, br, size, batch)
@@ -137,11 +138,11 @@ func BenchmarkPublishRatio(b *testing.B) {
 	}
 }
 
-func benchRatio(b *testing.B, br *uplinktest.Broker, size, batch int) {
+func benchRatio(b *testing.B, br *rabbittest.Broker, size, batch int) {
 	{
 		b.Run(fmt.Sprintf("size=%dKB/batch=%d", size/1000, batch), func(b *testing.B) {
 			url := br.Vhost(b)
-			uplinktest.FramesQueue(b, url, "bench", nil)
+			rabbittest.FramesQueue(b, url, "bench", nil)
 			msgs := frames(b, "ratio", 125, size)
 			ch := bareChannel(b, url)
 			o := testOptions(url)
@@ -165,24 +166,24 @@ func benchRatio(b *testing.B, br *uplinktest.Broker, size, batch int) {
 			b.ResetTimer()
 			for i := range b.N {
 				b.StopTimer()
-				uplinktest.Purge(b, url, "bench")
+				rabbittest.Purge(b, url, "bench")
 				b.StartTimer()
 				var tb, tu time.Duration
 				runBare := func() {
-					t0, c0 := time.Now(), uplinktest.ProcessCPU()
+					t0, c0 := time.Now(), procstat.ProcessCPU()
 					if err := barePublish(ch, msgs); err != nil {
 						b.Fatal(err)
 					}
 					tb = time.Since(t0)
-					bareCPU += uplinktest.ProcessCPU() - c0
+					bareCPU += procstat.ProcessCPU() - c0
 				}
 				runUp := func() {
-					t0, c0 := time.Now(), uplinktest.ProcessCPU()
+					t0, c0 := time.Now(), procstat.ProcessCPU()
 					if err := upPublish(ctx, p, msgs, batch); err != nil {
 						b.Fatal(err)
 					}
 					tu = time.Since(t0)
-					upCPU += uplinktest.ProcessCPU() - c0
+					upCPU += procstat.ProcessCPU() - c0
 				}
 				if i%2 == 0 {
 					runBare()

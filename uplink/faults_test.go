@@ -11,13 +11,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/forestwatch/forest/internal/faultproxy"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/uplink"
-	"github.com/forestwatch/forest/uplink/uplinktest"
 	"github.com/forestwatch/forest/wire"
 )
 
 // viaProxy rewrites an AMQP URL to go through a fault-injecting proxy.
-func viaProxy(t *testing.T, raw string, p *uplinktest.Proxy) string {
+func viaProxy(t *testing.T, raw string, p *faultproxy.Proxy) string {
 	t.Helper()
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -66,9 +67,9 @@ func waitConfirmed(t *testing.T, l *ledger, n int, within time.Duration) {
 // never confirms again (seen with bare amqp091-go too), which would test
 // the broker rather than the publisher.
 func TestBrokerKilledMidPublish(t *testing.T) {
-	b := uplinktest.Start(t)
+	b := rabbittest.Start(t)
 	leakCheck(t)
-	uplinktest.FramesQueue(t, b.URL, "frames", amqp.Table{"x-queue-type": "classic"})
+	rabbittest.FramesQueue(t, b.URL, "frames", amqp.Table{"x-queue-type": "classic"})
 	p := start(t, testOptions(b.URL))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	drainWhile(t, p, b.URL, "frames", 400, 20_000, 90*time.Second, func(l *ledger) {
@@ -83,7 +84,7 @@ func TestBrokerKilledMidPublish(t *testing.T) {
 		// since a SIGKILLed 3.10 node has been seen to come back without a
 		// binding made just before the kill. Messages already in the queue
 		// are what the check below is about.
-		uplinktest.FramesQueue(t, b.URL, "frames", amqp.Table{"x-queue-type": "classic"})
+		rabbittest.FramesQueue(t, b.URL, "frames", amqp.Table{"x-queue-type": "classic"})
 	})
 	if st := p.State(); st.Reconnects < 1 {
 		t.Errorf("reconnects = %d, want >= 1", st.Reconnects)
@@ -93,9 +94,9 @@ func TestBrokerKilledMidPublish(t *testing.T) {
 // TestBrokerRestartMidPublish: a graceful restart (connection.close from
 // the broker) while frames are in flight.
 func TestBrokerRestartMidPublish(t *testing.T) {
-	b := uplinktest.Start(t)
+	b := rabbittest.Start(t)
 	leakCheck(t)
-	uplinktest.FramesQueue(t, b.URL, "frames", nil)
+	rabbittest.FramesQueue(t, b.URL, "frames", nil)
 	p := start(t, testOptions(b.URL))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	drainWhile(t, p, b.URL, "frames", 400, 20_000, 90*time.Second, func(l *ledger) {
@@ -108,11 +109,11 @@ func TestBrokerRestartMidPublish(t *testing.T) {
 // frames are in flight; the supervisor reconnects and re-registers its
 // notification channels each time (confirms and returns keep working).
 func TestLinkCut(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	uplinktest.FramesQueue(t, vh, "frames", nil)
-	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
+	rabbittest.FramesQueue(t, vh, "frames", nil)
+	px := faultproxy.New(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	reg := prometheus.NewRegistry()
 	o := testOptions(viaProxy(t, vh, px))
 	o.Registerer = reg
@@ -153,11 +154,11 @@ func TestLinkCut(t *testing.T) {
 // (1s) detect it, the stuck confirms are given up, and once the link moves
 // again everything is delivered.
 func TestLinkStall(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	uplinktest.FramesQueue(t, vh, "frames", nil)
-	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
+	rabbittest.FramesQueue(t, vh, "frames", nil)
+	px := faultproxy.New(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	p := start(t, testOptions(viaProxy(t, vh, px)))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	drainWhile(t, p, vh, "frames", 300, 20_000, 60*time.Second, func(l *ledger) {
@@ -175,11 +176,11 @@ func TestLinkStall(t *testing.T) {
 // client's stays open and silent, as when a NAT box forgets the flow. Only
 // the heartbeat can tell; the publisher reconnects and delivers everything.
 func TestLinkHalfOpen(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	uplinktest.FramesQueue(t, vh, "frames", nil)
-	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
+	rabbittest.FramesQueue(t, vh, "frames", nil)
+	px := faultproxy.New(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	p := start(t, testOptions(viaProxy(t, vh, px)))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	drainWhile(t, p, vh, "frames", 300, 20_000, 60*time.Second, func(l *ledger) {
@@ -197,10 +198,10 @@ func TestLinkHalfOpen(t *testing.T) {
 // publishing connection; the publisher reports Blocked, stops publishing
 // and resumes when the alarm clears, and everything is delivered.
 func TestMemoryAlarmBlocks(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	uplinktest.FramesQueue(t, vh, "frames", nil)
+	rabbittest.FramesQueue(t, vh, "frames", nil)
 	t.Cleanup(func() { _, _ = b.CtlErr("set_vm_memory_high_watermark", "0.6") })
 	reg := prometheus.NewRegistry()
 	o := testOptions(vh)

@@ -15,11 +15,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/forestwatch/forest/uplink"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/wire"
 )
 
-func TestMain(m *testing.M) { uplinktest.Main(m) }
+func TestMain(m *testing.M) { rabbittest.Main(m) }
 
 // leakCheck verifies, after every cleanup registered later has run, that
 // the test left no goroutine behind. Call it after starting brokers.
@@ -28,7 +28,7 @@ func leakCheck(t *testing.T) {
 	opt := goleak.IgnoreCurrent()
 	// A broker restarted by the test has a new process-wait goroutine that
 	// the harness ends when it stops the broker, after this check.
-	harness := goleak.IgnoreAnyFunction("github.com/forestwatch/forest/uplink/uplinktest.(*Broker).boot.func1")
+	harness := goleak.IgnoreAnyFunction("github.com/forestwatch/forest/uplink/rabbittest.(*Broker).boot.func1")
 	t.Cleanup(func() { goleak.VerifyNone(t, opt, harness) })
 }
 
@@ -180,7 +180,7 @@ func errKind(err error) string {
 func queued(t *testing.T, url, queue string) map[string]int {
 	t.Helper()
 	got := map[string]int{}
-	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, url, func(ch *amqp.Channel) {
 		for {
 			d, ok, err := ch.Get(queue, true)
 			if err != nil {

@@ -12,18 +12,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/forestwatch/forest/internal/faultproxy"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/uplink"
-	"github.com/forestwatch/forest/uplink/uplinktest"
 	"github.com/forestwatch/forest/wire"
 )
 
 // TestPublishRoundTrip publishes encoded frames through the publisher and
 // decodes what the queue holds: properties, headers and routing key survive.
 func TestPublishRoundTrip(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, url, func(ch *amqp.Channel) {
 		if err := ch.ExchangeDeclare(uplink.DefaultExchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +49,7 @@ func TestPublishRoundTrip(t *testing.T) {
 			ID: fmt.Sprintf("frame-%d", i), Device: "dev-7", Seq: uint64(i), Captured: captured,
 			ContentType: wire.JPEG, Image: []byte(fmt.Sprintf("jpeg bytes %d", i)), Width: 256, Height: 256,
 			Coverage: 0.5, Model: "forest-v1", Mask: []byte("png mask"), Agent: "forest-agent/1.0",
-			User: uplinktest.AdminUser,
+			User: rabbittest.AdminUser,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -66,7 +67,7 @@ func TestPublishRoundTrip(t *testing.T) {
 			t.Fatalf("result %d: %+v", i, r)
 		}
 	}
-	uplinktest.WithChannel(t, url, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, url, func(ch *amqp.Channel) {
 		for i := range msgs {
 			d, ok, err := ch.Get("frames", true)
 			if err != nil || !ok {
@@ -124,7 +125,7 @@ func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 
 // reports every message Unsent, and Run keeps retrying until cancelled.
 func TestNotConnected(t *testing.T) {
 	leakCheck(t)
-	ports, err := uplinktest.FreePorts(1)
+	ports, err := rabbittest.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +154,7 @@ func TestNotConnected(t *testing.T) {
 // TestReturned: an exchange with no binding returns every mandatory
 // message; none is reported Confirmed until a queue is bound, then all are.
 func TestReturned(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
 	reg := prometheus.NewRegistry()
@@ -176,7 +177,7 @@ func TestReturned(t *testing.T) {
 	if got := metric(t, reg, "forest_agent_uplink_publish_total", "returned"); got != 40 {
 		t.Errorf("publish_total{result=returned} = %v", got)
 	}
-	uplinktest.FramesQueue(t, url, "frames", nil)
+	rabbittest.FramesQueue(t, url, "frames", nil)
 	l := newLedger()
 	if err := deliverAll(ctx, t, p, msgs, 16, l); err != nil {
 		t.Fatal(err)
@@ -188,10 +189,10 @@ func TestReturned(t *testing.T) {
 // what does not fit; nacked messages are retried once a consumer makes room,
 // and every message arrives.
 func TestNacked(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	uplinktest.FramesQueue(t, url, "small", amqp.Table{"x-max-length": int64(10), "x-overflow": "reject-publish"})
+	rabbittest.FramesQueue(t, url, "small", amqp.Table{"x-max-length": int64(10), "x-overflow": "reject-publish"})
 	p := start(t, testOptions(url))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	msgs := frames(t, "nack", 60, 2000)
@@ -267,10 +268,10 @@ func TestNacked(t *testing.T) {
 // TestRateLimit: 600 KB through a 300 KB/s bucket (burst 300 KB) takes about
 // one second.
 func TestRateLimit(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	uplinktest.FramesQueue(t, url, "frames", nil)
+	rabbittest.FramesQueue(t, url, "frames", nil)
 	o := testOptions(url)
 	o.RateLimit = 300_000
 	p := start(t, o)
@@ -291,10 +292,10 @@ func TestRateLimit(t *testing.T) {
 // TestSameIDInBatch: two messages with one id in a batch are published one
 // after the other (returns are matched by id) and both are confirmed.
 func TestSameIDInBatch(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	uplinktest.FramesQueue(t, url, "frames", nil)
+	rabbittest.FramesQueue(t, url, "frames", nil)
 	p := start(t, testOptions(url))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	msgs := frames(t, "same", 4, 100)
@@ -326,11 +327,11 @@ func TestSameIDInBatch(t *testing.T) {
 // dropping the connection), with nothing reported Confirmed that the broker
 // did not confirm; the supervisor recovers once the link moves again.
 func TestPublishAbandonedOnStalledLink(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	vh := b.Vhost(t)
-	uplinktest.FramesQueue(t, vh, "frames", nil)
-	px := uplinktest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
+	rabbittest.FramesQueue(t, vh, "frames", nil)
+	px := faultproxy.New(t, fmt.Sprintf("127.0.0.1:%d", b.Port))
 	o := testOptions(viaProxy(t, vh, px))
 	o.Heartbeat = 30 * time.Second // only the context can end the wait
 	o.ConfirmTimeout = time.Minute
@@ -367,10 +368,10 @@ func TestPublishAbandonedOnStalledLink(t *testing.T) {
 // TestInvalidMessage: a message the library cannot encode is reported with
 // ErrInvalidMessage and costs neither the connection nor its neighbours.
 func TestInvalidMessage(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	uplinktest.FramesQueue(t, url, "frames", nil)
+	rabbittest.FramesQueue(t, url, "frames", nil)
 	p := start(t, testOptions(url))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	msgs := frames(t, "inv", 4, 100)
@@ -397,10 +398,10 @@ func TestInvalidMessage(t *testing.T) {
 // publishes with DeclareExchange off; with it on, the declaration is refused
 // and the publisher reports why instead of connecting.
 func TestWriteOnlyUser(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	uplinktest.FramesQueue(t, url, "frames", nil)
+	rabbittest.FramesQueue(t, url, "frames", nil)
 	u, err := neturl.Parse(url)
 	if err != nil {
 		t.Fatal(err)
@@ -448,7 +449,7 @@ func TestWriteOnlyUser(t *testing.T) {
 // the broker close the channel; the messages are Lost (never Confirmed), the
 // reason shows in State, and once the exchange exists everything arrives.
 func TestExchangeMissing(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
 	o := testOptions(url)
@@ -475,7 +476,7 @@ func TestExchangeMissing(t *testing.T) {
 	if ae == nil || ae.Code != amqp.NotFound {
 		t.Errorf("last error %v, want 404 not found", p.State().LastError)
 	}
-	uplinktest.FramesQueue(t, url, "frames", nil)
+	rabbittest.FramesQueue(t, url, "frames", nil)
 	l := newLedger()
 	if err := deliverAll(ctx, t, p, msgs, 20, l); err != nil {
 		t.Fatal(err)
@@ -487,10 +488,10 @@ func TestExchangeMissing(t *testing.T) {
 // is published, the confirms of what is in flight are awaited (CloseTimeout)
 // and reported Confirmed rather than Lost, and Run returns.
 func TestStopWaitsForConfirms(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	uplinktest.FramesQueue(t, url, "frames", nil)
+	rabbittest.FramesQueue(t, url, "frames", nil)
 	o := testOptions(url)
 	o.CloseTimeout = 10 * time.Second
 	o.RateLimit = 2_000_000 // 10 messages/s of 200 KB: the batch is mid-way when Run stops
@@ -557,10 +558,10 @@ func TestStopWaitsForConfirms(t *testing.T) {
 // TestConcurrentPublish: drains may overlap batches by calling Publish from
 // several goroutines; each call gets its own results and all arrive once.
 func TestConcurrentPublish(t *testing.T) {
-	b := uplinktest.Shared(t)
+	b := rabbittest.Shared(t)
 	leakCheck(t)
 	url := b.Vhost(t)
-	uplinktest.FramesQueue(t, url, "frames", nil)
+	rabbittest.FramesQueue(t, url, "frames", nil)
 	p := start(t, testOptions(url))
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

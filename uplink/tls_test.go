@@ -8,17 +8,17 @@ import (
 	"time"
 
 	"github.com/forestwatch/forest/uplink"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 // TestTLS runs against a broker whose TLS listener requires a client
 // certificate: the publisher connects and publishes with the right CA and
 // client certificate, and refuses to talk to a broker it cannot verify.
 func TestTLS(t *testing.T) {
-	certs := uplinktest.GenerateCerts(t, "forest-device")
-	b := uplinktest.StartTLS(t, certs)
+	certs := rabbittest.GenerateCerts(t, "forest-device")
+	b := rabbittest.StartTLS(t, certs)
 	leakCheck(t)
-	uplinktest.FramesQueue(t, b.URL, "frames", nil)
+	rabbittest.FramesQueue(t, b.URL, "frames", nil)
 	good := func() uplink.Options {
 		o := testOptions(b.TLSURL)
 		o.TLS = uplink.TLSOptions{CAFile: certs.CAFile, CertFile: certs.ClientCert, KeyFile: certs.ClientKey}
@@ -63,7 +63,7 @@ func TestTLS(t *testing.T) {
 
 	t.Run("untrusted server certificate", func(t *testing.T) {
 		leakCheck(t)
-		other := uplinktest.GenerateCerts(t, "forest-device")
+		other := rabbittest.GenerateCerts(t, "forest-device")
 		o := good()
 		o.TLS.CAFile = other.CAFile // a CA that did not sign the broker
 		err := refused(t, o)

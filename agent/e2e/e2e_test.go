@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/forestwatch/forest/cloud/cloudtest"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/s3test"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 var (
@@ -26,8 +26,8 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	uplinktest.StopShared()
-	cloudtest.StopShared()
+	rabbittest.StopShared()
+	s3test.StopShared()
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
@@ -64,8 +64,8 @@ func newStack(t *testing.T, agents []AgentOptions, cloudExtra string) *Stack {
 		t.Fatalf("default model missing: %v", err)
 	}
 	bin := binaries(t)
-	b := uplinktest.Start(t)
-	srv := cloudtest.Start(t)
+	b := rabbittest.Start(t)
+	srv := s3test.Start(t)
 	s := &Stack{Dir: t.TempDir(), Bin: bin, Root: root, Broker: b, S3: srv, Bucket: srv.Bucket(t)}
 	if err := s.Setup(agents, cloudExtra); err != nil {
 		t.Fatal(err)

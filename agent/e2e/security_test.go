@@ -20,7 +20,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -32,7 +32,7 @@ type publisher struct {
 
 func dial(t *testing.T, url string) *publisher {
 	t.Helper()
-	ch := uplinktest.Channel(t, url)
+	ch := rabbittest.Channel(t, url)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func waitDeadLetters(t *testing.T, s *Stack, n int, timeout time.Duration) map[s
 	t.Helper()
 	waitFor(t, timeout, func() bool { return queueDepths(t, s)["forest.cloud.frames.dlq"] >= n })
 	reasons := map[string]int{}
-	uplinktest.WithChannel(t, s.Broker.URL, func(ch *amqp.Channel) {
+	rabbittest.WithChannel(t, s.Broker.URL, func(ch *amqp.Channel) {
 		var tags []uint64
 		for {
 			d, ok, err := ch.Get("forest.cloud.frames.dlq", false)
@@ -276,7 +276,7 @@ func TestMalformedStorm(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	img, _ := frames.Frame(0)
 	bad := func(i int) amqp.Publishing {
-		good := toPublishing(goodFrame(t, frames, "storm", uplinktest.AdminUser, 100000+i))
+		good := toPublishing(goodFrame(t, frames, "storm", rabbittest.AdminUser, 100000+i))
 		random := make([]byte, rng.IntN(4096))
 		for j := range random {
 			random[j] = byte(rng.Uint32())
@@ -320,7 +320,7 @@ func TestMalformedStorm(t *testing.T) {
 		if err := p.publish("frames.storm", bad(i)); err != nil {
 			t.Fatalf("publish bad %d: %v", i, err)
 		}
-		if err := p.publish("frames.storm", toPublishing(goodFrame(t, frames, "storm", uplinktest.AdminUser, i))); err != nil {
+		if err := p.publish("frames.storm", toPublishing(goodFrame(t, frames, "storm", rabbittest.AdminUser, i))); err != nil {
 			t.Fatalf("publish good %d: %v", i, err)
 		}
 	}

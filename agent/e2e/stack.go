@@ -22,8 +22,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/forestwatch/forest/cloud/cloudtest"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/faultproxy"
+	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/internal/s3test"
 )
 
 // Passwords of the stack's broker users. They are test secrets; the tests
@@ -199,7 +200,7 @@ type Agent struct {
 	HTTP     string
 	Config   string
 	// Proxy sits between the agent and the broker, for link faults.
-	Proxy *uplinktest.Proxy
+	Proxy *faultproxy.Proxy
 }
 
 // Cloud is the stack's forest-cloud.
@@ -214,8 +215,8 @@ type Stack struct {
 	Dir    string
 	Bin    string
 	Root   string
-	Broker *uplinktest.Broker
-	S3     *cloudtest.Server
+	Broker *rabbittest.Broker
+	S3     *s3test.Server
 	Bucket string
 	Cloud  *Cloud
 	Agents []*Agent
@@ -244,7 +245,7 @@ func (s *Stack) Setup(agents []AgentOptions, cloudExtra string) error {
 	if err := ctl("set_permissions", "-p", "/", cloudUser, ".*", ".*", ".*"); err != nil {
 		return err
 	}
-	ports, err := uplinktest.FreePorts(len(agents) + 1)
+	ports, err := rabbittest.FreePorts(len(agents) + 1)
 	if err != nil {
 		return err
 	}
@@ -313,7 +314,7 @@ func (s *Stack) newAgent(o AgentOptions, httpPort int) (*Agent, error) {
 			return nil, err
 		}
 	}
-	p, err := uplinktest.ListenProxy(fmt.Sprintf("127.0.0.1:%d", s.Broker.Port))
+	p, err := faultproxy.Listen(fmt.Sprintf("127.0.0.1:%d", s.Broker.Port))
 	if err != nil {
 		return nil, err
 	}
@@ -373,7 +374,7 @@ shutdown_timeout: 10s
 
 // Secrets returns every password of the stack, for log checks.
 func (s *Stack) Secrets() []string {
-	out := []string{cloudPassword, s.S3.SecretKey, uplinktest.AdminPassword}
+	out := []string{cloudPassword, s.S3.SecretKey, rabbittest.AdminPassword}
 	for _, a := range s.Agents {
 		out = append(out, a.Password)
 	}

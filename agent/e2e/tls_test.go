@@ -11,7 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 // TestAgentTLS runs the real agent against a broker that requires TLS with
@@ -27,22 +27,22 @@ func TestAgentTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := binaries(t)
-	certs := uplinktest.GenerateCerts(t, "mast-tls")
-	stranger := uplinktest.GenerateCerts(t, "mast-tls")
-	br := uplinktest.StartTLS(t, certs)
+	certs := rabbittest.GenerateCerts(t, "mast-tls")
+	stranger := rabbittest.GenerateCerts(t, "mast-tls")
+	br := rabbittest.StartTLS(t, certs)
 
-	uplinktest.FramesQueue(t, br.URL, "tls-frames", nil)
-	ch := uplinktest.Channel(t, br.URL)
+	rabbittest.FramesQueue(t, br.URL, "tls-frames", nil)
+	ch := rabbittest.Channel(t, br.URL)
 	br.AddUser(t, "mast-tls", "tls-Secret-77", "/", "^$", "^forest\\.frames$", "^$")
 
 	frames, err := LoadFrames(root, 128)
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := func(name string, c *uplinktest.Certs, n int) *Agent {
+	start := func(name string, c *rabbittest.Certs, n int) *Agent {
 		t.Helper()
 		dir := filepath.Join(t.TempDir(), name)
-		ports, err := uplinktest.FreePorts(1)
+		ports, err := rabbittest.FreePorts(1)
 		if err != nil {
 			t.Fatal(err)
 		}

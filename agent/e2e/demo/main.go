@@ -21,8 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/forestwatch/forest/agent/e2e"
-	"github.com/forestwatch/forest/cloud/cloudtest"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/s3test"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 func main() {
@@ -53,12 +53,12 @@ func run(every time.Duration) error {
 		return err
 	}
 	fmt.Println("starting RabbitMQ (about 10 s) and the S3 server ...")
-	broker, err := uplinktest.Launch()
+	broker, err := rabbittest.Launch()
 	if err != nil {
 		return fmt.Errorf("rabbitmq: %w (run `make deps`)", err)
 	}
 	defer broker.Close()
-	srv, err := cloudtest.Launch()
+	srv, err := s3test.Launch()
 	if err != nil {
 		return fmt.Errorf("s3 server: %w (run `make deps`)", err)
 	}
@@ -90,7 +90,7 @@ func run(every time.Duration) error {
 		return err
 	}
 
-	fmt.Printf("\nbroker    amqp://127.0.0.1:%d/  (user %s)\n", broker.Port, uplinktest.AdminUser)
+	fmt.Printf("\nbroker    amqp://127.0.0.1:%d/  (user %s)\n", broker.Port, rabbittest.AdminUser)
 	fmt.Printf("s3        %s  bucket %s  (access key %s)\n", srv.Endpoint, bucket, srv.AccessKey)
 	fmt.Printf("cloud     http://%s/metrics  logs: %s\n", s.Cloud.HTTP, s.Cloud.Log)
 	for _, a := range s.Agents {

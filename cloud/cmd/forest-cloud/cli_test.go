@@ -13,18 +13,18 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/cloud"
-	"github.com/forestwatch/forest/cloud/cloudtest"
-	"github.com/forestwatch/forest/uplink/uplinktest"
+	"github.com/forestwatch/forest/internal/s3test"
+	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	uplinktest.StopShared()
-	cloudtest.StopShared()
+	rabbittest.StopShared()
+	s3test.StopShared()
 	os.Exit(code)
 }
 
-func writeConfig(t *testing.T, amqpURL string, srv *cloudtest.Server, bucket string) string {
+func writeConfig(t *testing.T, amqpURL string, srv *s3test.Server, bucket string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`amqp:
   url: %q
@@ -50,8 +50,8 @@ log:
 // TestDLQCommand lists and requeues a dead letter through the command line,
 // against the real broker.
 func TestDLQCommand(t *testing.T) {
-	b := uplinktest.Shared(t)
-	srv := cloudtest.Shared(t)
+	b := rabbittest.Shared(t)
+	srv := s3test.Shared(t)
 	url := b.Vhost(t)
 	path := writeConfig(t, url, srv, srv.Bucket(t))
 	var out, errb bytes.Buffer
@@ -62,7 +62,7 @@ func TestDLQCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := uplinktest.Channel(t, url)
+	ch := rabbittest.Channel(t, url)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
@@ -100,8 +100,8 @@ func TestDLQCommand(t *testing.T) {
 // TestRunStartupFailure: `run` with a bucket that does not exist exits 1
 // saying what is missing and how to fix it.
 func TestRunStartupFailure(t *testing.T) {
-	b := uplinktest.Shared(t)
-	srv := cloudtest.Shared(t)
+	b := rabbittest.Shared(t)
+	srv := s3test.Shared(t)
 	path := writeConfig(t, b.Vhost(t), srv, "forest-missing-bucket")
 	var out, errb bytes.Buffer
 	code := run([]string{"run", "--config", path}, &out, &errb)

@@ -1,4 +1,5 @@
-package uplinktest
+// Package procstat reads this process's resource use for benchmarks.
+package procstat
 
 import (
 	"syscall"

@@ -1,5 +1,4 @@
-// Package uplinktest starts private RabbitMQ brokers for tests and provides a
-// fault-injecting TCP proxy to cut, stall and half-open links.
+// Package rabbittest starts private RabbitMQ brokers for tests.
 //
 // A broker is a real RabbitMQ node (Debian's rabbitmq-server) whose data,
 // logs and config live in a temporary directory, bound to 127.0.0.1 on free
@@ -10,7 +9,7 @@
 //
 // When the CI environment variable is set, a broker that cannot be had is a
 // test failure; otherwise the test is skipped with the reason.
-package uplinktest
+package rabbittest
 
 import (
 	"bytes"
@@ -70,7 +69,7 @@ var (
 )
 
 // Main runs the tests and then stops the shared broker, if one was started.
-// Use it from TestMain: func TestMain(m *testing.M) { uplinktest.Main(m) }.
+// Use it from TestMain: func TestMain(m *testing.M) { rabbittest.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
 	StopShared()

@@ -1,4 +1,4 @@
-package cloudtest_test
+package s3test_test
 
 import (
 	"bytes"
@@ -13,15 +13,15 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
-	"github.com/forestwatch/forest/cloud/cloudtest"
+	"github.com/forestwatch/forest/internal/s3test"
 )
 
-func TestMain(m *testing.M) { cloudtest.Main(m) }
+func TestMain(m *testing.M) { s3test.Main(m) }
 
 // TestSmokeS3 proves the harness S3 server is real: one object put with a
 // SHA-256 checksum and read back with its checksum.
 func TestSmokeS3(t *testing.T) {
-	srv := cloudtest.Shared(t)
+	srv := s3test.Shared(t)
 	bucket := srv.Bucket(t)
 	c := srv.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -58,7 +58,7 @@ func TestSmokeS3(t *testing.T) {
 // TestConditionalPut checks that the server honours If-None-Match: *, which
 // forest-cloud relies on for idempotent writes.
 func TestConditionalPut(t *testing.T) {
-	srv := cloudtest.Shared(t)
+	srv := s3test.Shared(t)
 	bucket := srv.Bucket(t)
 	c := srv.Client()
 	ctx := context.Background()
@@ -78,7 +78,7 @@ func TestConditionalPut(t *testing.T) {
 }
 
 func TestStopStart(t *testing.T) {
-	srv := cloudtest.Start(t)
+	srv := s3test.Start(t)
 	bucket := srv.Bucket(t)
 	c := srv.Client()
 	ctx := context.Background()

@@ -1,4 +1,4 @@
-// Package cloudtest starts a private S3 server (versitygw, built by
+// Package s3test starts a private S3 server (versitygw, built by
 // `make deps` into .cache/bin) for tests, or attaches to the one named by
 // FOREST_S3_ENDPOINT.
 //
@@ -8,7 +8,7 @@
 // tests that stop and start the server use Start. When the CI environment
 // variable is set, a server that cannot be had is a test failure; otherwise
 // the test is skipped with the reason.
-package cloudtest
+package s3test
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package uplinktest
+package rabbittest
 
 import (
 	"crypto/ecdsa"

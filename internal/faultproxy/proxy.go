@@ -1,4 +1,6 @@
-package uplinktest
+// Package faultproxy is a TCP proxy for tests that cuts, stalls, refuses
+// and half-opens the links through it, as a flaky LTE or satellite modem does.
+package faultproxy
 
 import (
 	"net"
@@ -27,11 +29,11 @@ type link struct {
 	client, server net.Conn
 }
 
-// NewProxy listens on a free loopback port and forwards to target
+// New listens on a free loopback port and forwards to target
 // (host:port) until the test ends.
-func NewProxy(t testing.TB, target string) *Proxy {
+func New(t testing.TB, target string) *Proxy {
 	t.Helper()
-	p, err := ListenProxy(target)
+	p, err := Listen(target)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,8 +41,8 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	return p
 }
 
-// ListenProxy is NewProxy outside a test; the caller must Close the proxy.
-func ListenProxy(target string) (*Proxy, error) {
+// Listen is New outside a test; the caller must Close the proxy.
+func Listen(target string) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
