@@ -21,8 +21,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/wire"
 )
 

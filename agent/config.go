@@ -1,20 +1,15 @@
 package agent
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
+	"github.com/forestwatch/forest/internal/config"
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/wire"
 )
@@ -193,28 +188,8 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 }
 
-// Duration is a time.Duration that reads "30s" style YAML strings.
-type Duration time.Duration
-
-// UnmarshalYAML parses a Go duration string.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	var s string
-	if err := n.Decode(&s); err != nil {
-		return err
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration like 30s or 5m", n.Line, s)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalYAML writes the duration as a string.
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
-
-// D returns d as a time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
+// Duration is a time.Duration written as "30s" or "5m" in YAML.
+type Duration = config.Duration
 
 // Default returns the configuration used for keys a file leaves out.
 func Default() Config {
@@ -253,40 +228,10 @@ func Default() Config {
 	}
 }
 
-var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
-
-// expandEnv replaces ${NAME} and ${NAME:-default} with environment values.
-// An unset variable without a default is an error naming it and its line.
-func expandEnv(b []byte) ([]byte, error) {
-	var missing []string
-	lines := bytes.Split(b, []byte("\n"))
-	for i, ln := range lines {
-		if t := bytes.TrimSpace(ln); bytes.HasPrefix(t, []byte("#")) {
-			continue
-		}
-		lines[i] = envRef.ReplaceAllFunc(ln, func(m []byte) []byte {
-			sub := envRef.FindSubmatch(m)
-			name := string(sub[1])
-			if v, ok := os.LookupEnv(name); ok && (v != "" || sub[2] == nil) {
-				return []byte(v)
-			}
-			if sub[2] != nil {
-				return sub[3]
-			}
-			missing = append(missing, fmt.Sprintf("${%s} on line %d", name, i+1))
-			return nil
-		})
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("%w: environment variable not set: %s", ErrConfig, strings.Join(missing, ", "))
-	}
-	return bytes.Join(lines, []byte("\n")), nil
-}
-
-// LoadConfig reads path, expands ${ENV} references (${NAME:-default} gives
-// a default), applies defaults for missing keys, resolves relative paths
-// (see resolve) and validates the result. Unknown keys are
-// errors. Errors wrap ErrConfig and name the field.
+// LoadConfig reads path, decodes it over the defaults with internal/config
+// (strict keys; ${ENV} and ${ENV:-default} expanded in values), resolves
+// relative paths (see resolve) and validates the result. Errors wrap
+// ErrConfig and name the field.
 func LoadConfig(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -303,15 +248,9 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig parses and validates YAML config text (see LoadConfig).
 // Relative paths are left as they are.
 func ParseConfig(raw []byte) (*Config, error) {
-	b, err := expandEnv(raw)
-	if err != nil {
-		return nil, err
-	}
 	c := Default()
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	if err := config.Parse(raw, &c); err != nil {
+		return nil, err
 	}
 	if len(c.Source.Exec.Command) == 0 {
 		c.Source.Exec.Command = nil
@@ -346,9 +285,7 @@ func (c *Config) resolve(base string) {
 	}
 }
 
-func bad(field, format string, args ...any) error {
-	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
-}
+var bad = config.Bad
 
 // Validate checks every field and returns the first problem as a
 // *FieldError naming it, for example
@@ -555,49 +492,11 @@ func (c *Config) Validate() error {
 	return pos("shutdown_timeout", c.ShutdownTimeout)
 }
 
-// redactURL hides a password in a URL for messages.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "<unparseable>"
-	}
-	return u.Redacted()
-}
-
-// readSecret reads a secret from a file, trimming one trailing newline.
-func readSecret(field, path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("%w: %s: %w", ErrConfig, field, err)
-	}
-	return strings.TrimRight(string(b), "\r\n"), nil
-}
+var redactURL = config.Redact
 
 // brokerURL returns the uplink URL with the user and the password from
-// password_file filled in.
+// password_file or password_env filled in.
 func (c *Config) brokerURL() (string, error) {
-	u, err := url.Parse(c.Uplink.URL)
-	if err != nil {
-		return "", fmt.Errorf("%w: uplink.url: %w", ErrConfig, err)
-	}
-	user := c.Uplink.User
-	if user == "" && u.User != nil {
-		user = u.User.Username()
-	}
-	if c.Uplink.PasswordFile != "" {
-		pw, err := readSecret("uplink.password_file", c.Uplink.PasswordFile)
-		if err != nil {
-			return "", err
-		}
-		u.User = url.UserPassword(user, pw)
-	} else if c.Uplink.PasswordEnv != "" {
-		pw, ok := os.LookupEnv(c.Uplink.PasswordEnv)
-		if !ok {
-			return "", fmt.Errorf("%w: uplink.password_env: environment variable %s not set", ErrConfig, c.Uplink.PasswordEnv)
-		}
-		u.User = url.UserPassword(user, pw)
-	} else if user != "" {
-		u.User = url.User(user)
-	}
-	return u.String(), nil
+	u := c.Uplink
+	return config.Credentials{Prefix: "uplink", User: u.User, PasswordFile: u.PasswordFile, PasswordEnv: u.PasswordEnv}.URL(u.URL)
 }

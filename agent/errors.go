@@ -1,12 +1,16 @@
 package agent
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/forestwatch/forest/internal/config"
+)
 
 // Sentinel errors. Test for them with errors.Is.
 var (
 	// ErrConfig reports an invalid configuration. Errors of type *FieldError
 	// match it.
-	ErrConfig = errors.New("invalid config")
+	ErrConfig = config.ErrConfig
 	// ErrCapture reports a capture that produced no usable image (a failed
 	// command, an HTTP error, a non-image). It is counted and logged; the
 	// source keeps running.
@@ -18,15 +22,4 @@ var (
 
 // FieldError names a configuration field and what is wrong with it. It
 // matches ErrConfig with errors.Is.
-type FieldError struct {
-	// Field is the dotted YAML path, for example "uplink.confirm_timeout".
-	Field string
-	// Reason says what is wrong, with the value found.
-	Reason string
-}
-
-// Error returns "field: reason".
-func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
-
-// Is reports whether target is ErrConfig.
-func (e *FieldError) Is(target error) bool { return target == ErrConfig }
+type FieldError = config.FieldError

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
-	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
 func TestMain(m *testing.M) { rabbittest.Main(m) }

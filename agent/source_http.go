@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/forestwatch/forest/internal/config"
 )
 
 // httpSource fetches a snapshot URL every Interval (IP cameras). Each fetch,
@@ -69,7 +71,7 @@ func (s *httpSource) fetch(ctx context.Context) ([]byte, error) {
 	}
 	switch {
 	case s.cfg.TokenFile != "":
-		tok, err := readSecret("source.http.token_file", s.cfg.TokenFile)
+		tok, err := config.ReadSecret("source.http.token_file", s.cfg.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCapture, err)
 		}
@@ -77,7 +79,7 @@ func (s *httpSource) fetch(ctx context.Context) ([]byte, error) {
 	case s.cfg.User != "":
 		pw := ""
 		if s.cfg.PasswordFile != "" {
-			if pw, err = readSecret("source.http.password_file", s.cfg.PasswordFile); err != nil {
+			if pw, err = config.ReadSecret("source.http.password_file", s.cfg.PasswordFile); err != nil {
 				return nil, fmt.Errorf("%w: %w", ErrCapture, err)
 			}
 		}

@@ -1,17 +1,15 @@
 package cloud
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"time"
 
+	"github.com/forestwatch/forest/internal/config"
 	"github.com/forestwatch/forest/wire"
-	"go.yaml.in/yaml/v3"
 )
 
 // Config is forest-cloud's configuration, read from YAML (see
@@ -36,6 +34,13 @@ type Config struct {
 type AMQPConfig struct {
 	// URL is the broker's amqp:// or amqps:// URL (required).
 	URL string `yaml:"url"`
+	// User overrides the URL's user; PasswordFile or PasswordEnv (the
+	// name of an environment variable) give its password, so that a
+	// password with any character in it never has to be written into the
+	// URL.
+	User         string `yaml:"user"`
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
 	// Exchange is the topic exchange the agents publish to
 	// (default forest.frames).
 	Exchange string `yaml:"exchange"`
@@ -155,36 +160,26 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 }
 
-var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
-
-// ExpandEnv replaces ${NAME} and ${NAME:-default} with environment values.
-func ExpandEnv(b []byte) []byte {
-	return envRef.ReplaceAllFunc(b, func(m []byte) []byte {
-		sub := envRef.FindSubmatch(m)
-		if v, ok := os.LookupEnv(string(sub[1])); ok && v != "" {
-			return []byte(v)
-		}
-		return sub[3]
-	})
-}
-
 // LoadConfig reads, expands, parses, defaults and validates a config file.
 func LoadConfig(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return ParseConfig(b)
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
 }
 
-// ParseConfig expands ${ENV} references in b, parses it strictly (unknown
-// keys are errors), applies defaults and validates the result.
+// ParseConfig parses b with internal/config (strict keys; ${ENV} and
+// ${ENV:-default} expanded in values, an unset variable without a default
+// is an error naming the field), applies defaults and validates the result.
 func ParseConfig(b []byte) (*Config, error) {
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(ExpandEnv(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, errEOF) {
-		return nil, fmt.Errorf("parse config: %w", err)
+	if err := config.Parse(b, &c); err != nil {
+		return nil, err
 	}
 	c.Defaults()
 	if err := c.Validate(); err != nil {
@@ -193,11 +188,11 @@ func ParseConfig(b []byte) (*Config, error) {
 	return &c, nil
 }
 
-var errEOF = eofError()
-
-func eofError() error {
-	var c Config
-	return yaml.NewDecoder(bytes.NewReader(nil)).Decode(&c)
+// BrokerURL returns amqp.url with amqp.user and the password from
+// amqp.password_file or amqp.password_env filled in.
+func (c *Config) BrokerURL() (string, error) {
+	a := c.AMQP
+	return config.Credentials{Prefix: "amqp", User: a.User, PasswordFile: a.PasswordFile, PasswordEnv: a.PasswordEnv}.URL(a.URL)
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -258,12 +253,15 @@ func def[T comparable](p *T, v T) {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
-		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+		errs = append(errs, config.Bad(field, format, args...))
 	}
 	if c.AMQP.URL == "" {
-		bad("amqp.url", "must be set (e.g. amqps://forest-cloud:${AMQP_PASSWORD}@broker:5671/forest)")
+		bad("amqp.url", "must be set (e.g. amqps://broker.internal:5671/forest, with amqp.user and amqp.password_env)")
 	} else if u, err := url.Parse(c.AMQP.URL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
 		bad("amqp.url", "must be an amqp:// or amqps:// URL")
+	}
+	if c.AMQP.PasswordFile != "" && c.AMQP.PasswordEnv != "" {
+		bad("amqp.password_env", "set either amqp.password_file or amqp.password_env, not both")
 	}
 	for f, v := range map[string]string{"amqp.exchange": c.AMQP.Exchange, "amqp.queue": c.AMQP.Queue,
 		"amqp.dead_letter_exchange": c.AMQP.DeadLetterExchange, "amqp.dead_letter_queue": c.AMQP.DeadLetterQueue} {

@@ -41,8 +41,7 @@ type DLQOptions struct {
 // fetched unacknowledged and returned to the queue when the channel closes.
 func ListDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions) ([]DeadLetter, error) {
 	var out []DeadLetter
-	own := userOf(cfg.AMQP.URL)
-	err := walkDLQ(ctx, cfg, opts, func(_ *amqp.Channel, d *amqp.Delivery) error {
+	err := walkDLQ(ctx, cfg, opts, func(_ *amqp.Channel, d *amqp.Delivery, own string) error {
 		out = append(out, describe(d, own))
 		return nil
 	})
@@ -55,9 +54,8 @@ func ListDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions) ([]DeadL
 // the consumer's own user) and only then removed from the dead-letter queue;
 // a crash in between duplicates, never loses, a message.
 func RequeueDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions) (int, error) {
-	own := userOf(cfg.AMQP.URL)
 	n := 0
-	err := walkDLQ(ctx, cfg, opts, func(ch *amqp.Channel, d *amqp.Delivery) error {
+	err := walkDLQ(ctx, cfg, opts, func(ch *amqp.Channel, d *amqp.Delivery, own string) error {
 		dl := describe(d, own)
 		h := amqp.Table{}
 		for k, v := range d.Headers {
@@ -94,8 +92,14 @@ func RequeueDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions) (int,
 	return n, err
 }
 
-func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(*amqp.Channel, *amqp.Delivery) error) error {
-	conn, err := amqp.DialConfig(cfg.AMQP.URL, amqp.Config{Heartbeat: cfg.AMQP.Heartbeat, Dial: amqp.DefaultDial(30 * time.Second)})
+// walkDLQ calls fn with each dead letter and the broker user of cfg.
+func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(ch *amqp.Channel, d *amqp.Delivery, own string) error) error {
+	url, err := cfg.BrokerURL()
+	if err != nil {
+		return err
+	}
+	own := userOf(url)
+	conn, err := amqp.DialConfig(url, amqp.Config{Heartbeat: cfg.AMQP.Heartbeat, Dial: amqp.DefaultDial(30 * time.Second)})
 	if err != nil {
 		return fmt.Errorf("dial broker: %w", err)
 	}
@@ -152,11 +156,11 @@ func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(*amqp.Ch
 			break
 		}
 		last = d.DeliveryTag
-		if opts.Reason != "" && describe(&d, userOf(cfg.AMQP.URL)).Reason != opts.Reason {
+		if opts.Reason != "" && describe(&d, own).Reason != opts.Reason {
 			continue // left unacknowledged: returned on close
 		}
 		limit--
-		if err := fn(ch, &d); err != nil {
+		if err := fn(ch, &d, own); err != nil {
 			return err
 		}
 	}

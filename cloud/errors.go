@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/forestwatch/forest/internal/config"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -21,7 +22,7 @@ var (
 	// ErrTooLarge means a message or image is over a configured limit.
 	ErrTooLarge = errors.New("too large")
 	// ErrConfig is matched by every configuration validation error.
-	ErrConfig = errors.New("invalid configuration")
+	ErrConfig = config.ErrConfig
 	// ErrStartup is matched by every failed start-up check.
 	ErrStartup = errors.New("start-up check failed")
 )
@@ -67,15 +68,7 @@ func poison(r Reason, err error) error { return &PoisonError{Reason: r, Err: err
 
 // FieldError is a configuration error naming the YAML field, e.g.
 // "s3.bucket: must be set".
-type FieldError struct {
-	Field string
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
-
-// Is makes errors.Is(err, ErrConfig) true.
-func (e *FieldError) Is(target error) bool { return target == ErrConfig }
+type FieldError = config.FieldError
 
 // StartupError is a failed start-up check: what is missing and how to fix
 // it.

@@ -57,6 +57,7 @@ type Service struct {
 	creds   aws.CredentialsProvider
 	hc      *transports
 	ownUser string
+	url     string // the broker URL with credentials (Config.BrokerURL)
 	version string
 
 	ready atomic.Bool
@@ -66,7 +67,7 @@ type Service struct {
 // metrics. It does not contact the broker or S3 (Check does).
 func New(ctx context.Context, opts Options) (*Service, error) {
 	if opts.Config == nil {
-		return nil, &FieldError{Field: "config", Msg: "must be set"}
+		return nil, &FieldError{Field: "config", Reason: "must be set"}
 	}
 	if err := opts.Config.Validate(); err != nil {
 		return nil, err
@@ -80,17 +81,21 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
+	url, err := cfg.BrokerURL()
+	if err != nil {
+		return nil, err
+	}
 	client, creds, hc, err := newS3Client(ctx, &cfg.S3)
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{hc: hc, cfg: cfg, log: log.With("component", "cloud"), reg: reg, m: newMetrics(reg), creds: creds, version: opts.Version}
+	s := &Service{url: url, hc: hc, cfg: cfg, log: log.With("component", "cloud"), reg: reg, m: newMetrics(reg), creds: creds, version: opts.Version}
 	s.store = &store{
 		c: client, bucket: cfg.S3.Bucket, checksum: cfg.S3.Checksum == "sha256", conditional: *cfg.S3.ConditionalPut,
 		timeout: cfg.S3.RequestTimeout, retryMin: cfg.S3.RetryMin, retryMax: cfg.S3.RetryMax,
 		retryFor: cfg.S3.RetryMaxElapsed, m: s.m, log: s.log,
 	}
-	s.ownUser = userOf(cfg.AMQP.URL)
+	s.ownUser = userOf(url)
 	return s, nil
 }
 
@@ -162,7 +167,7 @@ func (s *Service) dial() (*amqp.Connection, error) {
 	props := amqp.NewConnectionProperties()
 	host, _ := os.Hostname()
 	props.SetClientConnectionName(fmt.Sprintf("forest-cloud %s %s", s.version, host))
-	return amqp.DialConfig(s.cfg.AMQP.URL, amqp.Config{
+	return amqp.DialConfig(s.url, amqp.Config{
 		Heartbeat:  s.cfg.AMQP.Heartbeat,
 		Properties: props,
 		Dial:       amqp.DefaultDial(30 * time.Second),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"image/jpeg"
 	"image/png"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,9 @@ func TestConfigErrorsNameFields(t *testing.T) {
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nidentity: {devices: {gw: ['*']}}":              "identity.devices.gw: wildcards are not allowed",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nhttp: {listen: nonsense}":                      "http.listen: must be host:port",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlog: {level: loud}":                            `log.level: must be debug, info, warn or error (got "loud")`,
-		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, bukket: c}":                                     "field bukket not found",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, bukket: c}":                                     "s3.bukket: unknown key",
+		"amqp: {url: 'amqp://x', password_file: f, password_env: E}\ns3: {bucket: b}":             "amqp.password_env: set either",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: '${T_UNSET_BUCKET}'}":                              "s3.bucket: environment variable T_UNSET_BUCKET is not set",
 	}
 	for in, want := range cases {
 		_, err := cloud.ParseConfig([]byte(in))
@@ -39,6 +42,28 @@ func TestConfigErrorsNameFields(t *testing.T) {
 	var fe *cloud.FieldError
 	if !errors.Is(err, cloud.ErrConfig) || !errors.As(err, &fe) || fe.Field != "s3.bucket" {
 		t.Errorf("typed error: %v", err)
+	}
+}
+
+// TestConfigPasswordAnyCharacter: a password holding URL and YAML syntax
+// reaches the broker URL intact through amqp.password_env, and a reference
+// in a comment is not expanded.
+func TestConfigPasswordAnyCharacter(t *testing.T) {
+	t.Setenv("T_AMQP_PW", "a@b/c#d:e%f")
+	c, err := cloud.ParseConfig([]byte("# ${T_NOT_SET_IN_COMMENT}\namqp: {url: 'amqps://broker:5671/forest', user: forest-cloud, password_env: T_AMQP_PW}\ns3: {bucket: b}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := c.BrokerURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pw, _ := pu.User.Password(); pw != "a@b/c#d:e%f" || pu.User.Username() != "forest-cloud" || pu.Host != "broker:5671" || pu.Path != "/forest" {
+		t.Errorf("broker URL %s: user %q password %q host %q path %q", u, pu.User.Username(), pw, pu.Host, pu.Path)
 	}
 }
 
