@@ -166,3 +166,32 @@ func listQuarantine(tx *bolt.Tx, rep *Report) error {
 		return nil
 	})
 }
+
+const (
+	corruptSuffix = ".corrupt-"
+	compactSuffix = ".compact"
+	oldSuffix     = ".old" // the file a compaction replaced, until removed
+	freshSuffix   = ".fresh"
+	allocSize     = 32 << 20
+)
+
+// Problem is one defect found in a spool.
+type Problem struct {
+	// ID is the record concerned, 0 for file-level problems.
+	ID uint64 `json:"id,omitempty"`
+	// Bucket is where the defect is: data, idx, state or file.
+	Bucket string `json:"bucket"`
+	// Reason describes the defect.
+	Reason string `json:"reason"`
+	// Action is what repair does (or did): quarantine, rebuild_index,
+	// drop_key, rename_aside.
+	Action string `json:"action"`
+}
+
+// Repair actions reported in Problem.Action.
+const (
+	ActionQuarantine   = "quarantine"
+	ActionRebuildIndex = "rebuild_index"
+	ActionDropKey      = "drop_key"
+	ActionRenameAside  = "rename_aside"
+)

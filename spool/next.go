@@ -1,0 +1,284 @@
+package spool
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// dropMappedEvery is how many record bytes Next may read before an Ack
+// drops the mapped pages: the bound on what reading records adds to RSS,
+// besides the 64 KB the kernel maps around each fault.
+const dropMappedEvery = 8 << 20
+
+// Next returns up to n records that are not in flight, in the configured
+// Order, and marks them in flight. They stay stored until Ack; Release
+// hands them out again. A record that fails to decode is quarantined and
+// skipped. Next returns an empty slice when nothing is available; use Wait
+// to block for new records.
+func (q *Queue) Next(n int) ([]Record, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	if q.isClosed() {
+		return nil, fmt.Errorf("next: %w", ErrClosed)
+	}
+	if q.opts.MaxAge > 0 {
+		q.wmu.Lock()
+		err := q.expireLocked()
+		q.wmu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("next: %w", err)
+		}
+	}
+	var out []Record
+	for len(out) < n {
+		ids := q.pick(n - len(out))
+		if len(ids) == 0 {
+			break
+		}
+		recs, bad, err := q.read(ids)
+		if err != nil {
+			q.Release(ids...)
+			q.Release(recordIDs(out)...)
+			return nil, fmt.Errorf("next: %w", err)
+		}
+		out = append(out, recs...)
+		if len(bad) == 0 {
+			break
+		}
+		if err := q.quarantine(bad); err != nil {
+			q.Release(recordIDs(out)...)
+			return nil, fmt.Errorf("next: %w", err)
+		}
+	}
+	return out, nil
+}
+
+func recordIDs(rs []Record) []uint64 {
+	ids := make([]uint64, len(rs))
+	for i, r := range rs {
+		ids[i] = r.ID
+	}
+	return ids
+}
+
+func (q *Queue) pick(n int) []uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var ids []uint64
+	take := func(e entry) bool {
+		if _, busy := q.inflight[e.id]; busy {
+			return true
+		}
+		ids = append(ids, e.id)
+		q.inflight[e.id] = struct{}{}
+		return len(ids) < n
+	}
+	if q.opts.Order == NewestFirst {
+		for i := len(q.ents) - 1; i >= 0 && take(q.ents[i]); i-- {
+		}
+	} else {
+		for i := 0; i < len(q.ents) && take(q.ents[i]); i++ {
+		}
+	}
+	return ids
+}
+
+type badRecord struct {
+	id     uint64
+	reason string
+	raw    []byte
+}
+
+func (q *Queue) read(ids []uint64) (recs []Record, bad []badRecord, err error) {
+	err = q.view("read", func(tx *bolt.Tx) error {
+		data := tx.Bucket(bktData)
+		for _, id := range ids {
+			v := dataGet(data, idKey(id))
+			if v == nil {
+				bad = append(bad, badRecord{id: id, reason: "data missing"})
+				continue
+			}
+			r, err := decodeRecord(id, v)
+			if err != nil {
+				var ce *CorruptError
+				reason := err.Error()
+				if errors.As(err, &ce) {
+					reason = ce.Reason
+				}
+				bad = append(bad, badRecord{id: id, reason: reason, raw: slices.Clone(v)})
+				continue
+			}
+			recs = append(recs, r)
+			q.unmapped.Add(int64(len(v)))
+		}
+		return nil
+	})
+	return recs, bad, err
+}
+
+// quarantine moves damaged records out of the data and index buckets into
+// the quarantine bucket with their reason, in one transaction.
+func (q *Queue) quarantine(bad []badRecord) error {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	// A record evicted or acknowledged between Next's pick and its read
+	// looks missing but is not damaged. With q.wmu held the in-memory index
+	// matches the file, so only records still indexed are quarantined.
+	q.mu.Lock()
+	bad = slices.DeleteFunc(slices.Clone(bad), func(b badRecord) bool { return !q.hasLocked(b.id) })
+	q.mu.Unlock()
+	if len(bad) == 0 {
+		return nil
+	}
+	at := q.now()
+	sizes := make([]int64, len(bad))
+	err := q.update("quarantine", func(tx *bolt.Tx) error {
+		data, idx, qb := tx.Bucket(bktData), tx.Bucket(bktIdx), tx.Bucket(bktQuar)
+		for i, b := range bad {
+			k := idKey(b.id)
+			v := encodeQuarantine(b.reason, at, b.raw)
+			sizes[i] = int64(len(v)) + keyLen
+			if err := qb.Put(k, v); err != nil {
+				return err
+			}
+			if err := dataDelete(data, k); err != nil {
+				return err
+			}
+			if err := idx.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	drop := make(map[uint64]bool, len(bad))
+	for i, b := range bad {
+		drop[b.id] = true
+		q.quar[b.id] = sizes[i]
+		q.bytes += sizes[i]
+		q.quarTotal++
+	}
+	q.removeLocked(drop)
+	q.mu.Unlock()
+	for _, b := range bad {
+		q.log.Error("spool record quarantined", "id", b.id, "reason", b.reason, "raw_bytes", len(b.raw))
+	}
+	return nil
+}
+
+// hasLocked reports whether id is in the in-memory index. q.mu must be held.
+func (q *Queue) hasLocked(id uint64) bool {
+	_, ok := slices.BinarySearchFunc(q.ents, id, func(e entry, id uint64) int { return cmp.Compare(e.id, id) })
+	return ok
+}
+
+// removeLocked drops ids from the in-memory index and in-flight set and
+// subtracts their bytes. q.mu must be held.
+func (q *Queue) removeLocked(drop map[uint64]bool) {
+	keep := q.ents[:0]
+	for _, e := range q.ents {
+		if drop[e.id] {
+			q.bytes -= e.size
+			delete(q.inflight, e.id)
+			continue
+		}
+		keep = append(keep, e)
+	}
+	clear(q.ents[len(keep):])
+	q.ents = keep
+}
+
+// Ack deletes the records with the given ids in one durable transaction;
+// call it after the broker confirmed them. Unknown ids (already evicted or
+// acknowledged) are ignored.
+func (q *Queue) Ack(ids ...uint64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if q.isClosed() {
+		return fmt.Errorf("ack: %w", ErrClosed)
+	}
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	q.mu.Lock()
+	drop := make(map[uint64]bool, len(ids))
+	for _, id := range ids {
+		drop[id] = true
+	}
+	q.mu.Unlock()
+	err := q.update("ack", func(tx *bolt.Tx) error {
+		data, idx := tx.Bucket(bktData), tx.Bucket(bktIdx)
+		for id := range drop {
+			k := idKey(id)
+			if err := dataDelete(data, k); err != nil {
+				return err
+			}
+			if err := idx.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("ack: %w", err)
+	}
+	q.mu.Lock()
+	q.removeLocked(drop)
+	q.mu.Unlock()
+	q.maybeCompactLocked()
+	// The pages Next read for acknowledged records, once they add up:
+	// dropping them after every Ack cost the drain of small frames a
+	// madvise over the whole mapping and a page fault per page read.
+	if q.unmapped.Load() >= dropMappedEvery {
+		q.unmapped.Store(0)
+		q.dropMappedLocked()
+	}
+	return nil
+}
+
+// Release returns in-flight records so that Next hands them out again, for
+// example after the broker refused them or the connection dropped.
+func (q *Queue) Release(ids ...uint64) {
+	if len(ids) == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, id := range ids {
+		delete(q.inflight, id)
+	}
+	q.wakeLocked()
+}
+
+// Wait blocks until at least one record is available to Next (stored and
+// not in flight), ctx is done, or the Queue is closed.
+func (q *Queue) Wait(ctx context.Context) error {
+	for {
+		q.mu.Lock()
+		avail := len(q.ents) - len(q.inflight)
+		ch := q.notify
+		q.mu.Unlock()
+		if q.isClosed() {
+			return fmt.Errorf("wait: %w", ErrClosed)
+		}
+		if avail > 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.quit:
+			return fmt.Errorf("wait: %w", ErrClosed)
+		}
+	}
+}
