@@ -30,8 +30,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/forestwatch/forest/cloud"
-	"github.com/forestwatch/forest/internal/s3test"
 	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/internal/s3test"
 	"github.com/forestwatch/forest/wire"
 )
 

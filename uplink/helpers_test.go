@@ -14,8 +14,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
-	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/wire"
 )
 

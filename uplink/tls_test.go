@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/uplink"
 )
 
 // TestTLS runs against a broker whose TLS listener requires a client

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/forestwatch/forest/internal/s3test"
 	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/internal/s3test"
 )
 
 var (

@@ -21,8 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/forestwatch/forest/agent/e2e"
-	"github.com/forestwatch/forest/internal/s3test"
 	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/internal/s3test"
 )
 
 func main() {

@@ -13,8 +13,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/cloud"
-	"github.com/forestwatch/forest/internal/s3test"
 	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/internal/s3test"
 )
 
 func TestMain(m *testing.M) {
