@@ -69,7 +69,6 @@ type Agent struct {
 	m       *metrics
 	status  *status
 	q       *spool.Queue
-	st      *state
 	model   *segment.Model
 	modelID string
 	pub     linkPublisher
@@ -106,9 +105,6 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	if a.m, err = newMetrics(a.reg, a.spoolStats, a.linkUp); err != nil {
 		return a, fmt.Errorf("register metrics: %w", err)
 	}
-	if a.st, err = openState(cfg.Device.StateDir); err != nil {
-		return a, err
-	}
 	var pol spool.Policy
 	var ord spool.Order
 	_ = pol.UnmarshalText([]byte(cfg.Spool.Policy))
@@ -120,6 +116,9 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	if err != nil {
 		return a, fmt.Errorf("open spool %s: %w", cfg.Spool.Dir, err)
 	}
+	if err := migrateState(cfg.Device.StateDir, a.q); err != nil {
+		return a, err
+	}
 	tiling, _ := segment.ParseTiling(cfg.Segment.Tiling)
 	a.model, err = segment.Load(cfg.Segment.Model, segment.Options{
 		Threads: cfg.Segment.Threads, LibraryPath: cfg.Segment.Library, Threshold: cfg.Segment.Threshold,
@@ -130,7 +129,7 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	}
 	info := a.model.Info()
 	a.modelID = info.ID + "/" + info.Version
-	a.pipe = &pipeline{cfg: cfg, model: a.model, modelID: a.modelID, q: a.q, st: a.st, m: a.m,
+	a.pipe = &pipeline{cfg: cfg, model: a.model, modelID: a.modelID, q: a.q, m: a.m,
 		status: a.status, log: a.log, report: opts.Report}
 	a.src = newSource(cfg.Source, sourceEnv{
 		log: log.With("component", "source", "source", cfg.Source.Type),

@@ -33,7 +33,9 @@ type Config struct {
 type DeviceConfig struct {
 	// ID is the device id carried in every frame ([A-Za-z0-9._-]{1,128}).
 	ID string `yaml:"id"`
-	// StateDir holds the sequence counter and the capture journal.
+	// StateDir holds the agent's own state. An earlier version's sequence
+	// counter and capture journal found there are moved into the spool at
+	// start (see migrateState).
 	StateDir string `yaml:"state_dir"`
 }
 

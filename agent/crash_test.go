@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,25 +16,21 @@ import (
 	"github.com/forestwatch/forest/wire"
 )
 
-// TestDirCrashRestart SIGKILLs the real binary at random points while it
-// takes files from a dir source, restarts it, and checks at the end that
-// every file was spooled, under exactly one frame id, and that distinct
-// files never share a frame id. Re-spooling a file under its same id is
-// allowed only in the microseconds between Put's return and the journal
-// write; the test counts such copies.
+// TestDirCrashRestart trickles files into a dir source while the real
+// binary is SIGKILLed at random points and restarted, at least 30 times,
+// and checks at the end that every file was spooled exactly once (one
+// record, one frame id), that distinct files never share a frame id, and
+// that every file was moved to done/.
 func TestDirCrashRestart(t *testing.T) {
 	needModel(t)
 	if testing.Short() {
 		t.Skip("-short")
 	}
-	const files = 30
+	const files, minKills = 80, 30
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in")
 	os.MkdirAll(in, 0o755)
 	samples := sampleFrames(t)[:4] // the 256×256 tiles
-	for i := 0; i < files; i++ {
-		copyFile(t, samples[i%len(samples)], filepath.Join(in, fmt.Sprintf("f%03d.png", i)))
-	}
 	model, _ := filepath.Abs(modelPath)
 	cfg := filepath.Join(dir, "agent.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`device: {id: crash-1, state_dir: %[1]s/state}
@@ -45,14 +42,30 @@ log: {level: warn}
 `, dir, in, model)), 0o644)
 	bin := buildBinary(t)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+
+	// The camera: a file every 0-150 ms, written under a temporary name and
+	// renamed into place, as cameras and rsync do.
+	var trickle sync.WaitGroup
+	trickle.Go(func() {
+		r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 8))
+		for i := range files {
+			tmp := filepath.Join(in, fmt.Sprintf(".f%03d.png.part", i))
+			copyFile(t, samples[i%len(samples)], tmp)
+			if err := os.Rename(tmp, filepath.Join(in, fmt.Sprintf("f%03d.png", i))); err != nil {
+				t.Error(err)
+			}
+			time.Sleep(time.Duration(r.IntN(150)) * time.Millisecond)
+		}
+	})
 	kills := 0
 	for life := 0; ; life++ {
 		left, _ := filepath.Glob(filepath.Join(in, "*.png"))
-		if len(left) == 0 {
+		done, _ := filepath.Glob(filepath.Join(in, "done", "*.png"))
+		if len(left) == 0 && len(done) == files && kills >= minKills {
 			break
 		}
-		if life > 200 {
-			t.Fatalf("%d files still not taken after 200 lives", len(left))
+		if life > 300 {
+			t.Fatalf("%d files still not taken after 300 lives", len(left))
 		}
 		cmd := exec.Command(bin, "run", "--config", cfg)
 		var stderr strings.Builder
@@ -68,41 +81,36 @@ log: {level: warn}
 			t.Logf("life %d stderr: %s", life, stderr.String())
 		}
 	}
+	trickle.Wait()
 	q := openSpoolT(t, filepath.Join(dir, "spool"))
 	recs, err := q.Next(10 * files)
 	if err != nil {
 		t.Fatal(err)
 	}
-	idsByFile := map[string]map[string]int{}
+	records := map[string]int{}
 	fileByID := map[string]string{}
 	for _, r := range recs {
 		var m Meta
 		if err := json.Unmarshal(r.Meta, &m); err != nil {
 			t.Fatal(err)
 		}
-		id := wire.FrameID(m.Device, m.Seq)
-		if idsByFile[m.Source] == nil {
-			idsByFile[m.Source] = map[string]int{}
-		}
-		idsByFile[m.Source][id]++
-		if f, ok := fileByID[id]; ok && f != m.Source {
-			t.Fatalf("frame id %s used for %s and %s", id, f, m.Source)
+		id := wire.FrameID(m.Device, m.seq(r.ID))
+		records[m.Source]++
+		if f, ok := fileByID[id]; ok {
+			t.Errorf("frame id %s used for %s and %s", id, f, m.Source)
 		}
 		fileByID[id] = m.Source
 	}
-	dups := 0
 	for i := 0; i < files; i++ {
-		src := fmt.Sprintf("dir:f%03d.png", i)
-		ids := idsByFile[src]
-		if len(ids) != 1 {
-			t.Errorf("%s spooled under %d frame ids %v, want exactly one", src, len(ids), ids)
-		}
-		for _, n := range ids {
-			dups += n - 1
+		if n := records[fmt.Sprintf("dir:f%03d.png", i)]; n != 1 {
+			t.Errorf("f%03d.png spooled %d times, want exactly once", i, n)
 		}
 		if _, err := os.Stat(filepath.Join(in, "done", fmt.Sprintf("f%03d.png", i))); err != nil {
 			t.Errorf("f%03d.png not in done/: %v", i, err)
 		}
 	}
-	t.Logf("%d files, %d SIGKILLs, %d records, %d same-id copies", files, kills, len(recs), dups)
+	if len(recs) != files {
+		t.Errorf("%d records for %d files", len(recs), files)
+	}
+	t.Logf("%d files trickled in, %d SIGKILLs, %d records", files, kills, len(recs))
 }

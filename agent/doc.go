@@ -25,8 +25,10 @@
 //     counted spool eviction under spool.max_bytes, min_free_bytes or
 //     max_age). Delivery is at least once; the frame id is stable across
 //     retries and restarts.
-//   - Sequence numbers are unique and increasing per device across restarts
-//     and crashes (see state). A dir-source file is spooled under one frame
+//   - A frame's sequence number is its spool id: unique and increasing per
+//     device across restarts and crashes. A dir-source file carries its key
+//     (name, size, time) into the spool Put, which stores it in the same
+//     transaction as the frame, so the file is spooled under one frame
 //     id even when the agent crashes between spooling it and moving it.
 //   - Capture failures (a failed command, an HTTP error, a file that is not
 //     an image) are counted and logged; they never stop the agent.

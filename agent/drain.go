@@ -261,11 +261,12 @@ func (d *drain) message(r *spool.Record) (wire.Message, error) {
 	if err := json.Unmarshal(r.Meta, &m); err != nil {
 		return wire.Message{}, fmt.Errorf("decode frame meta: %w", err)
 	}
-	if m.V != 1 {
+	if m.V != 1 && m.V != metaVersion {
 		return wire.Message{}, fmt.Errorf("frame meta version %d not understood", m.V)
 	}
+	seq := m.seq(r.ID)
 	return wire.Encode(&wire.Frame{
-		ID: wire.FrameID(m.Device, m.Seq), Device: m.Device, Seq: m.Seq, Captured: m.Captured,
+		ID: wire.FrameID(m.Device, seq), Device: m.Device, Seq: seq, Captured: m.Captured,
 		ContentType: m.ContentType, Image: r.Image, ImageSHA256: m.SHA256, Width: m.Width, Height: m.Height,
 		Coverage: m.Coverage, Model: m.Model, Mask: r.Mask, GPS: m.GPS, Camera: m.Camera,
 		Agent: d.agent, User: d.user,

@@ -22,10 +22,13 @@ import (
 // Meta is the JSON stored in spool.Record.Meta: everything the drain needs,
 // besides the image and mask, to build the frame's wire.Message.
 type Meta struct {
-	// V is the version of this layout (1).
-	V           int       `json:"v"`
-	Device      string    `json:"device"`
-	Seq         uint64    `json:"seq"`
+	// V is the version of this layout: 2. The frame's sequence number is
+	// its spool id. Version 1 (written before the spool owned the
+	// numbering) carried it in Seq.
+	V      int    `json:"v"`
+	Device string `json:"device"`
+	// Seq is the sequence number of a version 1 record; 0 otherwise.
+	Seq         uint64    `json:"seq,omitempty"`
 	Captured    time.Time `json:"captured"`
 	ContentType string    `json:"content_type"`
 	// SHA256 is the hex SHA-256 of the transmitted image, taken when the
@@ -47,9 +50,21 @@ type segmenter interface {
 	Info() segment.Info
 }
 
+// metaVersion is the Meta layout this build writes.
+const metaVersion = 2
+
+// seq returns the sequence number of the frame stored as record id.
+func (m *Meta) seq(id uint64) uint64 {
+	if m.V == 1 {
+		return m.Seq
+	}
+	return id
+}
+
 // putter is the part of *spool.Queue the pipeline uses.
 type putter interface {
 	Put(ctx context.Context, r *spool.Record) (uint64, error)
+	Lookup(key string) (uint64, bool, error)
 }
 
 // FrameReport describes one processed capture, for `run --once` and tests.
@@ -72,7 +87,6 @@ type pipeline struct {
 	model   segmenter
 	modelID string
 	q       putter
-	st      *state
 	m       *metrics
 	status  *status
 	log     *slog.Logger
@@ -94,8 +108,10 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	t0 := time.Now()
 	p.busy.Store(t0.UnixNano())
 	defer p.busy.Store(0)
-	if seq, id, ok := p.st.spooledAlready(c.Key); ok {
-		p.log.Info("file was spooled before a restart; not spooling it again", "file", c.Name, "seq", seq, "spool_id", id)
+	if id, ok, err := p.q.Lookup(c.Key); err != nil {
+		return fmt.Errorf("spool lookup %s: %w", c.Name, err)
+	} else if ok {
+		p.log.Info("file was spooled before a restart; not spooling it again", "file", c.Name, "spool_id", id)
 		return nil
 	}
 	p.m.captured.WithLabelValues(c.Source).Inc()
@@ -132,7 +148,7 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	}
 	captured := c.Time
 	meta := Meta{
-		V: 1, Device: p.cfg.Device.ID, ContentType: enc.ContentType, SHA256: wire.Sum(enc.Image), Width: enc.Width, Height: enc.Height,
+		V: metaVersion, Device: p.cfg.Device.ID, ContentType: enc.ContentType, SHA256: wire.Sum(enc.Image), Width: enc.Width, Height: enc.Height,
 		Coverage: res.Coverage, Model: p.modelID, Source: c.Source + ":" + c.Name,
 	}
 	if x := f.EXIF; x != nil {
@@ -150,11 +166,6 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 		captured = time.Now()
 	}
 	meta.Captured = captured.UTC()
-	seq, err := p.st.seqFor(c.Key)
-	if err != nil {
-		return err
-	}
-	meta.Seq = seq
 	mb, err := json.Marshal(meta)
 	if err != nil {
 		return fmt.Errorf("encode frame meta: %w", err)
@@ -162,21 +173,21 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	if p.hook != nil {
 		p.hook("put")
 	}
-	rec := &spool.Record{Priority: priority(res.Coverage), Image: enc.Image, Mask: enc.Mask, Meta: mb}
+	rec := &spool.Record{Priority: priority(res.Coverage), Image: enc.Image, Mask: enc.Mask, Meta: mb, Key: c.Key}
 	id, err := p.q.Put(ctx, rec)
-	if err != nil {
+	switch {
+	case errors.Is(err, spool.ErrDuplicate):
+		p.log.Info("file was spooled before; not spooling it again", "file", c.Name, "spool_id", id)
+		return nil
+	case err != nil:
 		p.m.spoolErrors.Inc()
 		if errors.Is(err, spool.ErrFull) {
 			p.log.Warn("spool full, frame not spooled", "file", c.Name, "coverage", res.Coverage, "err", err)
 		}
-		return fmt.Errorf("spool frame %d: %w", seq, err)
+		return fmt.Errorf("spool frame %s: %w", c.Name, err)
 	}
 	p.m.spooled.Inc()
-	if err := p.st.spooled(c.Key, id); err != nil {
-		// The frame is spooled; only the duplicate suppression after a
-		// crash is weakened (same frame id, see state).
-		p.log.Warn("capture journal", "err", err)
-	}
+	seq := id
 	d := time.Since(t0)
 	p.m.frameSeconds.Observe(d.Seconds())
 	rep.Seq, rep.SpoolID, rep.Width, rep.Height, rep.Bytes, rep.Duration = seq, id, enc.Width, enc.Height, len(enc.Image), d

@@ -16,7 +16,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/forestwatch/forest/segment"
-	"github.com/forestwatch/forest/wire"
 )
 
 func dirCfg(t *testing.T) DirConfig {
@@ -168,86 +167,101 @@ func TestDirStartupScanRenameAndDispose(t *testing.T) {
 }
 
 // TestDirRestartNoDoubleSpool crashes (simulated) between the spool Put
-// and the file's move, restarts with the same state and spool, and checks
-// the file is not spooled again; then crashes before the journal recorded
-// the Put and checks the frame is spooled again under the same frame id.
+// and the file's move, restarts with the same spool, and checks that the
+// file is not spooled again but moved: the spool stored its key with the
+// record. The migration case starts from an earlier version's state
+// directory, whose journal recorded the Put.
 func TestDirRestartNoDoubleSpool(t *testing.T) {
 	needModel(t)
-	cfg := testConfig(t)
-	frame := sampleFrames(t)[2]
-	for _, tc := range []struct {
-		name        string
-		forgetPut   bool // crash before the journal recorded the Put
-		wantRecords int
-	}{{"after-journal", false, 1}, {"before-journal", true, 2}} {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg := *cfg
-			base := t.TempDir()
-			cfg.Device.StateDir, cfg.Spool.Dir, cfg.Source.Dir.Path = filepath.Join(base, "state"), filepath.Join(base, "spool"), filepath.Join(base, "in")
-			os.MkdirAll(cfg.Source.Dir.Path, 0o755)
-			copyFile(t, frame, filepath.Join(cfg.Source.Dir.Path, "f.png"))
+	cfg := *testConfig(t)
+	base := t.TempDir()
+	cfg.Device.StateDir, cfg.Spool.Dir, cfg.Source.Dir.Path = filepath.Join(base, "state"), filepath.Join(base, "spool"), filepath.Join(base, "in")
+	os.MkdirAll(cfg.Source.Dir.Path, 0o755)
+	copyFile(t, sampleFrames(t)[2], filepath.Join(cfg.Source.Dir.Path, "f.png"))
 
-			// First life: Put succeeds, then the process "dies" before the move.
-			a, err := New(&cfg, Options{Logger: testLogger(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			crash := errors.New("simulated crash")
-			s := &dirSource{cfg: cfg.Source.Dir, env: sourceEnv{log: testLogger(t), failed: func(string, error) {}, ok: func(string) {}}}
-			s.prepare()
-			s.take(context.Background(), func(ctx context.Context, c *Capture) error {
-				if err := a.pipe.handle(ctx, c); err != nil {
-					return err
-				}
-				return crash
-			}, "f.png")
-			if tc.forgetPut {
-				j := a.st.journal
-				j.SpoolID = 0
-				b, _ := jsonMarshal(j)
-				os.WriteFile(filepath.Join(cfg.Device.StateDir, "journal"), b, 0o600)
-			}
-			if err := a.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "f.png")); err != nil {
-				t.Fatal("file should still be in place after the crash")
-			}
+	// First life: Put succeeds, then the process "dies" before the move.
+	a, err := New(&cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash := errors.New("simulated crash")
+	s := &dirSource{cfg: cfg.Source.Dir, env: sourceEnv{log: testLogger(t), failed: func(string, error) {}, ok: func(string) {}}}
+	s.prepare()
+	s.take(context.Background(), func(ctx context.Context, c *Capture) error {
+		if err := a.pipe.handle(ctx, c); err != nil {
+			return err
+		}
+		return crash
+	}, "f.png")
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "f.png")); err != nil {
+		t.Fatal("file should still be in place after the crash")
+	}
 
-			// Second life.
-			a, err = New(&cfg, Options{Logger: testLogger(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := a.RunOnce(context.Background(), ioDiscard{}); err != nil {
-				t.Fatal(err)
-			}
-			q := openSpoolT(t, cfg.Spool.Dir)
-			recs, err := q.Next(10)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(recs) != tc.wantRecords {
-				t.Fatalf("spool holds %d records, want %d", len(recs), tc.wantRecords)
-			}
-			ids := map[string]bool{}
-			for _, r := range recs {
-				var m Meta
-				if err := jsonUnmarshal(r.Meta, &m); err != nil {
-					t.Fatal(err)
-				}
-				ids[wire.FrameID(m.Device, m.Seq)] = true
-				if !strings.HasPrefix(m.Source, "dir:f.png") {
-					t.Fatalf("meta source %q", m.Source)
-				}
-			}
-			if len(ids) != 1 {
-				t.Fatalf("frame ids %v, want one", ids)
-			}
-			if _, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "done", "f.png")); err != nil {
-				t.Fatalf("file not moved after restart: %v", err)
-			}
-		})
+	// Second life.
+	a, err = New(&cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RunOnce(context.Background(), ioDiscard{}); err != nil {
+		t.Fatal(err)
+	}
+	q := openSpoolT(t, cfg.Spool.Dir)
+	recs, err := q.Next(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 {
+		t.Fatalf("spool holds %d records, want 1", len(recs))
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "done", "f.png")); err != nil {
+		t.Fatalf("file not moved after restart: %v", err)
+	}
+}
+
+// TestMigrateState starts on an earlier version's state directory: frame
+// numbers continue above its high-water mark, the file its journal
+// recorded as spooled is not spooled again, and the old files are gone.
+func TestMigrateState(t *testing.T) {
+	needModel(t)
+	cfg := *testConfig(t)
+	base := t.TempDir()
+	cfg.Device.StateDir, cfg.Spool.Dir, cfg.Source.Dir.Path = filepath.Join(base, "state"), filepath.Join(base, "spool"), filepath.Join(base, "in")
+	os.MkdirAll(cfg.Device.StateDir, 0o700)
+	os.MkdirAll(cfg.Source.Dir.Path, 0o755)
+	for _, n := range []string{"old.png", "new.png"} {
+		copyFile(t, sampleFrames(t)[2], filepath.Join(cfg.Source.Dir.Path, n))
+	}
+	fi, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "old.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf("dir:old.png:%d:%d", fi.Size(), fi.ModTime().UnixNano())
+	os.WriteFile(filepath.Join(cfg.Device.StateDir, "seq"), []byte("640\n"), 0o600)
+	os.WriteFile(filepath.Join(cfg.Device.StateDir, "journal"), []byte(`{"key":"`+key+`","seq":639,"spool_id":17}`), 0o600)
+
+	var reports []FrameReport
+	a, err := New(&cfg, Options{Logger: testLogger(t), Report: func(r FrameReport) { reports = append(reports, r) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RunOnce(context.Background(), ioDiscard{}); err != nil {
+		t.Fatal(err)
+	}
+	if len(reports) != 1 || reports[0].Name != "new.png" || reports[0].Seq <= 640 {
+		t.Fatalf("reports %+v: want only new.png, numbered above 640", reports)
+	}
+	for _, f := range []string{"seq", "journal"} {
+		if _, err := os.Stat(filepath.Join(cfg.Device.StateDir, f)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("state file %s left after migration: %v", f, err)
+		}
+	}
+	for _, n := range []string{"old.png", "new.png"} {
+		if _, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "done", n)); err != nil {
+			t.Errorf("%s not moved: %v", n, err)
+		}
 	}
 }
 

@@ -93,7 +93,7 @@ func TestHTTPEndpoints(t *testing.T) {
 		}
 	}
 	eventually(t, 5*time.Second, "the frame's thumbnail", func() bool {
-		c, b := get(t, base+"/thumb/test-dev-000000000000.jpg")
+		c, b := get(t, base+"/thumb/test-dev-000000000001.jpg")
 		return c == 200 && strings.HasPrefix(b, "\xff\xd8")
 	})
 	if c, _ := get(t, base+"/nope"); c != 404 {

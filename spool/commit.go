@@ -11,6 +11,7 @@ import (
 
 type putReq struct {
 	enc  encoded
+	key  string // Record.Key
 	size int64
 	done chan putRes
 }
@@ -24,7 +25,9 @@ type putRes struct {
 // is on stable storage (fsync). Concurrent Puts share one transaction and
 // one fsync (group commit). Put sets r.ID, and r.Created when it was zero.
 // It returns an error wrapping ErrFull when the record does not fit under
-// the configured bounds and policy. Once a Put has been handed to the
+// the configured bounds and policy, and the id of the earlier record with
+// an error wrapping ErrDuplicate when a record with r.Key was stored before
+// (see Lookup); it stores nothing then. Once a Put has been handed to the
 // committer it waits for the outcome even if ctx is cancelled, so a nil
 // error is never lost and an error never hides a stored record.
 func (q *Queue) Put(ctx context.Context, r *Record) (uint64, error) {
@@ -41,7 +44,7 @@ func (q *Queue) Put(ctx context.Context, r *Record) (uint64, error) {
 		created = q.now()
 	}
 	enc := encodeRecord(r, created)
-	req := &putReq{enc: enc, size: int64(len(enc.buf)) + entryOverhead, done: make(chan putRes, 1)}
+	req := &putReq{enc: enc, key: r.Key, size: int64(len(enc.buf)) + entryOverhead, done: make(chan putRes, 1)}
 
 	q.closeMu.RLock()
 	if q.closing {
@@ -57,7 +60,7 @@ func (q *Queue) Put(ctx context.Context, r *Record) (uint64, error) {
 	q.closeMu.RUnlock()
 	res := <-req.done
 	if res.err != nil {
-		return 0, res.err
+		return res.id, res.err
 	}
 	r.ID = res.id
 	r.Created = created
@@ -145,6 +148,26 @@ func (q *Queue) commitBatch(batch []*putReq) {
 			fail(fmt.Errorf("put: %w", err))
 			return
 		}
+		stored, dup, err := q.storedKeys(batch)
+		if err != nil {
+			fail(fmt.Errorf("put: %w", err))
+			return
+		}
+		for i, id := range stored {
+			ids[i] = id
+			errs[i] = fmt.Errorf("put: key %q stored before as id %d: %w", batch[i].key, id, ErrDuplicate)
+		}
+		for i := range dup {
+			errs[i] = ErrDuplicate // settled once the first request is
+		}
+		defer func() {
+			for i, j := range dup {
+				ids[i], errs[i] = ids[j], errs[j]
+				if errs[j] == nil {
+					errs[i] = fmt.Errorf("put: key %q stored as id %d: %w", batch[i].key, ids[j], ErrDuplicate)
+				}
+			}
+		}()
 		avail, fileFree, err := q.spaceFacts()
 		if err != nil {
 			fail(fmt.Errorf("put: %w", err))
@@ -187,6 +210,12 @@ func (q *Queue) commitBatch(batch []*putReq) {
 				ie := idxEntry{dataLen: uint32(len(r.enc.buf)), priority: r.enc.priority, created: r.enc.created}
 				if err := idx.Put(k, encodeIdx(ie)); err != nil {
 					return err
+				}
+				if r.key != "" {
+					id := ids[i]
+					if err := writeKey(tx, r.key, func(s *keyState) { s.id = id }); err != nil {
+						return err
+					}
 				}
 			}
 			return state.Put(keyNextID, u64Bytes(next))

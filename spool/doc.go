@@ -24,6 +24,10 @@
 //     exactly once, under the same id; ids are unique and increasing and
 //     never reused (the last id is stored with every commit). A record whose
 //     Put did not return may or may not be present, whole or not at all.
+//   - A record's source key (Record.Key) is stored in the transaction that
+//     stores the record, and outlives it: a second Put with the same key
+//     stores nothing (ErrDuplicate), and Lookup tells a source that its
+//     capture is stored already. The most recent 4096 keys are kept.
 //     An Ack that did not return may or may not have taken effect.
 //   - In-flight marks (Next) live in memory only: after a restart every
 //     unacknowledged record is handed out again, so delivery downstream is

@@ -13,6 +13,10 @@ var (
 	// record alone is larger than MaxBytes.
 	ErrFull = errors.New("spool full")
 
+	// ErrDuplicate is returned by Put, with the earlier record's id, when a
+	// record with the same Record.Key was stored before.
+	ErrDuplicate = errors.New("capture stored before")
+
 	// ErrClosed is returned by operations on a closed Queue.
 	ErrClosed = errors.New("spool closed")
 

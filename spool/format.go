@@ -9,7 +9,7 @@ import (
 
 // On-disk format, version 1. This package is the only owner of these bytes.
 //
-// The bbolt file holds four buckets:
+// The bbolt file holds these buckets:
 //
 //	data        key id (8 bytes, big-endian) -> sub-bucket holding one key
 //	            0x00 -> record value (header + payload). A sub-bucket per
@@ -19,7 +19,10 @@ import (
 //	idx         key id -> 32-byte index entry (priority, created, data length)
 //	quarantine  key id -> quarantine entry (reason, time, raw bytes)
 //	state       "format" -> version byte; "next_id" -> u64;
-//	            "evict/<reason>" -> u64 lifetime eviction counter
+//	            "evict/<reason>" -> u64 lifetime eviction counter;
+//	            "key_clock" -> u64 (see keys)
+//	keys        source key -> 20-byte key state (see keys.go); created on
+//	            the first keyed Put, absent in files written before keys
 //
 // Record value (big-endian):
 //

@@ -34,6 +34,11 @@ type Record struct {
 	Mask []byte
 	// Meta is opaque frame metadata owned by the caller (JSON).
 	Meta []byte
+	// Key identifies the capture at its source (a file's name, size and
+	// time), or is empty. Put stores it with the record in one transaction
+	// and refuses a second record with the same key (see Lookup). Next
+	// leaves it empty.
+	Key string
 }
 
 // entry is the in-memory index of one stored record.

@@ -163,6 +163,9 @@ func salvage(path string, dst *bolt.DB) salvageResult {
 			}
 		}
 	}
+	if err := salvageKeys(src, dst); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		res.err = errs[0]
 	}
@@ -170,4 +173,40 @@ func salvage(path string, dst *bolt.DB) salvageResult {
 		res.err = err
 	}
 	return res
+}
+
+// salvageKeys copies the source keys that can be read (see keys.go), so
+// that a capture stored before the damage is not stored again.
+func salvageKeys(src, dst *bolt.DB) error {
+	keys := map[string][]byte{}
+	var clock uint64
+	err := guard("salvage keys", func() error {
+		return src.View(func(tx *bolt.Tx) error {
+			if b := tx.Bucket(bktKeys); b != nil {
+				return b.ForEach(func(k, v []byte) error {
+					if st, ok := decodeKeyState(v); ok {
+						keys[string(k)] = slices.Clone(v)
+						clock = max(clock, st.written)
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+	})
+	if len(keys) == 0 {
+		return err
+	}
+	return errors.Join(err, dst.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bktKeys)
+		if err != nil {
+			return err
+		}
+		for k, v := range keys {
+			if err := b.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bktState).Put(keyKeyClock, u64Bytes(clock))
+	}))
 }
