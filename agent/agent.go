@@ -17,6 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/forestwatch/forest/agent/source"
+	"github.com/forestwatch/forest/agent/status"
+	"github.com/forestwatch/forest/internal/sdnotify"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
@@ -66,15 +69,15 @@ type Agent struct {
 	opts    Options
 	log     *slog.Logger
 	reg     *prometheus.Registry
-	m       *metrics
-	status  *status
+	m       *status.Metrics
+	status  *status.Tracker
 	q       *spool.Queue
 	model   *segment.Model
 	modelID string
 	pub     linkPublisher
-	src     Source
+	src     source.Source
 	pipe    *pipeline
-	notify  *notifier
+	notify  *sdnotify.Notifier
 
 	closeOnce sync.Once
 }
@@ -90,7 +93,7 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a = &Agent{cfg: cfg, opts: opts, log: log.With("component", "agent"), status: newStatus(), notify: newNotifier()}
+	a = &Agent{cfg: cfg, opts: opts, log: log.With("component", "agent"), status: status.NewTracker(), notify: sdnotify.New()}
 	a.reg = opts.Registry
 	if a.reg == nil {
 		a.reg = prometheus.NewRegistry()
@@ -102,7 +105,7 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 			a = nil
 		}
 	}()
-	if a.m, err = newMetrics(a.reg, a.spoolStats, a.linkUp); err != nil {
+	if a.m, err = status.NewMetrics(a.reg, a.spoolStats, a.linkUp); err != nil {
 		return a, fmt.Errorf("register metrics: %w", err)
 	}
 	var pol spool.Policy
@@ -131,14 +134,14 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	a.modelID = info.ID + "/" + info.Version
 	a.pipe = &pipeline{cfg: cfg, model: a.model, modelID: a.modelID, q: a.q, m: a.m,
 		status: a.status, log: a.log, report: opts.Report}
-	a.src = newSource(cfg.Source, sourceEnv{
-		log: log.With("component", "source", "source", cfg.Source.Type),
-		failed: func(source string, err error) {
-			a.m.captureErrors.WithLabelValues(source).Inc()
-			a.status.captureFailed(err)
-			a.log.Warn("capture failed", "source", source, "err", err)
+	a.src = source.New(cfg.Source, source.Env{
+		Log: log.With("component", "source", "source", cfg.Source.Type),
+		Failed: func(src string, err error) {
+			a.m.CaptureErrors.WithLabelValues(src).Inc()
+			a.status.CaptureFailed(err)
+			a.log.Warn("capture failed", "source", src, "err", err)
 		},
-		ok: func(string) { a.status.captureOK() },
+		OK: func(string) { a.status.CaptureOK() },
 	})
 	if cfg.Uplink.URL != "" {
 		u, err := cfg.brokerURL()
@@ -179,12 +182,12 @@ func (a *Agent) spoolStats() (spool.Stats, bool) {
 	return a.q.Stats(), true
 }
 
-func (a *Agent) link() linkInfo {
+func (a *Agent) link() status.Link {
 	if a.pub == nil {
-		return linkInfo{Offline: true, State: "offline"}
+		return status.Link{Offline: true, State: "offline"}
 	}
 	s := a.pub.State()
-	li := linkInfo{State: s.State.String(), Since: s.Since, Connected: s.State == uplink.StateConnected}
+	li := status.Link{State: s.State.String(), Since: s.Since, Connected: s.State == uplink.StateConnected}
 	if s.LastError != nil {
 		li.LastError = s.LastError.Error()
 	}
@@ -264,7 +267,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if ln, lerr := a.listen(); lerr != nil {
 		return lerr
 	} else if ln != nil {
-		srv = &http.Server{Handler: a.handler(a.reg), ReadHeaderTimeout: 5 * time.Second}
+		pg := &status.Page{
+			Registry: a.reg, Tracker: a.status, Device: a.cfg.Device.ID, Version: Version, Model: a.modelID,
+			Source: a.cfg.Source.Type, Refresh: a.cfg.HTTP.Refresh.D(), Link: a.link, Ready: a.Ready, Log: a.log,
+			Spool: func() spool.Stats { st, _ := a.spoolStats(); return st },
+		}
+		srv = &http.Server{Handler: pg.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		httpWG.Add(1)
 		go func() {
 			defer httpWG.Done()
@@ -300,20 +308,20 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 
 	// Capture. The frame in flight is processed with a context that
 	// outlives the stop of capture, so it is finished, not abandoned.
-	a.status.setCapturing(true)
+	a.status.SetCapturing(true)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer a.status.setCapturing(false)
-		h := func(_ context.Context, c *Capture) error { return a.pipe.handle(hard, c) }
+		defer a.status.SetCapturing(false)
+		h := func(_ context.Context, c *source.Capture) error { return a.pipe.handle(hard, c) }
 		fail("capture", a.src.Run(captureCtx, h))
 	}()
 
 	// systemd.
-	if err := a.notify.send("READY=1\nSTATUS=capturing"); err != nil {
+	if err := a.notify.Send("READY=1\nSTATUS=capturing"); err != nil {
 		a.log.Warn("sd_notify", "err", err)
 	}
-	wd, werr := watchdogInterval()
+	wd, werr := sdnotify.WatchdogInterval()
 	if werr != nil {
 		a.log.Warn("systemd watchdog", "err", werr)
 	}
@@ -340,12 +348,12 @@ loop:
 				a.log.Error("frame in flight for longer than the watchdog timeout; withholding WATCHDOG=1", "busy", d.Round(time.Second))
 				continue
 			}
-			_ = a.notify.send("WATCHDOG=1")
+			_ = a.notify.Send("WATCHDOG=1")
 		}
 	}
 
 	// Shutdown, in order, bounded by the shutdown timeout.
-	_ = a.notify.send("STOPPING=1")
+	_ = a.notify.Send("STOPPING=1")
 	a.log.Info("shutting down", "timeout", a.cfg.ShutdownTimeout.D())
 	deadline := time.AfterFunc(a.cfg.ShutdownTimeout.D(), func() {
 		a.log.Warn("shutdown timeout reached; abandoning the frame in flight and outstanding confirms")
@@ -378,6 +386,15 @@ loop:
 			return runErr
 		}
 	}
+}
+
+// Ready reports whether the agent makes forward progress, and why (or why
+// not): capture works, and either the link is down and known (frames wait
+// in the spool) or the drain is advancing.
+func (a *Agent) Ready() (bool, string) {
+	st, _ := a.spoolStats()
+	stall := 2*a.cfg.Uplink.ConfirmTimeout.D() + 10*time.Second
+	return a.status.Readiness(a.link(), st.Frames, st.InFlight, stall)
 }
 
 func (a *Agent) listen() (net.Listener, error) {
@@ -424,20 +441,20 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 		default:
 			sum.Spooled++
 			fmt.Fprintf(w, "%-44s coverage %5.1f%%  spooled id %d as %s (%dx%d, %s, %d ms)\n", r.Name, r.Coverage*100,
-				r.SpoolID, wire.FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, humanBytes(int64(r.Bytes)), r.Duration.Milliseconds())
+				r.SpoolID, wire.FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, status.HumanBytes(int64(r.Bytes)), r.Duration.Milliseconds())
 		}
 		if report != nil {
 			report(r)
 		}
 	}
-	src := newSource(a.cfg.Source, sourceEnv{
-		log: a.log,
-		failed: func(source string, err error) {
+	src := source.New(a.cfg.Source, source.Env{
+		Log: a.log,
+		Failed: func(src string, err error) {
 			sum.Failed++
-			a.m.captureErrors.WithLabelValues(source).Inc()
+			a.m.CaptureErrors.WithLabelValues(src).Inc()
 			fmt.Fprintf(w, "capture failed: %v\n", err)
 		},
-		ok: func(string) {},
+		OK: func(string) {},
 	})
 	if err := src.Once(ctx, a.pipe.handle); err != nil {
 		return sum, err
@@ -450,7 +467,7 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 		return p
 	}
 	fmt.Fprintf(w, "\n%d frame(s): %d spooled, %d filtered, %d failed\n", sum.Frames, sum.Spooled, sum.Filtered, sum.Failed)
-	fmt.Fprintf(w, "spool:    %s (%d frame(s), %s)\n", abs(a.cfg.Spool.Dir), sum.Spool.Frames, humanBytes(sum.Spool.Bytes))
+	fmt.Fprintf(w, "spool:    %s (%d frame(s), %s)\n", abs(a.cfg.Spool.Dir), sum.Spool.Frames, status.HumanBytes(sum.Spool.Bytes))
 	if d := a.cfg.Segment.OverlayDir; d != "" {
 		fmt.Fprintf(w, "overlays: %s\n", abs(d))
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/forestwatch/forest/agent/source"
+	"github.com/forestwatch/forest/agent/status"
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/wire"
@@ -189,7 +191,7 @@ func TestDrainAcksOnlyConfirmed(t *testing.T) {
 	defer a.Close()
 	for i, f := range sampleFrames(t)[:5] {
 		data, _ := os.ReadFile(f)
-		if err := a.pipe.handle(context.Background(), &Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
+		if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -251,12 +253,12 @@ func (r *ackRecorder) Ack(ids ...uint64) error {
 // into one Ack (one fsync), and the acker finishes every batch handed to it
 // before it returns.
 func TestAckerMergesBatches(t *testing.T) {
-	m, err := newMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return spool.Stats{}, true }, func() float64 { return 1 })
+	m, err := status.NewMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return spool.Stats{}, true }, func() float64 { return 1 })
 	if err != nil {
 		t.Fatal(err)
 	}
 	q := &ackRecorder{}
-	d := &drain{q: q, m: m, status: newStatus(), log: testLogger(t)}
+	d := &drain{q: q, m: m, status: status.NewTracker(), log: testLogger(t)}
 	confirmed := make(chan []uint64, 3)
 	confirmed <- []uint64{1, 2}
 	confirmed <- []uint64{3}
@@ -266,7 +268,7 @@ func TestAckerMergesBatches(t *testing.T) {
 	if len(q.calls) != 1 || !slices.Equal(q.calls[0], []uint64{1, 2, 3, 4, 5}) {
 		t.Fatalf("Ack calls %v, want one with 1..5", q.calls)
 	}
-	if got := d.status.publishedTot; got != 5 {
+	if _, _, got := d.status.Snapshot(); got != 5 {
 		t.Fatalf("published %d, want 5", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forestwatch/forest/agent/source"
 	"github.com/forestwatch/forest/segment"
 )
 
@@ -55,7 +56,7 @@ func BenchmarkFramePipeline(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := a.pipe.handle(ctx, &Capture{Source: "dir", Name: "tile.png", Data: data, Time: time.Now()}); err != nil {
+		if err := a.pipe.handle(ctx, &source.Capture{Source: "dir", Name: "tile.png", Data: data, Time: time.Now()}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forestwatch/forest/agent/source"
 	"github.com/forestwatch/forest/internal/config"
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/wire"
@@ -18,7 +19,7 @@ import (
 // LoadConfig. firmware/agent.yaml documents every key with its default.
 type Config struct {
 	Device  DeviceConfig  `yaml:"device"`
-	Source  SourceConfig  `yaml:"source"`
+	Source  source.Config `yaml:"source"`
 	Segment SegmentConfig `yaml:"segment"`
 	Encode  EncodeConfig  `yaml:"encode"`
 	Spool   SpoolConfig   `yaml:"spool"`
@@ -37,64 +38,6 @@ type DeviceConfig struct {
 	// counter and capture journal found there are moved into the spool at
 	// start (see migrateState).
 	StateDir string `yaml:"state_dir"`
-}
-
-// SourceConfig selects and configures the capture source.
-type SourceConfig struct {
-	// Type is "dir", "http" or "exec".
-	Type string     `yaml:"type"`
-	Dir  DirConfig  `yaml:"dir"`
-	HTTP HTTPSource `yaml:"http"`
-	Exec ExecConfig `yaml:"exec"`
-}
-
-// DirConfig configures the dir source.
-type DirConfig struct {
-	// Path is the watched directory.
-	Path string `yaml:"path"`
-	// Pattern is a filepath.Match pattern of file names to take.
-	Pattern string `yaml:"pattern"`
-	// Settle is how long a file's size and mtime must stay unchanged before
-	// it counts as complete.
-	Settle Duration `yaml:"settle"`
-	// After is "delete" or "move" (to DoneDir) once the frame is spooled.
-	After string `yaml:"after"`
-	// DoneDir receives spooled files when After is "move"; default
-	// <path>/done.
-	DoneDir string `yaml:"done_dir"`
-	// MaxFileBytes skips larger files (counted as capture errors).
-	MaxFileBytes int64 `yaml:"max_file_bytes"`
-}
-
-// HTTPSource configures the http (snapshot URL) source.
-type HTTPSource struct {
-	// URL is the camera's snapshot URL.
-	URL string `yaml:"url"`
-	// Interval is the time between captures.
-	Interval Duration `yaml:"interval"`
-	// Timeout bounds one fetch, body included.
-	Timeout Duration `yaml:"timeout"`
-	// User and PasswordFile give basic auth; the password is read from the file.
-	User         string `yaml:"user"`
-	PasswordFile string `yaml:"password_file"`
-	// TokenFile holds a bearer token.
-	TokenFile string `yaml:"token_file"`
-	// MaxBytes bounds the snapshot body.
-	MaxBytes int64 `yaml:"max_bytes"`
-}
-
-// ExecConfig configures the exec source.
-type ExecConfig struct {
-	// Command is the program and its arguments; it must print one image on
-	// stdout and exit 0.
-	Command []string `yaml:"command"`
-	// Interval is the time between captures (from the start of one to the
-	// start of the next).
-	Interval Duration `yaml:"interval"`
-	// Timeout bounds one run; the process is killed after it.
-	Timeout Duration `yaml:"timeout"`
-	// MaxBytes bounds the captured output.
-	MaxBytes int64 `yaml:"max_bytes"`
 }
 
 // SegmentConfig configures segmentation and the coverage filter.
@@ -197,15 +140,7 @@ type Duration = config.Duration
 func Default() Config {
 	return Config{
 		Device: DeviceConfig{StateDir: "/var/lib/forest-agent"},
-		Source: SourceConfig{
-			Type: "dir",
-			Dir: DirConfig{
-				Path: "/var/lib/forest-agent/incoming", Pattern: "*", Settle: Duration(time.Second),
-				After: "move", MaxFileBytes: 64 << 20,
-			},
-			HTTP: HTTPSource{Interval: Duration(time.Minute), Timeout: Duration(10 * time.Second), MaxBytes: 64 << 20},
-			Exec: ExecConfig{Interval: Duration(time.Minute), Timeout: Duration(30 * time.Second), MaxBytes: 64 << 20},
-		},
+		Source: source.Defaults(),
 		Segment: SegmentConfig{
 			Model:     "/usr/share/forest-agent/models/forest-unet-v1.onnx",
 			Threads:   2,
@@ -314,62 +249,8 @@ func (c *Config) Validate() error {
 	if c.Device.StateDir == "" {
 		return bad("device.state_dir", "required")
 	}
-	s := &c.Source
-	switch s.Type {
-	case "dir":
-		if s.Dir.Path == "" {
-			return bad("source.dir.path", "required for source.type dir")
-		}
-		if _, err := filepath.Match(s.Dir.Pattern, "x"); err != nil || s.Dir.Pattern == "" {
-			return bad("source.dir.pattern", "not a valid file name pattern (got %q)", s.Dir.Pattern)
-		}
-		if err := pos("source.dir.settle", s.Dir.Settle); err != nil {
-			return err
-		}
-		if s.Dir.After != "delete" && s.Dir.After != "move" {
-			return bad("source.dir.after", "must be delete or move (got %q)", s.Dir.After)
-		}
-		if s.Dir.MaxFileBytes <= 0 {
-			return bad("source.dir.max_file_bytes", "must be > 0 (got %d)", s.Dir.MaxFileBytes)
-		}
-	case "http":
-		u, err := url.Parse(s.HTTP.URL)
-		if s.HTTP.URL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("source.http.url", "must be an http:// or https:// URL (got %q)", s.HTTP.URL)
-		}
-		if u.User != nil {
-			return bad("source.http.url", "must not hold credentials; use source.http.user and password_file")
-		}
-		if err := pos("source.http.interval", s.HTTP.Interval); err != nil {
-			return err
-		}
-		if err := pos("source.http.timeout", s.HTTP.Timeout); err != nil {
-			return err
-		}
-		if s.HTTP.PasswordFile != "" && s.HTTP.User == "" {
-			return bad("source.http.user", "required with source.http.password_file")
-		}
-		if s.HTTP.TokenFile != "" && s.HTTP.User != "" {
-			return bad("source.http.token_file", "use either basic auth (user, password_file) or a bearer token, not both")
-		}
-		if s.HTTP.MaxBytes <= 0 {
-			return bad("source.http.max_bytes", "must be > 0 (got %d)", s.HTTP.MaxBytes)
-		}
-	case "exec":
-		if len(s.Exec.Command) == 0 || s.Exec.Command[0] == "" {
-			return bad("source.exec.command", "required for source.type exec")
-		}
-		if err := pos("source.exec.interval", s.Exec.Interval); err != nil {
-			return err
-		}
-		if err := pos("source.exec.timeout", s.Exec.Timeout); err != nil {
-			return err
-		}
-		if s.Exec.MaxBytes <= 0 {
-			return bad("source.exec.max_bytes", "must be > 0 (got %d)", s.Exec.MaxBytes)
-		}
-	default:
-		return bad("source.type", "must be dir, http or exec (got %q)", s.Type)
+	if err := c.Source.Validate(); err != nil {
+		return err
 	}
 	g := &c.Segment
 	if g.Model == "" {

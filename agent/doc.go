@@ -4,11 +4,15 @@
 //
 // # Data flow
 //
-//	Source (dir | http | exec) ──► pipeline ──► spool ──► drain ──► uplink ──► broker
+//	source (dir | http | exec) ──► pipeline ──► spool ──► drain ──► uplink ──► broker
 //	                               decode once, segment, filter,
 //	                               encode, Put (durable)
 //
-// A Source hands captures, one at a time, to the pipeline, which decodes
+// This package holds the configuration, the pipeline, the encoding and the
+// drain, and runs them; package source captures, package status tracks
+// progress and serves /metrics, /readyz and the status page.
+//
+// A source hands captures, one at a time, to the pipeline, which decodes
 // the image once (segment.Decode, bounded by segment.max_pixels), segments
 // it, applies the coverage filter, builds the transmitted encoding and the
 // mask PNG, reads EXIF time, GPS and camera into Meta, and Puts the frame

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/forestwatch/forest/agent/status"
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/wire"
@@ -42,8 +43,8 @@ type drain struct {
 	batch      int
 	agent      string // app_id
 	user       string // AMQP user_id, "" to leave unset
-	m          *metrics
-	status     *status
+	m          *status.Metrics
+	status     *status.Tracker
 	log        *slog.Logger
 	backoffMin time.Duration
 	backoffMax time.Duration
@@ -123,8 +124,8 @@ func (d *drain) ack(ids []uint64) {
 		d.log.Error("ack confirmed frames; they stay in the spool and are sent again after a restart", "n", len(ids), "err", err)
 		return
 	}
-	d.m.published.Add(float64(len(ids)))
-	d.status.acked(len(ids))
+	d.m.Published.Add(float64(len(ids)))
+	d.status.Acked(len(ids))
 }
 
 // markBad records id as unpublishable and reports whether it was new.
@@ -179,7 +180,9 @@ func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) erro
 			// Nacked, returned, timed out or lost: retry after a pause so a
 			// broker that refuses every frame is not hammered.
 		}
-		if !sleepCtx(stop, wait) {
+		select {
+		case <-time.After(wait):
+		case <-stop.Done():
 			return nil
 		}
 		wait = min(wait*2, d.backoffMax)
@@ -219,7 +222,7 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []u
 			// Can never be published: set aside (kept in flight, so in the
 			// spool, until restart), never deleted.
 			if d.markBad(id) {
-				d.m.publishFailed.WithLabelValues("invalid").Inc()
+				d.m.PublishFailed.WithLabelValues("invalid").Inc()
 				d.log.Error("spooled frame cannot be encoded for the broker; kept in the spool", "spool_id", id, "err", res[i].Err)
 			}
 			continue
@@ -228,7 +231,7 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []u
 		if i < len(res) {
 			reason := res[i].Outcome.String()
 			if !errors.Is(res[i].Err, uplink.ErrNotConnected) {
-				d.m.publishFailed.WithLabelValues(reason).Inc()
+				d.m.PublishFailed.WithLabelValues(reason).Inc()
 			}
 			if firstErr == nil && res[i].Err != nil {
 				firstErr = res[i].Err
@@ -236,7 +239,7 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []u
 		}
 	}
 	if len(confirmed) > 0 {
-		d.m.publishSeconds.Observe(time.Since(t0).Seconds())
+		d.m.PublishSeconds.Observe(time.Since(t0).Seconds())
 	}
 	d.q.Release(rel...)
 	if err == nil {
@@ -247,7 +250,7 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []u
 			err = errors.New("frames not confirmed")
 		}
 		if !errors.Is(err, uplink.ErrNotConnected) {
-			d.status.publishFailed(err)
+			d.status.PublishFailed(err)
 			d.log.Warn("frames not confirmed, kept for a retry", "n", len(rel), "err", err)
 		}
 		return confirmed, false, err

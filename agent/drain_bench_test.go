@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/forestwatch/forest/agent/status"
 	"github.com/forestwatch/forest/internal/procstat"
 	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/spool"
@@ -227,12 +228,12 @@ func newBenchDrain(b *testing.B, url string, img, mask []byte) *benchDrain {
 	for p.State().State != uplink.StateConnected {
 		time.Sleep(5 * time.Millisecond)
 	}
-	m, err := newMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return q.Stats(), true }, func() float64 { return 1 })
+	m, err := status.NewMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return q.Stats(), true }, func() float64 { return 1 })
 	if err != nil {
 		b.Fatal(err)
 	}
 	emptying := &emptyingQueue{Queue: q, empty: make(chan struct{}, 1)}
-	d := &drain{q: emptying, pub: p, batch: 2 * drainWindow, agent: "forest-agent/bench", m: m, status: newStatus(),
+	d := &drain{q: emptying, pub: p, batch: 2 * drainWindow, agent: "forest-agent/bench", m: m, status: status.NewTracker(),
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)), backoffMin: 10 * time.Millisecond, backoffMax: time.Second}
 	return &benchDrain{q: q, emptying: emptying, d: d, img: img, mask: mask, sum: wire.Sum(img)}
 }

@@ -1,13 +1,10 @@
 package agent
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -95,43 +92,6 @@ func copyFile(t testing.TB, src, dst string) {
 	}
 }
 
-// recorder collects handler calls.
-type recorder struct {
-	mu    sync.Mutex
-	caps  []*Capture
-	err   func(c *Capture) error
-	fails []error
-	oks   int
-}
-
-func (r *recorder) handle(_ context.Context, c *Capture) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.caps = append(r.caps, c)
-	if r.err != nil {
-		return r.err(c)
-	}
-	return nil
-}
-
-func (r *recorder) env(t testing.TB) sourceEnv {
-	return sourceEnv{
-		log: testLogger(t),
-		failed: func(_ string, err error) {
-			r.mu.Lock()
-			r.fails = append(r.fails, err)
-			r.mu.Unlock()
-		},
-		ok: func(string) { r.mu.Lock(); r.oks++; r.mu.Unlock() },
-	}
-}
-
-func (r *recorder) snapshot() ([]*Capture, []error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]*Capture(nil), r.caps...), append([]error(nil), r.fails...)
-}
-
 // eventually polls cond until it holds or the timeout passes.
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -147,9 +107,6 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 type ioDiscard struct{}
 
 func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }
-
-func jsonMarshal(v any) ([]byte, error)   { return json.Marshal(v) }
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // openSpoolT opens a spool for inspection and closes it on cleanup.
 func openSpoolT(t testing.TB, dir string) *spool.Queue {

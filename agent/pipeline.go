@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/forestwatch/forest/agent/source"
+	"github.com/forestwatch/forest/agent/status"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/wire"
@@ -87,8 +89,8 @@ type pipeline struct {
 	model   segmenter
 	modelID string
 	q       putter
-	m       *metrics
-	status  *status
+	m       *status.Metrics
+	status  *status.Tracker
 	log     *slog.Logger
 	report  func(FrameReport)
 	// hook, in tests, is called with "put" before the spool Put.
@@ -104,7 +106,7 @@ func priority(coverage float64) int { return int(coverage * 4) }
 // handle is the source Handler: decode once, segment, filter, encode, Put.
 // The context only bounds waiting for the spool to accept the Put; once
 // handed over, Put completes (see spool.Queue.Put).
-func (p *pipeline) handle(ctx context.Context, c *Capture) error {
+func (p *pipeline) handle(ctx context.Context, c *source.Capture) error {
 	t0 := time.Now()
 	p.busy.Store(t0.UnixNano())
 	defer p.busy.Store(0)
@@ -114,7 +116,7 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 		p.log.Info("file was spooled before a restart; not spooling it again", "file", c.Name, "spool_id", id)
 		return nil
 	}
-	p.m.captured.WithLabelValues(c.Source).Inc()
+	p.m.Captured.WithLabelValues(c.Source).Inc()
 	f, err := segment.Decode(c.Data, p.cfg.Segment.MaxPixels)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrBadFrame, c.Name, err)
@@ -124,14 +126,14 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 	if err != nil {
 		return fmt.Errorf("segment %s: %w", c.Name, err)
 	}
-	p.m.segmentSeconds.Observe(time.Since(ts).Seconds())
-	p.m.segmented.Inc()
+	p.m.SegmentSeconds.Observe(time.Since(ts).Seconds())
+	p.m.Segmented.Inc()
 	rep := FrameReport{Name: c.Name, Coverage: res.Coverage, Width: f.Width, Height: f.Height}
 
 	if g := p.cfg.Segment; res.Coverage < g.MinCoverage && g.Filter != "keep" {
 		n := p.below.Add(1)
 		if g.Filter == "drop" || (n-1)%uint64(g.ThinEvery) != 0 {
-			p.m.filtered.WithLabelValues(g.Filter).Inc()
+			p.m.Filtered.WithLabelValues(g.Filter).Inc()
 			rep.Filtered = g.Filter
 			rep.Duration = time.Since(t0)
 			p.log.Debug("frame filtered", "file", c.Name, "coverage", res.Coverage, "filter", g.Filter)
@@ -180,21 +182,21 @@ func (p *pipeline) handle(ctx context.Context, c *Capture) error {
 		p.log.Info("file was spooled before; not spooling it again", "file", c.Name, "spool_id", id)
 		return nil
 	case err != nil:
-		p.m.spoolErrors.Inc()
+		p.m.SpoolErrors.Inc()
 		if errors.Is(err, spool.ErrFull) {
 			p.log.Warn("spool full, frame not spooled", "file", c.Name, "coverage", res.Coverage, "err", err)
 		}
 		return fmt.Errorf("spool frame %s: %w", c.Name, err)
 	}
-	p.m.spooled.Inc()
+	p.m.Spooled.Inc()
 	seq := id
 	d := time.Since(t0)
-	p.m.frameSeconds.Observe(d.Seconds())
+	p.m.FrameSeconds.Observe(d.Seconds())
 	rep.Seq, rep.SpoolID, rep.Width, rep.Height, rep.Bytes, rep.Duration = seq, id, enc.Width, enc.Height, len(enc.Image), d
 	if dir := p.cfg.Segment.OverlayDir; dir != "" {
 		rep.Overlay = p.writeOverlay(dir, c.Name, seq, enc)
 	}
-	p.status.frame(statusFrame{
+	p.status.Frame(status.Frame{
 		ID: wire.FrameID(p.cfg.Device.ID, seq), Name: c.Name, Seq: seq, SpoolID: id, Coverage: res.Coverage,
 		Captured: meta.Captured, Spooled: time.Now(), Width: enc.Width, Height: enc.Height, Bytes: int64(len(enc.Image)),
 		Thumb: thumbnail(enc.Upright, enc.MaskImg, 160),

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forestwatch/forest/agent/source"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/wire"
 )
@@ -86,7 +87,7 @@ func TestPipelineEXIFToWire(t *testing.T) {
 	}
 	defer a.Close()
 	data := exifJPEG(t)
-	if err := a.pipe.handle(context.Background(), &Capture{Source: "exec", Name: "cam", Data: data, Time: time.Now()}); err != nil {
+	if err := a.pipe.handle(context.Background(), &source.Capture{Source: "exec", Name: "cam", Data: data, Time: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	recs, err := a.q.Next(1)
@@ -148,7 +149,7 @@ func TestCoverageFilter(t *testing.T) {
 			}
 			defer a.Close()
 			for i := 0; i < 6; i++ {
-				if err := a.pipe.handle(context.Background(), &Capture{Source: "dir", Name: "bare.png", Data: data}); err != nil {
+				if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: "bare.png", Data: data}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -170,7 +171,7 @@ func TestBadFrameIsTyped(t *testing.T) {
 	defer a.Close()
 	data, _ := os.ReadFile(sampleFrames(t)[0])
 	for _, d := range [][]byte{[]byte("text"), data} { // not an image; more pixels than max_pixels
-		if err := a.pipe.handle(context.Background(), &Capture{Name: "x", Data: d}); !isBad(err) {
+		if err := a.pipe.handle(context.Background(), &source.Capture{Name: "x", Data: d}); !isBad(err) {
 			t.Fatalf("want ErrBadFrame, got %v", err)
 		}
 	}

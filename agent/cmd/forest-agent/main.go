@@ -289,7 +289,7 @@ Examples:
 		fmt.Fprintln(stderr, "forest-agent segment: no image given (see --help)")
 		return 2
 	}
-	failed, err := agent.SegmentFiles(fs.Args(), agent.SegmentOptions{Model: *model, Threads: *threads, OutDir: *out, JSON: *asJSON}, stdout)
+	failed, err := segmentFiles(fs.Args(), segmentOptions{Model: *model, Threads: *threads, OutDir: *out, JSON: *asJSON}, stdout)
 	if err != nil {
 		fmt.Fprintf(stderr, "forest-agent segment: %v\n", err)
 		return 1
@@ -337,13 +337,13 @@ Examples:
 	}
 	dir := fs.Arg(0)
 	if sub == "stats" {
-		if err := agent.SpoolStats(dir, *asJSON, stdout); err != nil {
+		if err := spoolStats(dir, *asJSON, stdout); err != nil {
 			fmt.Fprintf(stderr, "forest-agent spool stats: %v\n", err)
 			return 1
 		}
 		return 0
 	}
-	ok, err := agent.SpoolCheck(dir, repair, *asJSON, stdout)
+	ok, err := spoolCheck(dir, repair, *asJSON, stdout)
 	if err != nil {
 		fmt.Fprintf(stderr, "forest-agent spool check: %v\n", err)
 		return 1

@@ -1,4 +1,4 @@
-package agent
+package main
 
 import (
 	"encoding/json"
@@ -10,12 +10,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forestwatch/forest/agent/status"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
 )
 
-// SegmentResult is one line of `forest-agent segment --json`.
-type SegmentResult struct {
+// segmentResult is one line of `forest-agent segment --json`.
+type segmentResult struct {
 	File     string  `json:"file"`
 	Coverage float64 `json:"coverage"`
 	Width    int     `json:"width"`
@@ -26,8 +27,8 @@ type SegmentResult struct {
 	Error    string  `json:"error,omitempty"`
 }
 
-// SegmentOptions configure SegmentFiles.
-type SegmentOptions struct {
+// segmentOptions configure segmentFiles.
+type segmentOptions struct {
 	// Model is the ONNX model; Library the ONNX Runtime library ("" searches).
 	Model, Library string
 	// Threads is the ONNX Runtime thread count (0 lets it choose).
@@ -41,10 +42,10 @@ type SegmentOptions struct {
 	MaxPixels int
 }
 
-// SegmentFiles segments image files with the model and writes, per image,
+// segmentFiles segments image files with the model and writes, per image,
 // its coverage, size and timing to w. It returns the number of files that
 // failed; a file that fails does not stop the others.
-func SegmentFiles(files []string, o SegmentOptions, w io.Writer) (failed int, err error) {
+func segmentFiles(files []string, o segmentOptions, w io.Writer) (failed int, err error) {
 	m, err := segment.Load(o.Model, segment.Options{Threads: o.Threads, LibraryPath: o.Library})
 	if err != nil {
 		return 0, err
@@ -79,8 +80,8 @@ func SegmentFiles(files []string, o SegmentOptions, w io.Writer) (failed int, er
 	return failed, nil
 }
 
-func segmentOne(m *segment.Model, file string, o SegmentOptions) SegmentResult {
-	r := SegmentResult{File: file}
+func segmentOne(m *segment.Model, file string, o segmentOptions) segmentResult {
+	r := segmentResult{File: file}
 	data, err := os.ReadFile(file)
 	if err != nil {
 		r.Error = err.Error()
@@ -124,9 +125,9 @@ func segmentOne(m *segment.Model, file string, o SegmentOptions) SegmentResult {
 	return r
 }
 
-// SpoolStats prints the statistics of the spool in dir (not open by a
+// spoolStats prints the statistics of the spool in dir (not open by a
 // running agent) as text or JSON.
-func SpoolStats(dir string, asJSON bool, w io.Writer) error {
+func spoolStats(dir string, asJSON bool, w io.Writer) error {
 	st, err := spool.Inspect(dir)
 	if err != nil {
 		return err
@@ -138,8 +139,8 @@ func SpoolStats(dir string, asJSON bool, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "spool %s\n", dir)
 	fmt.Fprintf(w, "  frames        %d\n", st.Frames)
-	fmt.Fprintf(w, "  bytes         %s (%d)\n", humanBytes(st.Bytes), st.Bytes)
-	fmt.Fprintf(w, "  file          %s\n", humanBytes(st.FileBytes))
+	fmt.Fprintf(w, "  bytes         %s (%d)\n", status.HumanBytes(st.Bytes), st.Bytes)
+	fmt.Fprintf(w, "  file          %s\n", status.HumanBytes(st.FileBytes))
 	if st.Frames > 0 {
 		fmt.Fprintf(w, "  oldest        %s (%s old)\n", st.OldestCreated.UTC().Format(time.RFC3339), st.OldestAge.Round(time.Second))
 	}
@@ -154,9 +155,9 @@ func SpoolStats(dir string, asJSON bool, w io.Writer) error {
 	return nil
 }
 
-// SpoolCheck verifies (and with repair, repairs) the spool in dir and
+// spoolCheck verifies (and with repair, repairs) the spool in dir and
 // prints the report. It reports whether the spool was found sound.
-func SpoolCheck(dir string, repair, asJSON bool, w io.Writer) (bool, error) {
+func spoolCheck(dir string, repair, asJSON bool, w io.Writer) (bool, error) {
 	rep, err := spool.Check(dir, repair)
 	if err != nil {
 		return false, err
@@ -170,7 +171,7 @@ func SpoolCheck(dir string, repair, asJSON bool, w io.Writer) (bool, error) {
 	if !rep.OK {
 		state = "PROBLEMS FOUND"
 	}
-	fmt.Fprintf(w, "spool %s: %s — %d sound record(s), %s, %d quarantined\n", dir, state, rep.Records, humanBytes(rep.Bytes), rep.Quarantined)
+	fmt.Fprintf(w, "spool %s: %s — %d sound record(s), %s, %d quarantined\n", dir, state, rep.Records, status.HumanBytes(rep.Bytes), rep.Quarantined)
 	for _, p := range rep.Problems {
 		where := p.Bucket
 		if p.ID != 0 {

@@ -1,13 +1,20 @@
-package agent
+// Package status is what forest-agent shows of itself: the progress
+// tracker behind /readyz and the status page, the Prometheus metrics, and
+// the HTTP handler that serves them. It reads the spool and the uplink
+// through functions the agent passes in; it changes neither.
+//
+// Tracker and Metrics are safe for concurrent use.
+package status
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
 
-// statusFrame is one recent frame on the status page.
-type statusFrame struct {
+// Frame is one recent frame on the status page.
+type Frame struct {
 	ID       string
 	Name     string
 	Seq      uint64
@@ -21,7 +28,8 @@ type statusFrame struct {
 	Thumb    []byte // JPEG of the mask overlay
 }
 
-type coveragePoint struct {
+// Point is one frame's coverage over time.
+type Point struct {
 	At       time.Time
 	Coverage float64
 }
@@ -32,14 +40,14 @@ const (
 	failuresToFail = 3
 )
 
-// status is what the agent knows about its own progress: recent frames,
+// Tracker is what the agent knows about its own progress: recent frames,
 // capture health and drain progress. It feeds the status page and
 // /readyz. Safe for concurrent use.
-type status struct {
+type Tracker struct {
 	mu      sync.Mutex
 	started time.Time
-	recent  []statusFrame
-	history []coveragePoint
+	recent  []Frame
+	history []Point
 
 	capturing    bool
 	lastCapture  time.Time
@@ -52,22 +60,26 @@ type status struct {
 	lastPubErr    string
 }
 
-func newStatus() *status { return &status{started: time.Now()} }
+// NewTracker returns an empty Tracker started now.
+func NewTracker() *Tracker { return &Tracker{started: time.Now()} }
 
-func (s *status) frame(f statusFrame) {
+// Frame records a spooled frame.
+func (s *Tracker) Frame(f Frame) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.recent = append(s.recent, f)
 	if len(s.recent) > recentFrames {
 		s.recent = s.recent[len(s.recent)-recentFrames:]
 	}
-	s.history = append(s.history, coveragePoint{At: f.Spooled, Coverage: f.Coverage})
+	s.history = append(s.history, Point{At: f.Spooled, Coverage: f.Coverage})
 	if len(s.history) > historyPoints {
 		s.history = s.history[len(s.history)-historyPoints:]
 	}
 }
 
-func (s *status) thumb(id string) []byte {
+// Thumb returns the thumbnail JPEG of a recent frame by frame id, nil if
+// it is no longer recent.
+func (s *Tracker) Thumb(id string) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, f := range s.recent {
@@ -78,40 +90,57 @@ func (s *status) thumb(id string) []byte {
 	return nil
 }
 
-func (s *status) setCapturing(on bool) {
+// Snapshot returns the recent frames, newest first, the coverage history
+// and the frames published since start.
+func (s *Tracker) Snapshot() ([]Frame, []Point, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	frames := make([]Frame, len(s.recent))
+	for i, f := range s.recent {
+		frames[len(frames)-1-i] = f
+	}
+	return frames, slices.Clone(s.history), s.publishedTot
+}
+
+// SetCapturing records whether capture runs.
+func (s *Tracker) SetCapturing(on bool) {
 	s.mu.Lock()
 	s.capturing = on
 	s.mu.Unlock()
 }
 
-func (s *status) captureOK() {
+// CaptureOK records a capture that produced an image.
+func (s *Tracker) CaptureOK() {
 	s.mu.Lock()
 	s.lastCapture, s.captureFails, s.lastCapErr = time.Now(), 0, ""
 	s.mu.Unlock()
 }
 
-func (s *status) captureFailed(err error) {
+// CaptureFailed records a capture that produced no usable image.
+func (s *Tracker) CaptureFailed(err error) {
 	s.mu.Lock()
 	s.captureFails++
 	s.lastCapErr = err.Error()
 	s.mu.Unlock()
 }
 
-func (s *status) acked(n int) {
+// Acked records n frames confirmed by the broker and removed.
+func (s *Tracker) Acked(n int) {
 	s.mu.Lock()
 	s.lastAck, s.lastPublished = time.Now(), n
 	s.publishedTot += uint64(n)
 	s.mu.Unlock()
 }
 
-func (s *status) publishFailed(err error) {
+// PublishFailed records why frames were not confirmed.
+func (s *Tracker) PublishFailed(err error) {
 	s.mu.Lock()
 	s.lastPubErr = err.Error()
 	s.mu.Unlock()
 }
 
-// linkInfo is the uplink's state as the status page and readiness see it.
-type linkInfo struct {
+// Link is the uplink's state as the status page and readiness see it.
+type Link struct {
 	Offline   bool
 	State     string // down, connecting, connected, blocked
 	Since     time.Time
@@ -119,11 +148,11 @@ type linkInfo struct {
 	Connected bool
 }
 
-// readiness decides /readyz: capture must be working, and either the link
+// Readiness decides /readyz: capture must be working, and either the link
 // is down and known (frames wait in the spool), or the drain is advancing.
 // stall is how long a connected link may go without a confirm while frames
 // wait before the drain counts as stuck.
-func (s *status) readiness(link linkInfo, frames, inflight int, stall time.Duration) (bool, string) {
+func (s *Tracker) Readiness(link Link, frames, inflight int, stall time.Duration) (bool, string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {

@@ -1,4 +1,4 @@
-package agent
+package source
 
 import (
 	"context"
@@ -29,7 +29,7 @@ import (
 // spooled stays and is retried.
 type dirSource struct {
 	cfg DirConfig
-	env sourceEnv
+	env Env
 }
 
 const dirRescan = 30 * time.Second
@@ -108,10 +108,10 @@ func (s *dirSource) Run(ctx context.Context, h Handler) error {
 	rescan := func() {
 		names, err := s.list()
 		if err != nil {
-			s.env.failed("dir", fmt.Errorf("%w: scan: %w", ErrCapture, err))
+			s.env.Failed("dir", fmt.Errorf("%w: scan: %w", ErrCapture, err))
 			return
 		}
-		s.env.ok("dir") // the directory is readable: the source works
+		s.env.OK("dir") // the directory is readable: the source works
 		for _, n := range names {
 			add(n)
 		}
@@ -136,7 +136,7 @@ func (s *dirSource) Run(ctx context.Context, h Handler) error {
 				return nil
 			}
 			// Overflow and the like: a rescan finds what the events missed.
-			s.env.log.Warn("directory watch", "err", err)
+			s.env.Log.Warn("directory watch", "err", err)
 			rescan()
 		case now := <-tick.C:
 			if now.Sub(lastScan) >= dirRescan {
@@ -212,7 +212,7 @@ func (s *dirSource) Once(ctx context.Context, h Handler) error {
 	}
 	for name := range pending {
 		if _, err := os.Stat(filepath.Join(s.cfg.Path, name)); err == nil {
-			s.env.log.Info("file still being written, left for the next run", "file", name)
+			s.env.Log.Info("file still being written, left for the next run", "file", name)
 		}
 	}
 	return nil
@@ -233,14 +233,14 @@ func (s *dirSource) take(ctx context.Context, h Handler, name string) bool {
 	}
 	if fi.Size() > s.cfg.MaxFileBytes {
 		f.Close()
-		s.env.failed("dir", fmt.Errorf("%w: %s: %d bytes is more than source.dir.max_file_bytes", ErrBadFrame, name, fi.Size()))
+		s.env.Failed("dir", fmt.Errorf("%w: %s: %d bytes is more than source.dir.max_file_bytes", ErrBadFrame, name, fi.Size()))
 		s.moveTo(path, s.failedDir())
 		return true
 	}
 	data, err := io.ReadAll(io.LimitReader(f, s.cfg.MaxFileBytes+1))
 	f.Close()
 	if err != nil {
-		s.env.failed("dir", fmt.Errorf("%w: read %s: %w", ErrCapture, name, err))
+		s.env.Failed("dir", fmt.Errorf("%w: read %s: %w", ErrCapture, name, err))
 		return false
 	}
 	c := &Capture{
@@ -250,18 +250,18 @@ func (s *dirSource) take(ctx context.Context, h Handler, name string) bool {
 	err = h(ctx, c)
 	switch {
 	case err == nil:
-		s.env.ok("dir")
+		s.env.OK("dir")
 	case errors.Is(err, ErrBadFrame):
-		s.env.failed("dir", err)
+		s.env.Failed("dir", err)
 		s.moveTo(path, s.failedDir())
 		return true
 	default:
-		s.env.log.Warn("frame not spooled, file kept for a retry", "file", name, "err", err)
+		s.env.Log.Warn("frame not spooled, file kept for a retry", "file", name, "err", err)
 		return false
 	}
 	if s.cfg.After == "delete" {
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			s.env.log.Error("delete spooled file", "file", name, "err", err)
+			s.env.Log.Error("delete spooled file", "file", name, "err", err)
 		}
 		return true
 	}
@@ -271,10 +271,10 @@ func (s *dirSource) take(ctx context.Context, h Handler, name string) bool {
 
 func (s *dirSource) moveTo(path, dir string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		s.env.log.Error("move file", "file", path, "err", err)
+		s.env.Log.Error("move file", "file", path, "err", err)
 		return
 	}
 	if err := os.Rename(path, filepath.Join(dir, filepath.Base(path))); err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.env.log.Error("move file", "file", path, "to", dir, "err", err)
+		s.env.Log.Error("move file", "file", path, "to", dir, "err", err)
 	}
 }

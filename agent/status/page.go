@@ -1,9 +1,10 @@
-package agent
+package status
 
 import (
 	"bytes"
 	"fmt"
 	"html/template"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -14,17 +15,37 @@ import (
 	"github.com/forestwatch/forest/spool"
 )
 
-// handler serves /metrics, /healthz, /readyz, /thumb/<frame id>.jpg and
-// the status page at /.
-func (a *Agent) handler(reg *prometheus.Registry) http.Handler {
+// Page serves the agent's HTTP endpoints: /metrics, /healthz, /readyz,
+// /thumb/<frame id>.jpg and the status page at /.
+type Page struct {
+	// Registry holds the metrics served on /metrics.
+	Registry *prometheus.Registry
+	// Tracker is the agent's progress.
+	Tracker *Tracker
+	// Device, Version, Model and Source are shown in the page's heading.
+	Device, Version, Model, Source string
+	// Refresh is the page's auto-refresh interval.
+	Refresh time.Duration
+	// Spool reads the spool's statistics.
+	Spool func() spool.Stats
+	// Link reads the uplink's state.
+	Link func() Link
+	// Ready answers /readyz.
+	Ready func() (bool, string)
+	// Log receives rendering errors.
+	Log *slog.Logger
+}
+
+// Handler returns the handler of every endpoint.
+func (p *Page) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.Registry, promhttp.HandlerOpts{Registry: p.Registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ok, why := a.Ready()
+		ok, why := p.Ready()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -34,7 +55,7 @@ func (a *Agent) handler(reg *prometheus.Registry) http.Handler {
 		fmt.Fprintln(w, "ready: "+why)
 	})
 	mux.HandleFunc("GET /thumb/{id}", func(w http.ResponseWriter, r *http.Request) {
-		b := a.status.thumb(strings.TrimSuffix(r.PathValue("id"), ".jpg"))
+		b := p.Tracker.Thumb(strings.TrimSuffix(r.PathValue("id"), ".jpg"))
 		if b == nil {
 			http.NotFound(w, r)
 			return
@@ -43,17 +64,8 @@ func (a *Agent) handler(reg *prometheus.Registry) http.Handler {
 		w.Header().Set("Cache-Control", "max-age=3600")
 		w.Write(b)
 	})
-	mux.HandleFunc("GET /{$}", a.serveStatus)
+	mux.HandleFunc("GET /{$}", p.serveStatus)
 	return mux
-}
-
-// Ready reports whether the agent makes forward progress, and why (or why
-// not): capture works, and either the link is down and known (frames wait
-// in the spool) or the drain is advancing.
-func (a *Agent) Ready() (bool, string) {
-	st, _ := a.spoolStats()
-	stall := 2*a.cfg.Uplink.ConfirmTimeout.D() + 10*time.Second
-	return a.status.readiness(a.link(), st.Frames, st.InFlight, stall)
 }
 
 type pageData struct {
@@ -61,12 +73,12 @@ type pageData struct {
 	Version   string
 	Now       time.Time
 	Refresh   int
-	Link      linkInfo
+	Link      Link
 	Ready     bool
 	Why       string
 	Spool     spool.Stats
 	Published uint64
-	Frames    []statusFrame
+	Frames    []Frame
 	Chart     template.HTML
 	Model     string
 	Source    string
@@ -74,7 +86,7 @@ type pageData struct {
 
 var page = template.Must(template.New("status").Funcs(template.FuncMap{
 	"pct":   func(f float64) string { return fmt.Sprintf("%.1f %%", f*100) },
-	"bytes": humanBytes,
+	"bytes": HumanBytes,
 	"ago": func(t time.Time) string {
 		if t.IsZero() {
 			return "—"
@@ -121,7 +133,8 @@ svg{background:#fff;border:1px solid #ddd;border-radius:6px}
 </body></html>
 `))
 
-func humanBytes(n int64) string {
+// HumanBytes writes n as B, KiB, MiB or GiB.
+func HumanBytes(n int64) string {
 	switch {
 	case n >= 1<<30:
 		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
@@ -133,25 +146,17 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-func (a *Agent) serveStatus(w http.ResponseWriter, r *http.Request) {
-	st, _ := a.spoolStats()
-	ok, why := a.Ready()
-	a.status.mu.Lock()
-	frames := make([]statusFrame, len(a.status.recent))
-	for i, f := range a.status.recent {
-		frames[len(frames)-1-i] = f // newest first
-	}
-	hist := append([]coveragePoint(nil), a.status.history...)
-	published := a.status.publishedTot
-	a.status.mu.Unlock()
+func (p *Page) serveStatus(w http.ResponseWriter, r *http.Request) {
+	ok, why := p.Ready()
+	frames, hist, published := p.Tracker.Snapshot()
 	d := pageData{
-		Device: a.cfg.Device.ID, Version: Version, Now: time.Now(), Refresh: max(1, int(a.cfg.HTTP.Refresh.D().Seconds())),
-		Link: a.link(), Ready: ok, Why: why, Spool: st, Published: published, Frames: frames,
-		Chart: coverageChart(hist), Model: a.modelID, Source: a.cfg.Source.Type,
+		Device: p.Device, Version: p.Version, Now: time.Now(), Refresh: max(1, int(p.Refresh.Seconds())),
+		Link: p.Link(), Ready: ok, Why: why, Spool: p.Spool(), Published: published, Frames: frames,
+		Chart: coverageChart(hist), Model: p.Model, Source: p.Source,
 	}
 	var buf bytes.Buffer
 	if err := page.Execute(&buf, d); err != nil {
-		a.log.Error("render status page", "err", err)
+		p.Log.Error("render status page", "err", err)
 		http.Error(w, "render status page: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
@@ -160,7 +165,7 @@ func (a *Agent) serveStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // coverageChart draws coverage history as an inline SVG polyline.
-func coverageChart(h []coveragePoint) template.HTML {
+func coverageChart(h []Point) template.HTML {
 	const w, ht, pad = 600, 160, 24
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg id="coverage" width="%d" height="%d" viewBox="0 0 %d %d" role="img" aria-label="forest coverage of the last %d frames">`, w, ht, w, ht, len(h))

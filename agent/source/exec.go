@@ -1,4 +1,4 @@
-package agent
+package source
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ import (
 // output that is not an image is counted and logged, never fatal.
 type execSource struct {
 	cfg ExecConfig
-	env sourceEnv
+	env Env
 }
 
 // Run runs the command every Interval until ctx is done.
@@ -38,18 +38,18 @@ func (s *execSource) capture(ctx context.Context, h Handler) {
 	data, err := s.run(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.env.failed("exec", err)
+			s.env.Failed("exec", err)
 		}
 		return
 	}
 	err = h(ctx, &Capture{Source: "exec", Name: s.cfg.Command[0], Data: data, Time: time.Now()})
 	switch {
 	case err == nil:
-		s.env.ok("exec")
+		s.env.OK("exec")
 	case errors.Is(err, ErrBadFrame):
-		s.env.failed("exec", err)
+		s.env.Failed("exec", err)
 	default:
-		s.env.log.Warn("frame not spooled", "source", "exec", "err", err)
+		s.env.Log.Warn("frame not spooled", "source", "exec", "err", err)
 	}
 }
 

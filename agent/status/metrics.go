@@ -1,4 +1,4 @@
-package agent
+package status
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
@@ -6,73 +6,75 @@ import (
 	"github.com/forestwatch/forest/spool"
 )
 
-// metrics are the agent's Prometheus metrics. Spool gauges and eviction
+// Metrics are the agent's Prometheus metrics. Spool gauges and eviction
 // counters are read from spool.Stats at scrape time.
-type metrics struct {
-	captured       *prometheus.CounterVec
-	captureErrors  *prometheus.CounterVec
-	segmented      prometheus.Counter
-	filtered       *prometheus.CounterVec
-	spooled        prometheus.Counter
-	spoolErrors    prometheus.Counter
-	published      prometheus.Counter
-	publishFailed  *prometheus.CounterVec
-	segmentSeconds prometheus.Histogram
-	frameSeconds   prometheus.Histogram
-	publishSeconds prometheus.Histogram
-	linkUp         prometheus.GaugeFunc
+type Metrics struct {
+	Captured       *prometheus.CounterVec
+	CaptureErrors  *prometheus.CounterVec
+	Segmented      prometheus.Counter
+	Filtered       *prometheus.CounterVec
+	Spooled        prometheus.Counter
+	SpoolErrors    prometheus.Counter
+	Published      prometheus.Counter
+	PublishFailed  *prometheus.CounterVec
+	SegmentSeconds prometheus.Histogram
+	FrameSeconds   prometheus.Histogram
+	PublishSeconds prometheus.Histogram
+	LinkUp         prometheus.GaugeFunc
 	stats          func() (spool.Stats, bool)
 }
 
-func newMetrics(reg prometheus.Registerer, stats func() (spool.Stats, bool), linkUp func() float64) (*metrics, error) {
-	m := &metrics{
-		captured: prometheus.NewCounterVec(prometheus.CounterOpts{
+// NewMetrics registers the metrics on reg. stats reads the spool (false
+// when it is not open); linkUp is forest_agent_link_up.
+func NewMetrics(reg prometheus.Registerer, stats func() (spool.Stats, bool), linkUp func() float64) (*Metrics, error) {
+	m := &Metrics{
+		Captured: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forest_agent_frames_captured_total", Help: "Images captured, by source.",
 		}, []string{"source"}),
-		captureErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		CaptureErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forest_agent_capture_errors_total", Help: "Captures that produced no usable image (failed command, HTTP error, not an image), by source.",
 		}, []string{"source"}),
-		segmented: prometheus.NewCounter(prometheus.CounterOpts{
+		Segmented: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "forest_agent_frames_segmented_total", Help: "Frames segmented.",
 		}),
-		filtered: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Filtered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forest_agent_frames_filtered_total", Help: "Frames below segment.min_coverage not spooled, by filter (thin, drop).",
 		}, []string{"filter"}),
-		spooled: prometheus.NewCounter(prometheus.CounterOpts{
+		Spooled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "forest_agent_frames_spooled_total", Help: "Frames durably written to the spool.",
 		}),
-		spoolErrors: prometheus.NewCounter(prometheus.CounterOpts{
+		SpoolErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "forest_agent_spool_put_errors_total", Help: "Frames the spool refused (full under its policy, or a write error).",
 		}),
-		published: prometheus.NewCounter(prometheus.CounterOpts{
+		Published: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "forest_agent_frames_published_total", Help: "Frames confirmed by the broker and removed from the spool.",
 		}),
-		publishFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+		PublishFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forest_agent_publish_failures_total", Help: "Frames published without a confirm and kept for a retry, by reason.",
 		}, []string{"reason"}),
-		segmentSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+		SegmentSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "forest_agent_segment_seconds", Help: "Time to segment one frame.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
-		frameSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+		FrameSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "forest_agent_frame_seconds", Help: "Time from capture to durable spool write (decode, segment, encode, put).",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
-		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+		PublishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "forest_agent_publish_seconds", Help: "Time to publish one batch and receive its confirms.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}),
-		linkUp: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		LinkUp: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "forest_agent_link_up", Help: "1 when the broker link is connected, 0 when it is not, -1 when no broker is configured (offline).",
 		}, linkUp),
 		stats: stats,
 	}
 	for _, s := range []string{"dir", "http", "exec"} {
-		m.captured.WithLabelValues(s)
-		m.captureErrors.WithLabelValues(s)
+		m.Captured.WithLabelValues(s)
+		m.CaptureErrors.WithLabelValues(s)
 	}
-	cs := []prometheus.Collector{m.captured, m.captureErrors, m.segmented, m.filtered, m.spooled, m.spoolErrors,
-		m.published, m.publishFailed, m.segmentSeconds, m.frameSeconds, m.publishSeconds, m.linkUp, spoolCollector{m}}
+	cs := []prometheus.Collector{m.Captured, m.CaptureErrors, m.Segmented, m.Filtered, m.Spooled, m.SpoolErrors,
+		m.Published, m.PublishFailed, m.SegmentSeconds, m.FrameSeconds, m.PublishSeconds, m.LinkUp, spoolCollector{m}}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -91,7 +93,7 @@ var (
 )
 
 // spoolCollector reads spool.Stats at scrape time.
-type spoolCollector struct{ m *metrics }
+type spoolCollector struct{ m *Metrics }
 
 func (c spoolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSpoolBytes, descSpoolFrames, descSpoolOldest, descSpoolFile, descEvicted, descQuarantined} {

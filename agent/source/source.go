@@ -1,4 +1,15 @@
-package agent
+// Package source captures frames for forest-agent: from a watched
+// directory (dir), a camera's HTTP snapshot URL (http) or a command that
+// prints one image (exec).
+//
+// A Source hands captures to a Handler one at a time, from one goroutine,
+// so the frame in flight is always the one the handler works on. A capture
+// that produced no usable image is reported through Env.Failed and never
+// stops the source. The dir source disposes of a file (delete, or move to
+// done/) only after the handler returned nil, and moves a file the handler
+// refused as ErrBadFrame to failed/; a file whose frame could not be
+// spooled stays and is offered again.
+package source
 
 import (
 	"context"
@@ -17,8 +28,9 @@ type Capture struct {
 	// Time is when the capture was taken; EXIF time, when present, wins.
 	Time time.Time
 	// Key identifies the capture across restarts (dir source: name, size and
-	// modification time), or is empty. See state for how it prevents a
-	// file from being spooled twice under different frame ids.
+	// modification time), or is empty. The agent stores it with the frame
+	// in the spool (spool.Record.Key), so that a file is spooled once even
+	// when the agent dies between spooling it and moving it.
 	Key string
 }
 
@@ -35,24 +47,28 @@ type Handler func(ctx context.Context, c *Capture) error
 type Source interface {
 	// Run captures until ctx is done and then returns nil, after the
 	// handler call in progress (if any) has returned. Capture failures are
-	// reported through sourceEnv.failed and never end Run.
+	// reported through Env.failed and never end Run.
 	Run(ctx context.Context, h Handler) error
 	// Once captures what is available now (the files present, one snapshot,
 	// one command run), hands it to h and returns.
 	Once(ctx context.Context, h Handler) error
 }
 
-// sourceEnv is what a source reports to.
-type sourceEnv struct {
-	log *slog.Logger
-	// failed counts and logs a capture that produced no usable image.
-	failed func(source string, err error)
-	// ok records a capture that produced an image.
-	ok func(source string)
+// Env is what a source reports to. Failed and OK must be set.
+type Env struct {
+	// Log receives the source's own messages; nil discards them.
+	Log *slog.Logger
+	// Failed counts and logs a capture that produced no usable image.
+	Failed func(source string, err error)
+	// OK records a capture that produced an image.
+	OK func(source string)
 }
 
-// newSource builds the source cfg selects.
-func newSource(cfg SourceConfig, env sourceEnv) Source {
+// New builds the source cfg selects.
+func New(cfg Config, env Env) Source {
+	if env.Log == nil {
+		env.Log = slog.New(slog.DiscardHandler)
+	}
 	switch cfg.Type {
 	case "http":
 		return &httpSource{cfg: cfg.HTTP, env: env}

@@ -1,4 +1,4 @@
-package agent
+package source
 
 import (
 	"context"
@@ -15,13 +15,14 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/forestwatch/forest/internal/config"
 	"github.com/forestwatch/forest/segment"
 )
 
 func dirCfg(t *testing.T) DirConfig {
-	c := Default().Source.Dir
+	c := Defaults().Dir
 	c.Path = t.TempDir()
-	c.Settle = Duration(100 * time.Millisecond)
+	c.Settle = config.Duration(100 * time.Millisecond)
 	return c
 }
 
@@ -65,7 +66,7 @@ func decodeHandler(r *recorder) {
 func TestDirPartialFile(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	cfg := dirCfg(t)
-	cfg.Settle = Duration(500 * time.Millisecond) // well above the writer's pauses, even on a loaded machine
+	cfg.Settle = config.Duration(500 * time.Millisecond) // well above the writer's pauses, even on a loaded machine
 	r := &recorder{}
 	decodeHandler(r)
 	s := &dirSource{cfg: cfg, env: r.env(t)}
@@ -90,7 +91,7 @@ func TestDirPartialFile(t *testing.T) {
 		}
 	}
 	f.Close()
-	eventually(t, 5*time.Second, "the complete file", func() bool { c, _ := r.snapshot(); return len(c) == 1 })
+	waitUntil(t, 5*time.Second, "the complete file", func() bool { c, _ := r.snapshot(); return len(c) == 1 })
 	stop()
 	caps, fails := r.snapshot()
 	if len(caps) != 1 || len(fails) != 0 || string(caps[0].Data) != string(src) || caps[0].Name != "slow.png" {
@@ -109,9 +110,9 @@ func TestDirStartupScanRenameAndDispose(t *testing.T) {
 	cfg := dirCfg(t)
 	cfg.After = "delete"
 	frames := sampleFrames(t)
-	copyFile(t, frames[0], filepath.Join(cfg.Path, "present.png"))
+	copyTo(t, frames[0], filepath.Join(cfg.Path, "present.png"))
 	os.WriteFile(filepath.Join(cfg.Path, "notes.txt"), []byte("not an image"), 0o644)
-	copyFile(t, frames[1], filepath.Join(cfg.Path, "retry.png"))
+	copyTo(t, frames[1], filepath.Join(cfg.Path, "retry.png"))
 	r := &recorder{}
 	var mu sync.Mutex
 	failSpool := true
@@ -131,13 +132,13 @@ func TestDirStartupScanRenameAndDispose(t *testing.T) {
 	stop := runSource(t, s, r.handle)
 	// A writer that writes to a temporary name and renames into place.
 	tmp := filepath.Join(cfg.Path, ".incoming.png.tmp")
-	copyFile(t, frames[2], tmp)
+	copyTo(t, frames[2], tmp)
 	time.Sleep(300 * time.Millisecond)
 	if c, _ := r.snapshot(); len(c) > 3 {
 		t.Fatalf("temporary file taken")
 	}
 	os.Rename(tmp, filepath.Join(cfg.Path, "renamed.png"))
-	eventually(t, 10*time.Second, "all files handled", func() bool {
+	waitUntil(t, 10*time.Second, "all files handled", func() bool {
 		ents, _ := os.ReadDir(cfg.Path)
 		for _, e := range ents {
 			if e.Type().IsRegular() {
@@ -166,105 +167,6 @@ func TestDirStartupScanRenameAndDispose(t *testing.T) {
 	}
 }
 
-// TestDirRestartNoDoubleSpool crashes (simulated) between the spool Put
-// and the file's move, restarts with the same spool, and checks that the
-// file is not spooled again but moved: the spool stored its key with the
-// record. The migration case starts from an earlier version's state
-// directory, whose journal recorded the Put.
-func TestDirRestartNoDoubleSpool(t *testing.T) {
-	needModel(t)
-	cfg := *testConfig(t)
-	base := t.TempDir()
-	cfg.Device.StateDir, cfg.Spool.Dir, cfg.Source.Dir.Path = filepath.Join(base, "state"), filepath.Join(base, "spool"), filepath.Join(base, "in")
-	os.MkdirAll(cfg.Source.Dir.Path, 0o755)
-	copyFile(t, sampleFrames(t)[2], filepath.Join(cfg.Source.Dir.Path, "f.png"))
-
-	// First life: Put succeeds, then the process "dies" before the move.
-	a, err := New(&cfg, Options{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	crash := errors.New("simulated crash")
-	s := &dirSource{cfg: cfg.Source.Dir, env: sourceEnv{log: testLogger(t), failed: func(string, error) {}, ok: func(string) {}}}
-	s.prepare()
-	s.take(context.Background(), func(ctx context.Context, c *Capture) error {
-		if err := a.pipe.handle(ctx, c); err != nil {
-			return err
-		}
-		return crash
-	}, "f.png")
-	if err := a.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "f.png")); err != nil {
-		t.Fatal("file should still be in place after the crash")
-	}
-
-	// Second life.
-	a, err = New(&cfg, Options{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.RunOnce(context.Background(), ioDiscard{}); err != nil {
-		t.Fatal(err)
-	}
-	q := openSpoolT(t, cfg.Spool.Dir)
-	recs, err := q.Next(10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(recs) != 1 {
-		t.Fatalf("spool holds %d records, want 1", len(recs))
-	}
-	if _, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "done", "f.png")); err != nil {
-		t.Fatalf("file not moved after restart: %v", err)
-	}
-}
-
-// TestMigrateState starts on an earlier version's state directory: frame
-// numbers continue above its high-water mark, the file its journal
-// recorded as spooled is not spooled again, and the old files are gone.
-func TestMigrateState(t *testing.T) {
-	needModel(t)
-	cfg := *testConfig(t)
-	base := t.TempDir()
-	cfg.Device.StateDir, cfg.Spool.Dir, cfg.Source.Dir.Path = filepath.Join(base, "state"), filepath.Join(base, "spool"), filepath.Join(base, "in")
-	os.MkdirAll(cfg.Device.StateDir, 0o700)
-	os.MkdirAll(cfg.Source.Dir.Path, 0o755)
-	for _, n := range []string{"old.png", "new.png"} {
-		copyFile(t, sampleFrames(t)[2], filepath.Join(cfg.Source.Dir.Path, n))
-	}
-	fi, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "old.png"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := fmt.Sprintf("dir:old.png:%d:%d", fi.Size(), fi.ModTime().UnixNano())
-	os.WriteFile(filepath.Join(cfg.Device.StateDir, "seq"), []byte("640\n"), 0o600)
-	os.WriteFile(filepath.Join(cfg.Device.StateDir, "journal"), []byte(`{"key":"`+key+`","seq":639,"spool_id":17}`), 0o600)
-
-	var reports []FrameReport
-	a, err := New(&cfg, Options{Logger: testLogger(t), Report: func(r FrameReport) { reports = append(reports, r) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.RunOnce(context.Background(), ioDiscard{}); err != nil {
-		t.Fatal(err)
-	}
-	if len(reports) != 1 || reports[0].Name != "new.png" || reports[0].Seq <= 640 {
-		t.Fatalf("reports %+v: want only new.png, numbered above 640", reports)
-	}
-	for _, f := range []string{"seq", "journal"} {
-		if _, err := os.Stat(filepath.Join(cfg.Device.StateDir, f)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("state file %s left after migration: %v", f, err)
-		}
-	}
-	for _, n := range []string{"old.png", "new.png"} {
-		if _, err := os.Stat(filepath.Join(cfg.Source.Dir.Path, "done", n)); err != nil {
-			t.Errorf("%s not moved: %v", n, err)
-		}
-	}
-}
-
 func TestExecSource(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	frame, _ := filepath.Abs(sampleFrames(t)[0])
@@ -285,8 +187,8 @@ func TestExecSource(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &recorder{}
 			decodeHandler(r)
-			cfg := Default().Source.Exec
-			cfg.Command, cfg.Timeout = tc.cmd, Duration(300*time.Millisecond)
+			cfg := Defaults().Exec
+			cfg.Command, cfg.Timeout = tc.cmd, config.Duration(300*time.Millisecond)
 			s := &execSource{cfg: cfg, env: r.env(t)}
 			t0 := time.Now()
 			if err := s.Once(context.Background(), r.handle); err != nil {
@@ -318,10 +220,10 @@ func TestExecKeepsRunning(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	r := &recorder{}
 	decodeHandler(r)
-	cfg := Default().Source.Exec
-	cfg.Command, cfg.Interval, cfg.Timeout = []string{"false"}, Duration(30*time.Millisecond), Duration(time.Second)
+	cfg := Defaults().Exec
+	cfg.Command, cfg.Interval, cfg.Timeout = []string{"false"}, config.Duration(30*time.Millisecond), config.Duration(time.Second)
 	stop := runSource(t, &execSource{cfg: cfg, env: r.env(t)}, r.handle)
-	eventually(t, 5*time.Second, "five failed captures", func() bool { _, f := r.snapshot(); return len(f) >= 5 })
+	waitUntil(t, 5*time.Second, "five failed captures", func() bool { _, f := r.snapshot(); return len(f) >= 5 })
 	stop()
 }
 
@@ -377,26 +279,26 @@ func TestHTTPSource(t *testing.T) {
 
 	cases := []struct {
 		mode    string
-		tweak   func(*HTTPSource)
+		tweak   func(*HTTPConfig)
 		ok      bool
 		errLike string
 	}{
 		{"ok", nil, true, ""},
-		{"basic", func(c *HTTPSource) { c.User, c.PasswordFile = "cam", pwFile }, true, ""},
-		{"basic", func(c *HTTPSource) { c.User = "cam" }, false, "401"},
-		{"bearer", func(c *HTTPSource) { c.TokenFile = tokFile }, true, ""},
+		{"basic", func(c *HTTPConfig) { c.User, c.PasswordFile = "cam", pwFile }, true, ""},
+		{"basic", func(c *HTTPConfig) { c.User = "cam" }, false, "401"},
+		{"bearer", func(c *HTTPConfig) { c.TokenFile = tokFile }, true, ""},
 		{"500", nil, false, "500"},
 		{"stall-headers", nil, false, "deadline exceeded"},
 		{"stall-body", nil, false, "deadline exceeded"},
-		{"ok", func(c *HTTPSource) { c.MaxBytes = 10 }, false, "max_bytes"},
+		{"ok", func(c *HTTPConfig) { c.MaxBytes = 10 }, false, "max_bytes"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.mode, func(t *testing.T) {
 			mu.Lock()
 			mode = tc.mode
 			mu.Unlock()
-			cfg := Default().Source.HTTP
-			cfg.URL, cfg.Timeout = srv.URL+"/snapshot.png", Duration(300*time.Millisecond)
+			cfg := Defaults().HTTP
+			cfg.URL, cfg.Timeout = srv.URL+"/snapshot.png", config.Duration(300*time.Millisecond)
 			if tc.tweak != nil {
 				tc.tweak(&cfg)
 			}
@@ -426,16 +328,16 @@ func TestHTTPSource(t *testing.T) {
 	mu.Lock()
 	mode = "stall-body"
 	mu.Unlock()
-	cfg := Default().Source.HTTP
-	cfg.URL, cfg.Timeout, cfg.Interval = srv.URL, Duration(200*time.Millisecond), Duration(50*time.Millisecond)
+	cfg := Defaults().HTTP
+	cfg.URL, cfg.Timeout, cfg.Interval = srv.URL, config.Duration(200*time.Millisecond), config.Duration(50*time.Millisecond)
 	r := &recorder{}
 	decodeHandler(r)
 	stop := runSource(t, &httpSource{cfg: cfg, env: r.env(t)}, r.handle)
-	eventually(t, 5*time.Second, "two stalled captures", func() bool { _, f := r.snapshot(); return len(f) >= 2 })
+	waitUntil(t, 5*time.Second, "two stalled captures", func() bool { _, f := r.snapshot(); return len(f) >= 2 })
 	mu.Lock()
 	mode = "ok"
 	mu.Unlock()
-	eventually(t, 5*time.Second, "a capture after the camera recovered", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.oks >= 1 })
+	waitUntil(t, 5*time.Second, "a capture after the camera recovered", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.oks >= 1 })
 	stop()
 	srv.CloseClientConnections()
 }

@@ -1,4 +1,4 @@
-package agent
+package source
 
 import (
 	"context"
@@ -18,8 +18,8 @@ import (
 // beyond it. Credentials are read from their files at every fetch, so they
 // can be rotated without a restart.
 type httpSource struct {
-	cfg    HTTPSource
-	env    sourceEnv
+	cfg    HTTPConfig
+	env    Env
 	client *http.Client
 }
 
@@ -47,18 +47,18 @@ func (s *httpSource) capture(ctx context.Context, h Handler) {
 	data, err := s.fetch(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.env.failed("http", err)
+			s.env.Failed("http", err)
 		}
 		return
 	}
 	err = h(ctx, &Capture{Source: "http", Name: s.name(), Data: data, Time: time.Now()})
 	switch {
 	case err == nil:
-		s.env.ok("http")
+		s.env.OK("http")
 	case errors.Is(err, ErrBadFrame):
-		s.env.failed("http", err)
+		s.env.Failed("http", err)
 	default:
-		s.env.log.Warn("frame not spooled", "source", "http", "err", err)
+		s.env.Log.Warn("frame not spooled", "source", "http", "err", err)
 	}
 }
 
