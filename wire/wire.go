@@ -1,5 +1,8 @@
 // Package wire defines the message a forest-agent publishes for each frame
-// and forest-cloud consumes: the one owner of that format.
+// and forest-cloud consumes: the one owner of that format, of the frame-id
+// format (FrameID) and of the rules for names that end up in object keys
+// (SanitiseName, Ext). Its golden messages in testdata/ are read by both
+// sides' tests through package wiretest.
 //
 // The body is the image bytes themselves (JPEG, PNG or WebP), never base64 or
 // JSON. Everything else travels in AMQP properties and headers, described in
