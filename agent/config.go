@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -170,16 +169,12 @@ func Default() Config {
 // relative paths (see resolve) and validates the result. Errors wrap
 // ErrConfig and name the field.
 func LoadConfig(path string) (*Config, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	c, err := ParseConfig(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	c := Default()
+	if err := config.Load(path, &c, c.finish); err != nil {
+		return nil, err
 	}
 	c.resolve(filepath.Dir(path))
-	return c, nil
+	return &c, nil
 }
 
 // ParseConfig parses and validates YAML config text (see LoadConfig).
@@ -189,13 +184,15 @@ func ParseConfig(raw []byte) (*Config, error) {
 	if err := config.Parse(raw, &c); err != nil {
 		return nil, err
 	}
+	return &c, c.finish()
+}
+
+// finish normalises what the text left and validates the result.
+func (c *Config) finish() error {
 	if len(c.Source.Exec.Command) == 0 {
 		c.Source.Exec.Command = nil
 	}
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return c.Validate()
 }
 
 // resolve makes relative file paths relative to base (the config's directory)

@@ -2,10 +2,8 @@ package cloud
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"time"
 
 	"github.com/forestwatch/forest/internal/config"
@@ -162,15 +160,11 @@ type LogConfig struct {
 
 // LoadConfig reads, expands, parses, defaults and validates a config file.
 func LoadConfig(path string) (*Config, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+	var c Config
+	if err := config.Load(path, &c, c.finish); err != nil {
+		return nil, err
 	}
-	c, err := ParseConfig(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return &c, nil
 }
 
 // ParseConfig parses b with internal/config (strict keys; ${ENV} and
@@ -181,11 +175,13 @@ func ParseConfig(b []byte) (*Config, error) {
 	if err := config.Parse(b, &c); err != nil {
 		return nil, err
 	}
+	return &c, c.finish()
+}
+
+// finish applies the defaults and validates the result.
+func (c *Config) finish() error {
 	c.Defaults()
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return c.Validate()
 }
 
 // BrokerURL returns amqp.url with amqp.user and the password from

@@ -81,14 +81,21 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // String returns the duration as time.Duration prints it.
 func (d Duration) String() string { return time.Duration(d).String() }
 
-// Load reads the file at path and decodes it into dst (see Parse).
-func Load(path string, dst any) error {
+// Load reads the file at path, decodes it into dst (see Parse) and then
+// calls check, when not nil, to derive what is left and validate. Errors
+// name the file.
+func Load(path string, dst any, check func() error) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
 	if err := Parse(raw, dst); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
 	}
 	return nil
 }
