@@ -28,7 +28,7 @@ func leakCheck(t *testing.T) {
 	opt := goleak.IgnoreCurrent()
 	// A broker restarted by the test has a new process-wait goroutine that
 	// the harness ends when it stops the broker, after this check.
-	harness := goleak.IgnoreAnyFunction("github.com/forestwatch/forest/uplink/rabbittest.(*Broker).boot.func1")
+	harness := goleak.IgnoreAnyFunction("github.com/forestwatch/forest/internal/rabbittest.(*Broker).boot.func1")
 	t.Cleanup(func() { goleak.VerifyNone(t, opt, harness) })
 }
 
