@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -268,10 +269,12 @@ func (d *drain) message(r *spool.Record) (wire.Message, error) {
 		return wire.Message{}, fmt.Errorf("frame meta version %d not understood", m.V)
 	}
 	seq := m.seq(r.ID)
+	srcType, srcName, _ := strings.Cut(m.Source, ":")
 	return wire.Encode(&wire.Frame{
 		ID: wire.FrameID(m.Device, seq), Device: m.Device, Seq: seq, Captured: m.Captured,
 		ContentType: m.ContentType, Image: r.Image, ImageSHA256: m.SHA256, Width: m.Width, Height: m.Height,
 		Coverage: m.Coverage, Model: m.Model, Mask: r.Mask, GPS: m.GPS, Camera: m.Camera,
+		Source: wire.CleanName(srcName), SourceType: srcType,
 		Agent: d.agent, User: d.user,
 	})
 }

@@ -42,7 +42,8 @@ type Meta struct {
 	Model    string       `json:"model,omitempty"`
 	GPS      *wire.GPS    `json:"gps,omitempty"`
 	Camera   *wire.Camera `json:"camera,omitempty"`
-	// Source names the capture ("dir:<file>", "http:<url>", "exec:<cmd>").
+	// Source names the capture ("dir:<file>", "http:<url>", "exec:<cmd>");
+	// the drain sends the type and the name cleaned by wire.CleanName.
 	Source string `json:"source,omitempty"`
 }
 

@@ -124,10 +124,13 @@ func TestPipelineEXIFToWire(t *testing.T) {
 	if f.ID != wire.FrameID("test-dev", r.ID) || f.Seq != r.ID || f.Device != "test-dev" || f.User != "dev-user" || f.Agent != "forest-agent/test" {
 		t.Errorf("ids: frame %s seq %d device %s user %s agent %s (spool id %d)", f.ID, f.Seq, f.Device, f.User, f.Agent, r.ID)
 	}
+	if f.Source != "cam" || f.SourceType != "exec" {
+		t.Errorf("source %q of type %q, want cam of type exec", f.Source, f.SourceType)
+	}
 	if f.ContentType != wire.JPEG || f.Width != 256 || f.Height != 256 || f.Coverage != rep.Coverage || f.Model != a.modelID {
 		t.Errorf("frame %s %dx%d cov %v model %s", f.ContentType, f.Width, f.Height, f.Coverage, f.Model)
 	}
-	if msg.Headers[wire.HeaderMask] == nil || len(f.Mask) == 0 {
+	if msg.Headers[wire.HeaderMaskSHA256] == nil || len(f.Mask) == 0 {
 		t.Error("no mask")
 	}
 }

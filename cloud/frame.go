@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"image"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -52,8 +51,14 @@ type Sidecar struct {
 	User        string       `json:"user,omitempty"`
 	GPS         *wire.GPS    `json:"gps,omitempty"`
 	Camera      *wire.Camera `json:"camera,omitempty"`
-	Image       ObjectRef    `json:"image"`
-	Mask        *ObjectRef   `json:"mask,omitempty"`
+	// Source is what the device captured the frame from (a file name, a
+	// camera URL or a command, cleaned by wire.CleanName) and SourceType
+	// its kind (dir, http or exec); empty for frames of agents before
+	// wire version 2.
+	Source     string     `json:"source,omitempty"`
+	SourceType string     `json:"source_type,omitempty"`
+	Image      ObjectRef  `json:"image"`
+	Mask       *ObjectRef `json:"mask,omitempty"`
 }
 
 // ObjectRef names a stored object with its size and hex SHA-256.
@@ -108,19 +113,18 @@ func (s *Service) plan(m wire.Message, now time.Time) (*planned, error) {
 		return nil, poison(ReasonInvalid, err)
 	}
 	p := &planned{device: f.Device, id: f.ID}
-	imgSum, _ := m.Headers[wire.HeaderSHA256].(string)
-	img := verifiedObject("image", keys.Image, f.ContentType, f.Image, strings.ToLower(imgSum))
+	img := verifiedObject("image", keys.Image, f.ContentType, f.Image, f.ImageSHA256)
 	p.objects = append(p.objects, img)
 	sc := Sidecar{
 		Schema: SidecarSchema, FrameID: f.ID, Device: f.Device, Seq: f.Seq,
 		CapturedAt: f.Captured.UTC(), ReceivedAt: now.UTC(), SentAt: f.Sent.UTC(),
 		ContentType: f.ContentType, Width: f.Width, Height: f.Height, Coverage: f.Coverage,
 		Model: f.Model, Agent: f.Agent, User: m.UserID, GPS: f.GPS, Camera: f.Camera,
+		Source: f.Source, SourceType: f.SourceType,
 		Image: ObjectRef{Key: keys.Image, Bytes: len(f.Image), SHA256: hex.EncodeToString(img.sum[:])},
 	}
 	if f.Mask != nil {
-		maskSum, _ := m.Headers[wire.HeaderMaskSHA256].(string)
-		mo := verifiedObject("mask", keys.Mask, wire.PNG, f.Mask, strings.ToLower(maskSum))
+		mo := verifiedObject("mask", keys.Mask, wire.PNG, f.Mask, f.MaskSHA256)
 		p.objects = append(p.objects, mo)
 		sc.Mask = &ObjectRef{Key: keys.Mask, Bytes: len(f.Mask), SHA256: hex.EncodeToString(mo.sum[:])}
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,12 +100,20 @@ func TestMalformed(t *testing.T) {
 		{"wire oversized", wf(func(f *wire.Frame, m *amqp.Publishing) {
 			m.Body = append(append([]byte{}, m.Body...), make([]byte, 1<<20)...)
 		}), cloud.ReasonTooLarge, ""},
-		{"wire unknown major", wf(func(f *wire.Frame, m *amqp.Publishing) { m.Type = "forest.frame.v2.0" }), cloud.ReasonSchema, ""},
+		{"wire unknown major", wf(func(f *wire.Frame, m *amqp.Publishing) { m.Type = "forest.frame.v3.0" }), cloud.ReasonSchema, ""},
 		{"wire body checksum", wf(func(f *wire.Frame, m *amqp.Publishing) { m.Body = append([]byte{}, m.Body...); m.Body[40] ^= 1 }), cloud.ReasonChecksum, ""},
 		{"wire mask checksum", wf(func(f *wire.Frame, m *amqp.Publishing) {
+			m.Body = append(slices.Clone(f.Image), png8...)
+			m.Headers[wire.HeaderMaskSHA256] = wire.Sum([]byte("x"))
+		}), cloud.ReasonChecksum, ""},
+		{"wire v1 mask checksum", wf(func(f *wire.Frame, m *amqp.Publishing) {
+			m.Type, m.Body = "forest.frame.v1.0", f.Image
 			m.Headers[wire.HeaderMask] = png8
 			m.Headers[wire.HeaderMaskSHA256] = wire.Sum([]byte("x"))
 		}), cloud.ReasonChecksum, ""},
+		{"wire image_bytes past the body", wf(func(f *wire.Frame, m *amqp.Publishing) {
+			m.Headers[wire.HeaderImageBytes] = int64(len(m.Body) + 1)
+		}), cloud.ReasonInvalid, ""},
 		{"wire no device", wf(func(f *wire.Frame, m *amqp.Publishing) { delete(m.Headers, wire.HeaderDevice) }), cloud.ReasonInvalid, ""},
 		{"wire no captured_at", wf(func(f *wire.Frame, m *amqp.Publishing) { delete(m.Headers, wire.HeaderCaptured) }), cloud.ReasonInvalid, ""},
 		{"wire bad captured_at", wf(func(f *wire.Frame, m *amqp.Publishing) { m.Headers[wire.HeaderCaptured] = "yesterday" }), cloud.ReasonInvalid, ""},
@@ -118,10 +127,12 @@ func TestMalformed(t *testing.T) {
 		{"wire not an image", wf(func(f *wire.Frame, m *amqp.Publishing) {
 			m.Body = []byte("GIF89a but not really")
 			m.Headers[wire.HeaderSHA256] = wire.Sum(m.Body)
+			m.Headers[wire.HeaderImageBytes] = int64(len(m.Body))
+			delete(m.Headers, wire.HeaderMaskSHA256)
 		}), cloud.ReasonNotImage, ""},
 		{"wire size mismatch", wf(func(f *wire.Frame, m *amqp.Publishing) { m.Headers[wire.HeaderWidth] = int64(9) }), cloud.ReasonSizeMismatch, ""},
 		{"wire mask not png", wf(func(f *wire.Frame, m *amqp.Publishing) {
-			m.Headers[wire.HeaderMask] = []byte("nope")
+			m.Body = append(slices.Clone(f.Image), "nope"...)
 			m.Headers[wire.HeaderMaskSHA256] = wire.Sum([]byte("nope"))
 		}), cloud.ReasonNotImage, ""},
 		{"wire no user_id", wf(func(f *wire.Frame, m *amqp.Publishing) { m.UserId = "" }), cloud.ReasonIdentity, ""},

@@ -95,3 +95,48 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "..."
 }
+
+func validName(s string) bool {
+	_, err := SanitiseName(s)
+	return err == nil
+}
+
+// CleanName turns any name (a file name, a camera URL, a command line) into
+// one that SanitiseName accepts, or "" when nothing usable is left:
+// characters SanitiseName refuses become "_", backslashes separate segments
+// like "/", empty, "." and ".." segments go, and of a long name the end
+// (the file name) is kept: at most 8 segments and MaxNameBytes bytes.
+func CleanName(name string) string {
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(name, "_") {
+		switch {
+		case r == '/' || r == '\\':
+			b.WriteByte('/')
+		case unicode.IsLetter(r) || unicode.IsDigit(r) || unicode.IsMark(r) || strings.ContainsRune(" ._-+=@,:()~", r):
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	var segs []string
+	for _, s := range strings.Split(b.String(), "/") {
+		s = strings.TrimSpace(s)
+		if s == "" || s == "." || s == ".." {
+			continue
+		}
+		for strings.Contains(s, "..") {
+			s = strings.ReplaceAll(s, "..", "_")
+		}
+		segs = append(segs, s)
+	}
+	segs = segs[max(0, len(segs)-maxNameDepth):]
+	out := strings.Join(segs, "/")
+	for len(out) > MaxNameBytes {
+		_, size := utf8.DecodeRuneInString(out)
+		out = strings.TrimLeft(strings.TrimSpace(out[size:]), "/")
+	}
+	if !validName(out) {
+		return "" // a space before a "/" left by the cut; never seen in practice
+	}
+	return out
+}

@@ -70,3 +70,45 @@ func FuzzSanitiseName(f *testing.F) {
 		}
 	})
 }
+
+func TestCleanName(t *testing.T) {
+	for in, want := range map[string]string{
+		"DJI_0042.JPG": "DJI_0042.JPG",
+		"http://cam.local:8080/snap.jpg?size=full": "http:/cam.local:8080/snap.jpg_size=full",
+		"libcamera-still -o -":                     "libcamera-still -o -",
+		`C:\DCIM\100MEDIA\DJI_0042.JPG`:            "C:/DCIM/100MEDIA/DJI_0042.JPG",
+		"../../etc/passwd":                         "etc/passwd",
+		"a/./b//c":                                 "a/b/c",
+		"bad\x00name\n.jpg":                        "bad_name_.jpg",
+		"\xff\xferaw.png":                          "_raw.png",
+		"1/2/3/4/5/6/7/8/9/10.jpg":                 "3/4/5/6/7/8/9/10.jpg",
+		"":                                         "",
+		"/":                                        "",
+		" .. ":                                     "",
+		"a...b":                                    "a_.b",
+	} {
+		if got := wire.CleanName(in); got != want {
+			t.Errorf("CleanName(%q) = %q, want %q", in, got, want)
+		}
+	}
+	long := strings.Repeat("d/", 3) + strings.Repeat("x", 300) + ".jpg"
+	if got := wire.CleanName(long); len(got) > wire.MaxNameBytes || !strings.HasSuffix(got, "x.jpg") {
+		t.Errorf("long name cleaned to %q (%d bytes)", got, len(got))
+	}
+}
+
+// FuzzCleanName: a cleaned name is empty or accepted by SanitiseName.
+func FuzzCleanName(f *testing.F) {
+	for _, s := range []string{"a.png", "../x", `a\b`, "http://h/x?y", "a\x00", "é/ü.png", " /x", strings.Repeat("ab/", 200)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		got := wire.CleanName(name)
+		if _, err := wire.SanitiseName(got); got != "" && err != nil {
+			t.Fatalf("CleanName(%q) = %q, refused: %v", name, got, err)
+		}
+		if ok, _ := wire.SanitiseName(name); ok != "" && got != name {
+			t.Fatalf("a safe name %q was changed to %q", name, got)
+		}
+	})
+}

@@ -4,12 +4,14 @@
 // (SanitiseName, Ext). Its golden messages in testdata/ are read by both
 // sides' tests through package wiretest.
 //
-// The body is the image bytes themselves (JPEG, PNG or WebP), never base64 or
-// JSON. Everything else travels in AMQP properties and headers, described in
-// PROTOCOL.md beside this file. The schema is versioned by the AMQP type
-// property ("forest.frame.v1.0"); a consumer refuses an unknown major version
-// with a *VersionError and accepts newer minor versions, ignoring headers it
-// does not know.
+// The body is the image bytes themselves (JPEG, PNG or WebP), followed by
+// the mask PNG; never base64 or JSON. Everything else travels in AMQP
+// properties and headers, described in PROTOCOL.md beside this file. The
+// schema is versioned by the AMQP type property ("forest.frame.v2.0"):
+// Encode writes version 2; Decode reads versions 1 (the mask in a header,
+// as devices before version 2 send it) and 2, refuses an unknown major
+// version with a *VersionError and accepts newer minor versions, ignoring
+// headers it does not know.
 //
 // The package uses the standard library only and knows nothing of AMQP
 // client libraries: Message is a transport-neutral view of one AMQP message
@@ -29,9 +31,12 @@ import (
 
 // Schema version of the messages this package writes.
 const (
-	Major = 1
+	Major = 2
 	Minor = 0
 )
+
+// minMajor is the oldest major version Decode reads.
+const minMajor = 1
 
 // typePrefix starts the AMQP type property: typePrefix + "1.0".
 const typePrefix = "forest.frame.v"
@@ -46,8 +51,11 @@ const (
 	HeaderHeight      = "height"
 	HeaderCoverage    = "coverage"
 	HeaderModel       = "model"
-	HeaderMask        = "mask"
+	HeaderImageBytes  = "image_bytes"
+	HeaderMask        = "mask" // version 1 only: the mask PNG
 	HeaderMaskSHA256  = "mask_sha256"
+	HeaderSource      = "source"
+	HeaderSourceType  = "source_type"
 	HeaderGPSLat      = "gps_lat"
 	HeaderGPSLon      = "gps_lon"
 	HeaderGPSAlt      = "gps_alt"
@@ -62,7 +70,8 @@ const (
 	WebP = "image/webp"
 )
 
-// MaxMaskBytes bounds the mask header; a mask is a small PNG.
+// MaxMaskBytes bounds the mask header of a version 1 message. Version 2
+// carries the mask in the body, which the consumer bounds as a whole.
 const MaxMaskBytes = 1 << 20
 
 // Message is one AMQP message, independent of any client library. Header
@@ -108,6 +117,16 @@ type Frame struct {
 	Model string
 	// Mask is the forest mask as a PNG (255 forest, 0 other).
 	Mask []byte
+	// MaskSHA256 is the lowercase hex SHA-256 of Mask; Decode sets it after
+	// checking it, Encode computes it.
+	MaskSHA256 string
+	// Source names what the frame was captured from: a file name, a
+	// camera URL or a command, as SanitiseName accepts it (see CleanName).
+	// Empty when unknown.
+	Source string
+	// SourceType is the kind of source: "dir", "http" or "exec"; empty
+	// when unknown.
+	SourceType string
 	// GPS is the position from the frame's EXIF, if any.
 	GPS *GPS
 	// Camera is the camera from the frame's EXIF, if any.
@@ -154,18 +173,27 @@ func Encode(f *Frame) (Message, error) {
 		sum = Sum(f.Image)
 	}
 	h := map[string]any{
-		HeaderDevice:   f.Device,
-		HeaderSeq:      int64(f.Seq),
-		HeaderCaptured: f.Captured.UTC().Format(time.RFC3339Nano),
-		HeaderSHA256:   sum,
-		HeaderWidth:    int64(f.Width),
-		HeaderHeight:   int64(f.Height),
-		HeaderCoverage: f.Coverage,
-		HeaderModel:    f.Model,
+		HeaderDevice:     f.Device,
+		HeaderSeq:        int64(f.Seq),
+		HeaderCaptured:   f.Captured.UTC().Format(time.RFC3339Nano),
+		HeaderSHA256:     sum,
+		HeaderImageBytes: int64(len(f.Image)),
+		HeaderWidth:      int64(f.Width),
+		HeaderHeight:     int64(f.Height),
+		HeaderCoverage:   f.Coverage,
+		HeaderModel:      f.Model,
 	}
-	if f.Mask != nil {
-		h[HeaderMask] = f.Mask
+	body := f.Image
+	if len(f.Mask) > 0 {
 		h[HeaderMaskSHA256] = Sum(f.Mask)
+		body = make([]byte, 0, len(f.Image)+len(f.Mask))
+		body = append(append(body, f.Image...), f.Mask...)
+	}
+	if f.Source != "" {
+		h[HeaderSource] = f.Source
+	}
+	if f.SourceType != "" {
+		h[HeaderSourceType] = f.SourceType
 	}
 	if g := f.GPS; g != nil {
 		h[HeaderGPSLat], h[HeaderGPSLon] = g.Lat, g.Lon
@@ -193,7 +221,7 @@ func Encode(f *Frame) (Message, error) {
 		Type:        Type(),
 		UserID:      f.User,
 		Headers:     h,
-		Body:        f.Image,
+		Body:        body,
 	}, nil
 }
 
@@ -219,8 +247,10 @@ func validate(f *Frame) error {
 		return &FieldError{Field: HeaderCoverage, Reason: fmt.Sprintf("must be within 0..1 (got %v)", f.Coverage)}
 	case f.ImageSHA256 != "" && !hex64(f.ImageSHA256):
 		return &FieldError{Field: HeaderSHA256, Reason: "must be 64 lowercase hex digits"}
-	case len(f.Mask) > MaxMaskBytes:
-		return &FieldError{Field: HeaderMask, Reason: fmt.Sprintf("larger than %d bytes", MaxMaskBytes)}
+	case f.Source != "" && !validName(f.Source):
+		return &FieldError{Field: HeaderSource, Reason: "not a safe name (see wire.CleanName)"}
+	case f.SourceType != "" && !validSourceType(f.SourceType):
+		return &FieldError{Field: HeaderSourceType, Reason: fmt.Sprintf("must be 1-16 characters of [a-z] (got %q)", f.SourceType)}
 	}
 	if g := f.GPS; g != nil && (g.Lat < -90 || g.Lat > 90 || g.Lon < -180 || g.Lon > 180) {
 		return &FieldError{Field: HeaderGPSLat, Reason: fmt.Sprintf("position out of range (%v, %v)", g.Lat, g.Lon)}
@@ -243,6 +273,18 @@ func validID(s string) bool {
 	return true
 }
 
+func validSourceType(s string) bool {
+	if len(s) == 0 || len(s) > 16 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 'a' || s[i] > 'z' {
+			return false
+		}
+	}
+	return true
+}
+
 func hex64(s string) bool {
 	if len(s) != 64 {
 		return false
@@ -258,11 +300,12 @@ func hex64(s string) bool {
 // ValidID reports whether s may be used as a device id or frame id.
 func ValidID(s string) bool { return validID(s) }
 
-// Decode parses and checks a message: schema version, required fields, and
-// the SHA-256 of the body and of the mask. Headers it does not know are
-// ignored.
+// Decode parses and checks a message of version 1 or 2: schema version,
+// required fields, and the SHA-256 of the image and of the mask. Headers it
+// does not know are ignored. Image and Mask share m.Body's memory.
 func Decode(m Message) (*Frame, error) {
-	if err := checkType(m.Type); err != nil {
+	major, err := checkType(m.Type)
+	if err != nil {
 		return nil, err
 	}
 	f := &Frame{
@@ -274,7 +317,6 @@ func Decode(m Message) (*Frame, error) {
 		Sent:        m.Timestamp,
 	}
 	h := headers(m.Headers)
-	var err error
 	if f.Device, err = h.str(HeaderDevice, true); err != nil {
 		return nil, err
 	}
@@ -311,25 +353,35 @@ func Decode(m Message) (*Frame, error) {
 	if f.Model, err = h.str(HeaderModel, false); err != nil {
 		return nil, err
 	}
-	sum, err := h.str(HeaderSHA256, true)
-	if err != nil {
-		return nil, err
-	}
-	got := Sum(m.Body)
-	if !strings.EqualFold(sum, got) {
-		return nil, &ChecksumError{Field: HeaderSHA256, Want: sum, Got: got}
-	}
-	f.ImageSHA256 = got
-	if f.Mask, err = h.bytes(HeaderMask); err != nil {
-		return nil, err
-	}
-	if f.Mask != nil {
-		msum, err := h.str(HeaderMaskSHA256, true)
+	if major == 1 {
+		if f.Mask, err = h.bytes(HeaderMask); err != nil {
+			return nil, err
+		}
+	} else {
+		n, err := h.int(HeaderImageBytes, true)
 		if err != nil {
 			return nil, err
 		}
-		if got := Sum(f.Mask); !strings.EqualFold(msum, got) {
-			return nil, &ChecksumError{Field: HeaderMaskSHA256, Want: msum, Got: got}
+		if n <= 0 || n > int64(len(m.Body)) {
+			return nil, &FieldError{Field: HeaderImageBytes, Reason: fmt.Sprintf("must be within 1..%d, the body's length (got %d)", len(m.Body), n)}
+		}
+		f.Image = m.Body[:n:n]
+		if n < int64(len(m.Body)) {
+			f.Mask = m.Body[n:]
+		}
+		if f.Source, err = h.str(HeaderSource, false); err != nil {
+			return nil, err
+		}
+		if f.SourceType, err = h.str(HeaderSourceType, false); err != nil {
+			return nil, err
+		}
+	}
+	if f.ImageSHA256, err = checkSum(h, HeaderSHA256, f.Image); err != nil {
+		return nil, err
+	}
+	if f.Mask != nil {
+		if f.MaskSHA256, err = checkSum(h, HeaderMaskSHA256, f.Mask); err != nil {
+			return nil, err
 		}
 	}
 	if _, ok := h[HeaderGPSLat]; ok {
@@ -365,22 +417,35 @@ func Decode(m Message) (*Frame, error) {
 	return f, nil
 }
 
-// checkType accepts "forest.frame.v<major>.<minor>" with this package's
-// major version.
-func checkType(t string) error {
+// checkSum checks that the header k holds the SHA-256 of b and returns it.
+func checkSum(h headers, k string, b []byte) (string, error) {
+	want, err := h.str(k, true)
+	if err != nil {
+		return "", err
+	}
+	got := Sum(b)
+	if !strings.EqualFold(want, got) {
+		return "", &ChecksumError{Field: k, Want: want, Got: got}
+	}
+	return got, nil
+}
+
+// checkType accepts "forest.frame.v<major>.<minor>" with a major version
+// from minMajor to Major, and returns the major version.
+func checkType(t string) (int, error) {
 	if t == "" {
-		return &FieldError{Field: "type", Reason: "missing"}
+		return 0, &FieldError{Field: "type", Reason: "missing"}
 	}
 	v, ok := strings.CutPrefix(t, typePrefix)
 	if !ok {
-		return &VersionError{Type: t}
+		return 0, &VersionError{Type: t}
 	}
 	maj, _, _ := strings.Cut(v, ".")
 	n, err := strconv.Atoi(maj)
-	if err != nil || n != Major {
-		return &VersionError{Type: t}
+	if err != nil || n < minMajor || n > Major {
+		return 0, &VersionError{Type: t}
 	}
-	return nil
+	return n, nil
 }
 
 type headers map[string]any

@@ -76,7 +76,25 @@ func frame(img, mask []byte) *wire.Frame {
 		Agent:       "forest-agent/0.1.0",
 		User:        "mast-01",
 		Sent:        time.Date(2026, 6, 1, 10, 30, 5, 0, time.UTC),
+		Source:      "DCIM/100MEDIA/DJI_0042.JPG",
+		SourceType:  "dir",
 	}
+}
+
+// toV1 rewrites a version 2 message as a device before version 2 sent it:
+// the mask in a header, the body the image alone, no source.
+func toV1(m wire.Message) wire.Message {
+	v1 := clone(m)
+	v1.Type = "forest.frame.v1.0"
+	n := m.Headers[wire.HeaderImageBytes].(int64)
+	v1.Body = m.Body[:n]
+	if mask := m.Body[n:]; len(mask) > 0 {
+		v1.Headers[wire.HeaderMask] = mask
+	}
+	for _, k := range []string{wire.HeaderImageBytes, wire.HeaderSource, wire.HeaderSourceType} {
+		delete(v1.Headers, k)
+	}
+	return v1
 }
 
 // TestGolden writes the golden messages with -update, and otherwise checks
@@ -156,10 +174,10 @@ func writeGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put("v1-jpeg-full", full, "", "")
+	put("v2-jpeg-full", full, "", "")
 
 	min := frame(img, nil)
-	min.GPS, min.Camera = nil, nil
+	min.GPS, min.Camera, min.Source, min.SourceType = nil, nil, "", ""
 	var pb bytes.Buffer
 	g := image.NewGray(image.Rect(0, 0, 8, 4))
 	_ = png.Encode(&pb, g)
@@ -168,25 +186,42 @@ func writeGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put("v1-png-minimal", minimal, "", "")
+	put("v2-png-minimal", minimal, "", "")
 
 	future := clone(full)
-	future.Type = "forest.frame.v1.7"
-	future.Headers["future_header"] = "ignored by v1.0 readers"
-	put("v1.7-newer-minor", future, "", "")
+	future.Type = "forest.frame.v2.3"
+	future.Headers["future_header"] = "ignored by v2.0 readers"
+	put("v2.3-newer-minor", future, "", "")
 
-	v2 := clone(full)
-	v2.Type = "forest.frame.v2.0"
-	put("v2-unknown-major", v2, "version", "")
+	v3 := clone(full)
+	v3.Type = "forest.frame.v3.0"
+	put("v3-unknown-major", v3, "version", "")
 
 	bad := clone(full)
 	bad.Body = append([]byte{}, bad.Body...)
-	bad.Body[len(bad.Body)/2] ^= 0xff
+	bad.Body[len(img)/2] ^= 0xff
 	put("bad-body-checksum", bad, "checksum", "")
+
+	badMask := clone(full)
+	badMask.Body = append([]byte{}, badMask.Body...)
+	badMask.Body[len(img)+len(mask)/2] ^= 0xff
+	put("bad-mask-checksum", badMask, "checksum", "")
 
 	noDev := clone(full)
 	delete(noDev.Headers, wire.HeaderDevice)
 	put("bad-missing-device", noDev, "field", wire.HeaderDevice)
+
+	long := clone(full)
+	long.Headers[wire.HeaderImageBytes] = int64(len(full.Body) + 1)
+	put("bad-image-bytes", long, "field", wire.HeaderImageBytes)
+
+	// What devices before version 2 send: forest-cloud reads both.
+	put("v1-jpeg-full", toV1(full), "", "")
+	put("v1-png-minimal", toV1(minimal), "", "")
+	v17 := toV1(future)
+	v17.Type = "forest.frame.v1.7"
+	v17.Headers["future_header"] = "ignored by v1.0 readers"
+	put("v1.7-newer-minor", v17, "", "")
 }
 
 func clone(m wire.Message) wire.Message {
@@ -210,9 +245,18 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Sent = f.Sent.Truncate(time.Second)
-	f.ImageSHA256 = wire.Sum(img)
+	f.ImageSHA256, f.MaskSHA256 = wire.Sum(img), wire.Sum(f.Mask)
 	if !reflect.DeepEqual(got, f) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, f)
+	}
+	// The same frame as version 1 sent it: the same frame but the source.
+	got, err = wire.Decode(toV1(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Source, f.SourceType = "", ""
+	if !reflect.DeepEqual(got, f) {
+		t.Fatalf("version 1:\n got %+v\nwant %+v", got, f)
 	}
 	// Integers of any width decode, as AMQP clients differ.
 	m.Headers[wire.HeaderWidth] = int32(64)
@@ -238,7 +282,8 @@ func TestEncodeErrors(t *testing.T) {
 		{"zero size", func(f *wire.Frame) { f.Width = 0 }, wire.HeaderWidth},
 		{"coverage > 1", func(f *wire.Frame) { f.Coverage = 1.5 }, wire.HeaderCoverage},
 		{"coverage NaN", func(f *wire.Frame) { f.Coverage = math.NaN() }, wire.HeaderCoverage},
-		{"huge mask", func(f *wire.Frame) { f.Mask = make([]byte, wire.MaxMaskBytes+1) }, wire.HeaderMask},
+		{"unsafe source", func(f *wire.Frame) { f.Source = "../x" }, wire.HeaderSource},
+		{"source type", func(f *wire.Frame) { f.SourceType = "Dir" }, wire.HeaderSourceType},
 		{"bad gps", func(f *wire.Frame) { f.GPS.Lat = 91 }, wire.HeaderGPSLat},
 		{"bad given sha256", func(f *wire.Frame) { f.ImageSHA256 = "ABC" }, wire.HeaderSHA256},
 	} {
@@ -271,11 +316,24 @@ func TestDecodeErrors(t *testing.T) {
 		{"negative seq", func(m *wire.Message) { m.Headers[wire.HeaderSeq] = int64(-1) }, &wire.FieldError{}},
 		{"bad time", func(m *wire.Message) { m.Headers[wire.HeaderCaptured] = "yesterday" }, &wire.FieldError{}},
 		{"coverage inf", func(m *wire.Message) { m.Headers[wire.HeaderCoverage] = math.Inf(1) }, &wire.FieldError{}},
-		{"mask tampered", func(m *wire.Message) { m.Headers[wire.HeaderMask] = []byte("MASK") }, &wire.ChecksumError{}},
+		{"mask tampered", func(m *wire.Message) { m.Body = []byte("imgMASK") }, &wire.ChecksumError{}},
 		{"mask without sum", func(m *wire.Message) { delete(m.Headers, wire.HeaderMaskSHA256) }, &wire.FieldError{}},
-		{"mask as string", func(m *wire.Message) { m.Headers[wire.HeaderMask] = "mask" }, &wire.FieldError{}},
+		{"no image_bytes", func(m *wire.Message) { delete(m.Headers, wire.HeaderImageBytes) }, &wire.FieldError{}},
+		{"image_bytes 0", func(m *wire.Message) { m.Headers[wire.HeaderImageBytes] = int64(0) }, &wire.FieldError{}},
+		{"image_bytes past the body", func(m *wire.Message) { m.Headers[wire.HeaderImageBytes] = int64(8) }, &wire.FieldError{}},
+		{"image_bytes moved", func(m *wire.Message) { m.Headers[wire.HeaderImageBytes] = int64(4) }, &wire.ChecksumError{}},
+		{"source as bytes array of ints", func(m *wire.Message) { m.Headers[wire.HeaderSource] = int64(3) }, &wire.FieldError{}},
+		{"unsafe source", func(m *wire.Message) { m.Headers[wire.HeaderSource] = "/etc/passwd" }, &wire.FieldError{}},
 		{"gps lat only", func(m *wire.Message) { m.Headers[wire.HeaderGPSLat] = 1.0; delete(m.Headers, wire.HeaderGPSLon) }, &wire.FieldError{}},
-		{"body tampered", func(m *wire.Message) { m.Body = []byte("imG") }, &wire.ChecksumError{}},
+		{"body tampered", func(m *wire.Message) { m.Body = []byte("imGmask") }, &wire.ChecksumError{}},
+		{"v1 mask tampered", func(m *wire.Message) { *m = toV1(*m); m.Headers[wire.HeaderMask] = []byte("MASK") }, &wire.ChecksumError{}},
+		{"v1 mask as string", func(m *wire.Message) { *m = toV1(*m); m.Headers[wire.HeaderMask] = "mask" }, &wire.FieldError{}},
+		{"v1 huge mask", func(m *wire.Message) {
+			*m = toV1(*m)
+			big := make([]byte, wire.MaxMaskBytes+1)
+			m.Headers[wire.HeaderMask], m.Headers[wire.HeaderMaskSHA256] = big, wire.Sum(big)
+		}, &wire.FieldError{}},
+		{"major 3", func(m *wire.Message) { m.Type = "forest.frame.v3.0" }, &wire.VersionError{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := clone(good)
@@ -296,6 +354,7 @@ func TestDecodeErrors(t *testing.T) {
 // never panic, and whatever it accepts must re-encode.
 func FuzzDecode(f *testing.F) {
 	f.Add("forest.frame.v1.0", "dev", int64(1), "2026-01-01T00:00:00Z", []byte("body"), 0.5, []byte("mask"), int64(10))
+	f.Add("forest.frame.v2.0", "dev", int64(1), "2026-01-01T00:00:00Z", []byte("body"), 0.5, []byte("mask"), int64(10))
 	f.Add("forest.frame.v2", "", int64(-1), "", []byte{}, math.NaN(), []byte(nil), int64(0))
 	f.Fuzz(func(t *testing.T, typ, dev string, seq int64, captured string, body []byte, cov float64, mask []byte, w int64) {
 		m := wire.Message{
@@ -307,8 +366,10 @@ func FuzzDecode(f *testing.F) {
 			},
 		}
 		if mask != nil {
-			m.Headers[wire.HeaderMask] = mask
+			m.Headers[wire.HeaderMask] = mask // read by version 1
 			m.Headers[wire.HeaderMaskSHA256] = wire.Sum(mask)
+			m.Headers[wire.HeaderImageBytes] = int64(len(body)) // read by version 2
+			m.Body = append(append([]byte(nil), body...), mask...)
 		}
 		fr, err := wire.Decode(m)
 		if err != nil {

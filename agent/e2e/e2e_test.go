@@ -349,6 +349,8 @@ func TestChainUnderFaults(t *testing.T) {
 			t.Errorf("frame %s of %s stored %d times: %v", f.name, f.device, n, bySHA[sha])
 		case bySHA[sha][0].Device != f.device:
 			t.Errorf("frame %s captured by %s stored as device %s", f.name, f.device, bySHA[sha][0].Device)
+		case bySHA[sha][0].Source != "dir:"+f.name:
+			t.Errorf("frame %s of %s stored with source %q", f.name, f.device, bySHA[sha][0].Source)
 		}
 	}
 	for sha, sts := range bySHA {

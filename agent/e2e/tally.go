@@ -23,6 +23,7 @@ type Stored struct {
 	ImageKey    string
 	ImageSHA256 string // of the bytes read back
 	MaskKey     string
+	Source      string // the sidecar's source_type:source
 	Problems    []string
 }
 
@@ -77,6 +78,7 @@ func StoredFrames(ctx context.Context, c *s3.Client, bucket, prefix string) ([]S
 			continue
 		}
 		st.FrameID, st.Device, st.ImageKey = sc.FrameID, sc.Device, sc.Image.Key
+		st.Source = sc.SourceType + ":" + sc.Source
 		want, err := cloud.KeysFor("frames", sc.Device, sc.FrameID, sc.CapturedAt, sc.ContentType)
 		if err != nil {
 			st.Problems = append(st.Problems, "no key for its metadata: "+err.Error())
