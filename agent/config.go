@@ -141,7 +141,7 @@ func Default() Config {
 		Device: DeviceConfig{StateDir: "/var/lib/forest-agent"},
 		Source: source.Defaults(),
 		Segment: SegmentConfig{
-			Model:     "/usr/share/forest-agent/models/forest-unet-v1.onnx",
+			Model:     "forest-unet-v1.onnx",
 			Threads:   2,
 			Tiling:    "resize",
 			MaxPixels: 40_000_000,
@@ -195,9 +195,11 @@ func (c *Config) finish() error {
 	return c.Validate()
 }
 
-// resolve makes relative file paths relative to base (the config's directory)
-// — except when they exist relative to the working directory, so that
-// configs written for `make run` from the repository root keep working.
+// resolve makes relative file paths relative to base, the config file's
+// directory. The working directory is never used: the agent runs as root
+// in directories other users may write. A model named by a bare file name
+// that base does not hold stays bare: segment.Load finds it among the
+// shipped models.
 func (c *Config) resolve(base string) {
 	for _, p := range []*string{
 		&c.Device.StateDir, &c.Source.Dir.Path, &c.Source.Dir.DoneDir, &c.Source.HTTP.PasswordFile,
@@ -207,15 +209,12 @@ func (c *Config) resolve(base string) {
 		if *p == "" || filepath.IsAbs(*p) {
 			continue
 		}
-		if _, err := os.Stat(*p); err == nil {
-			continue
+		if p == &c.Segment.Model && filepath.Base(*p) == *p {
+			if _, err := os.Stat(filepath.Join(base, *p)); err != nil {
+				continue
+			}
 		}
-		// Paths that do not exist yet (state, spool) are taken from the
-		// working directory too: the config names them as the operator
-		// would type them.
-		if _, err := os.Stat(filepath.Join(base, *p)); err == nil {
-			*p = filepath.Join(base, *p)
-		}
+		*p = filepath.Join(base, *p)
 	}
 }
 

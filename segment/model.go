@@ -131,9 +131,13 @@ type Model struct {
 }
 
 // Load opens an ONNX model, reads its contract from the metadata properties (see the
-// Key constants) and prepares a session with pre-allocated tensors. The ONNX Runtime
-// library is loaded on first use (see LibraryPath) and shared by all Models.
+// Key constants) and prepares a session with pre-allocated tensors. A bare file name
+// names a shipped model (ShippedModel) when one exists. The ONNX Runtime library is
+// loaded on first use (see LibraryPath) and shared by all Models.
 func Load(modelPath string, opts Options) (*Model, error) {
+	if p := ShippedModel(modelPath); p != "" {
+		modelPath = p
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -15,47 +15,74 @@ import (
 const EnvLibraryPath = "ONNXRUNTIME_LIB"
 
 // LibraryPath returns the ONNX Runtime shared library to load. The first of these wins:
-// explicit if non-empty; the ONNXRUNTIME_LIB environment variable; the copy `make deps`
-// installs at .cache/onnxruntime/linux-<x64|arm64>/libonnxruntime.so.1 in the working
-// directory or any parent up to the one holding go.mod; the copy the .deb installs at
-// <executable dir>/../lib/forest-agent/libonnxruntime.so.1; else "libonnxruntime.so.1",
-// which the dynamic loader looks up in the system's library path.
+// explicit if non-empty; the ONNXRUNTIME_LIB environment variable; the copy the .deb
+// installs at <executable dir>/../lib/forest-agent/libonnxruntime.so.1; the copy `make deps`
+// installs in a checkout, .cache/onnxruntime/linux-<x64|arm64>/libonnxruntime.so.1, found
+// from the executable's directory upwards (bin/forest-agent of a checkout); else
+// "libonnxruntime.so.1", which the dynamic loader looks up in the system's library path.
+//
+// The working directory is never searched: a daemon running as root next to directories
+// other users can write must not load a library planted there.
 func LibraryPath(explicit string) string {
-	wd, _ := os.Getwd()
 	exe, _ := os.Executable()
-	return libraryPath(explicit, os.Getenv(EnvLibraryPath), wd, exe, archName())
+	return libraryPath(explicit, os.Getenv(EnvLibraryPath), exe, archName())
 }
 
-func libraryPath(explicit, env, wd, exe, arch string) string {
+func libraryPath(explicit, env, exe, arch string) string {
 	if explicit != "" {
 		return explicit
 	}
 	if env != "" {
 		return env
 	}
-	if wd != "" {
-		rel := filepath.Join(".cache", "onnxruntime", "linux-"+arch, "libonnxruntime.so.1")
-		for dir := wd; ; {
-			if p := filepath.Join(dir, rel); fileExists(p) {
-				return p
-			}
-			if fileExists(filepath.Join(dir, "go.mod")) {
-				break
-			}
-			parent := filepath.Dir(dir)
-			if parent == dir {
-				break
-			}
-			dir = parent
-		}
-	}
-	if exe != "" {
-		p := filepath.Clean(filepath.Join(filepath.Dir(exe), "..", "lib", "forest-agent", "libonnxruntime.so.1"))
-		if fileExists(p) {
-			return p
-		}
+	if p := besideExecutable(exe, filepath.Join("lib", "forest-agent", "libonnxruntime.so.1"),
+		filepath.Join(".cache", "onnxruntime", "linux-"+arch, "libonnxruntime.so.1")); p != "" {
+		return p
 	}
 	return "libonnxruntime.so.1"
+}
+
+// ShippedModel returns the path of a model shipped with forest-agent, by its file name
+// (for example "forest-unet-v1.onnx"): in <executable dir>/../share/forest-agent/models/,
+// where the .deb installs them, or in segment/models/ of the checkout that holds the
+// executable. It returns "" when neither has it. Like LibraryPath, it never searches the
+// working directory.
+func ShippedModel(name string) string {
+	if name == "" || filepath.Base(name) != name {
+		return ""
+	}
+	exe, _ := os.Executable()
+	return besideExecutable(exe, filepath.Join("share", "forest-agent", "models", name), filepath.Join("segment", "models", name))
+}
+
+// besideExecutable returns the first file that exists of: installed, relative to the
+// parent of the executable's directory (the .deb layout: /usr/bin → /usr); inCheckout,
+// relative to the checkout that holds the executable (the directory with go.mod at or
+// above the executable's). Symbolic links in exe are resolved first.
+func besideExecutable(exe, installed, inCheckout string) string {
+	if exe == "" {
+		return ""
+	}
+	if r, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = r
+	}
+	dir := filepath.Dir(exe)
+	if p := filepath.Join(filepath.Dir(dir), installed); fileExists(p) {
+		return p
+	}
+	for {
+		if fileExists(filepath.Join(dir, "go.mod")) {
+			if p := filepath.Join(dir, inCheckout); fileExists(p) {
+				return p
+			}
+			return ""
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return ""
+		}
+		dir = parent
+	}
 }
 
 func archName() string {

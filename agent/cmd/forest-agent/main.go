@@ -35,7 +35,7 @@ Examples:
   forest-agent run --config /etc/forest-agent/agent.yaml
   forest-agent run --config agent/testdata/run.yaml --once
   forest-agent config check /etc/forest-agent/agent.yaml
-  forest-agent segment --model segment/models/forest-unet-v1.onnx --out /tmp/masks frame.jpg
+  forest-agent segment --out /tmp/masks frame.jpg
   forest-agent spool stats --json /var/lib/forest-agent/spool
   forest-agent version
 
@@ -275,10 +275,10 @@ IMAGE.overlay.png (forest tinted green) into DIR. With --json it prints one
 JSON object per image: {"file","coverage","width","height","ms",...}.
 
 Examples:
-  forest-agent segment --model segment/models/forest-unet-v1.onnx agent/testdata/frames/*
+  forest-agent segment agent/testdata/frames/*
   forest-agent segment --json --out /tmp/masks frame.jpg
 `, stdout)
-	model := fs.String("model", agent.Default().Segment.Model, "ONNX model `file`")
+	model := fs.String("model", agent.Default().Segment.Model, "ONNX model `file`; a bare file name is a shipped model")
 	out := fs.String("out", "", "write mask and overlay PNGs into `dir`")
 	asJSON := fs.Bool("json", false, "print JSON lines")
 	threads := fs.Int("threads", 0, "ONNX Runtime threads (0: one per core)")
