@@ -173,6 +173,16 @@ func (q *Queue) commitBatch(batch []*putReq) {
 			fail(fmt.Errorf("put: %w", err))
 			return
 		}
+		if short := q.shortfall(batch, errs, avail, fileFree); short > 0 && q.opts.Reclaim != nil {
+			// Files that can go (delivered captures, old overlays) go
+			// before any record is evicted for the reserve.
+			if q.opts.Reclaim(short) > 0 {
+				if avail, fileFree, err = q.spaceFacts(); err != nil {
+					fail(fmt.Errorf("put: %w", err))
+					return
+				}
+			}
+		}
 		q.mu.Lock()
 		victims := q.planLocked(batch, avail, fileFree, errs)
 		q.mu.Unlock()
@@ -207,7 +217,7 @@ func (q *Queue) commitBatch(batch []*putReq) {
 				if err := dataPut(data, k, r.enc.buf); err != nil {
 					return err
 				}
-				ie := idxEntry{dataLen: uint32(len(r.enc.buf)), priority: r.enc.priority, created: r.enc.created}
+				ie := idxEntry{dataLen: uint32(len(r.enc.buf)), priority: r.enc.priority, created: r.enc.created, flags: r.enc.flags}
 				if err := idx.Put(k, encodeIdx(ie)); err != nil {
 					return err
 				}
@@ -229,7 +239,8 @@ func (q *Queue) commitBatch(batch []*putReq) {
 		q.commits++
 		for i, r := range batch {
 			if errs[i] == nil {
-				q.ents = append(q.ents, entry{id: ids[i], prio: r.enc.priority, created: r.enc.created, size: r.size})
+				q.ents = append(q.ents, entry{id: ids[i], prio: r.enc.priority, created: r.enc.created, size: r.size,
+					unsynced: r.enc.flags&flagClockUnsynced != 0})
 				q.bytes += r.size
 			}
 		}

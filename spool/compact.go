@@ -3,6 +3,7 @@ package spool
 import (
 	"fmt"
 	"os"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -21,8 +22,15 @@ import (
 // throughput); the Ack that ends the drain compacts a nearly empty file
 // instead. Pages freed meanwhile are reused by Puts, so the file does not
 // grow because of the wait.
+//
+// A compaction writes a copy of the live data beside the file, so it runs
+// only while the file system has room for that copy on top of the
+// MinFreeBytes reserve: it never eats into the reserve that keeps
+// unsent frames from being evicted. When there is no room, or after a
+// failed compaction (a write error, ENOSPC), it is not tried again for a
+// while: one minute, doubling up to an hour.
 func (q *Queue) maybeCompactLocked() {
-	if q.opts.CompactFreeBytes < 0 {
+	if q.opts.CompactFreeBytes < 0 || q.now().Before(q.compactAfter) {
 		return
 	}
 	free, size := q.fileFacts()
@@ -36,13 +44,37 @@ func (q *Queue) maybeCompactLocked() {
 	if !over && (free*8 < size*7 || busy) {
 		return
 	}
-	if err := q.compactLocked(); err != nil {
-		q.log.Error("spool compaction failed", "error", err, "file_bytes", size, "free_bytes", free)
+	live := size - free
+	avail, err := q.diskFree(q.dir)
+	if err == nil && avail < live+q.opts.MinFreeBytes+compactSlack {
+		q.compactBackoff()
+		q.mu.Lock()
+		q.compactSkips++
+		q.mu.Unlock()
+		q.log.Warn("spool compaction postponed: not enough free disk for a copy of the live data above the reserve",
+			"live_bytes", live, "available_bytes", avail, "min_free_bytes", q.opts.MinFreeBytes, "retry_in", q.compactWait)
 		return
 	}
+	if err := q.compactLocked(); err != nil {
+		q.compactBackoff()
+		q.log.Error("spool compaction failed", "error", err, "file_bytes", size, "free_bytes", free, "retry_in", q.compactWait)
+		return
+	}
+	q.compactWait, q.compactAfter = 0, time.Time{}
 	nfree, nsize := q.fileFacts()
 	q.log.Info("spool compacted", "file_bytes_before", size, "file_bytes_after", nsize,
 		"free_bytes_before", free, "free_bytes_after", nfree)
+}
+
+// compactSlack is room beyond the live data that a compaction's copy may
+// need (bbolt's page rounding and metadata).
+const compactSlack = 1 << 20
+
+// compactBackoff postpones the next compaction: one minute, doubling up to
+// an hour. q.wmu must be held.
+func (q *Queue) compactBackoff() {
+	q.compactWait = min(max(2*q.compactWait, time.Minute), time.Hour)
+	q.compactAfter = q.now().Add(q.compactWait)
 }
 
 // fileFacts returns the free bytes inside the database file and the file's
@@ -121,11 +153,17 @@ func (q *Queue) compactLocked() error {
 	return q.reopenLocked(nil)
 }
 
-// reopenLocked reopens q.path after compaction; q.dbmu must be held.
+// reopenLocked reopens q.path after compaction; q.dbmu must be held. When
+// that fails the Queue is broken: every later operation fails with an
+// error wrapping ErrBroken, so that its owner stops (and a supervisor
+// restarts it and Open recovers the file) instead of running without a
+// spool.
 func (q *Queue) reopenLocked(cause error) error {
-	db, err := openBolt(q.path, false, q.opts.OpenTimeout)
+	db, err := q.openFile(q.path, false, q.opts.OpenTimeout)
 	if err != nil {
-		return fmt.Errorf("reopen spool after compaction: %w", err)
+		q.broken = fmt.Errorf("%w: reopen after compaction: %w", ErrBroken, err)
+		q.log.Error("spool cannot reopen its file after compaction; stopping", "error", err)
+		return q.broken
 	}
 	dropMapped(db)
 	q.db = db

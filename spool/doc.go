@@ -31,7 +31,11 @@
 //     An Ack that did not return may or may not have taken effect.
 //   - In-flight marks (Next) live in memory only: after a restart every
 //     unacknowledged record is handed out again, so delivery downstream is
-//     at least once; consumers deduplicate by id.
+//     at least once; consumers deduplicate by id. A record that can never
+//     be delivered is set aside with Quarantine (a reason code, counted in
+//     Stats.QuarantinedBy), not left in flight. AckCount says how many
+//     records an Ack removed, so a record evicted while in flight and then
+//     confirmed is counted once, as evicted.
 //
 // The crash test (crash_test.go) re-executes the test binary as a
 // writer/acker child, SIGKILLs it at random points and checks these
@@ -79,6 +83,18 @@
 // ends.
 //
 // # Disk use
+//
+// A compaction needs room for a copy of the live data: it runs only while
+// the file system has that room above MinFreeBytes, so it never consumes
+// the reserve, and after a failure or for want of room it is postponed for
+// a minute, doubling to an hour. If the file cannot be reopened after a
+// compaction, every operation fails with ErrBroken so that the owner stops
+// (a supervisor restarts it; Open recovers the file).
+//
+// Before a Put evicts records to keep MinFreeBytes free, Options.Reclaim
+// (when set) is asked to free the space by deleting files the owner can
+// spare. Records marked ClockUnsynced are exempt from MaxAge until the
+// clock is synchronised (Options.ClockSynced), and expire MaxAge after.
 //
 // bbolt files never shrink on their own. The spool keeps frames inside bbolt
 // and compacts online: after an Ack or eviction, when the file holds more

@@ -17,6 +17,11 @@ var (
 	// record with the same Record.Key was stored before.
 	ErrDuplicate = errors.New("capture stored before")
 
+	// ErrBroken is matched by the errors of every operation on a Queue
+	// that lost its database file (it could not reopen it after a
+	// compaction). The owner should stop; Open recovers the file.
+	ErrBroken = errors.New("spool broken")
+
 	// ErrClosed is returned by operations on a closed Queue.
 	ErrClosed = errors.New("spool closed")
 

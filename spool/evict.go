@@ -118,6 +118,23 @@ func (q *Queue) candidatesLocked() []candidate {
 	return cs
 }
 
+// shortfall returns how many bytes the admissible requests of batch would
+// take out of the MinFreeBytes reserve, before any eviction: the same
+// growth estimate as planLocked's.
+func (q *Queue) shortfall(batch []*putReq, errs []error, avail, fileFree int64) int64 {
+	if q.opts.MinFreeBytes <= 0 {
+		return 0
+	}
+	var grow int64
+	for i, r := range batch {
+		if errs[i] == nil {
+			grow += footprint(r.size)
+		}
+	}
+	growth := max(grow+commitPages*pageSize-fileFree, 0)
+	return max(q.opts.MinFreeBytes-(avail-growth), 0)
+}
+
 // planLocked decides, request by request, which requests are admitted and
 // which stored records are evicted to admit them. Rejected requests get an
 // error in errs. q.mu must be held.
@@ -215,16 +232,9 @@ func (q *Queue) evictLocked(victims []victim) error {
 				return err
 			}
 		}
-		persisted = make(map[string]uint64)
-		for reason, n := range counts {
-			key := []byte(evictKeyPrefix + reason)
-			total := getU64(state.Get(key)) + n
-			if err := state.Put(key, u64Bytes(total)); err != nil {
-				return err
-			}
-			persisted[reason] = total
-		}
-		return nil
+		var err error
+		persisted, err = addCounters(state, evictKeyPrefix, counts)
+		return err
 	})
 	if err != nil {
 		return err
@@ -256,7 +266,25 @@ func (q *Queue) evictLocked(victims []victim) error {
 	return nil
 }
 
-const evictKeyPrefix = "evict/"
+const (
+	evictKeyPrefix = "evict/"
+	quarKeyPrefix  = "quarantine/"
+)
+
+// addCounters adds counts to the persistent counters prefix+key in the
+// state bucket and returns their new totals.
+func addCounters(state *bolt.Bucket, prefix string, counts map[string]uint64) (map[string]uint64, error) {
+	totals := make(map[string]uint64, len(counts))
+	for name, n := range counts {
+		key := []byte(prefix + name)
+		total := getU64(state.Get(key)) + n
+		if err := state.Put(key, u64Bytes(total)); err != nil {
+			return nil, err
+		}
+		totals[name] = total
+	}
+	return totals, nil
+}
 
 // expireLocked evicts records not in flight whose Created time is older
 // than MaxAge. q.wmu must be held.
@@ -264,14 +292,20 @@ func (q *Queue) expireLocked() error {
 	if q.opts.MaxAge <= 0 {
 		return nil
 	}
-	cutoff := q.now().Add(-q.opts.MaxAge).UnixNano()
+	now := q.now()
+	cutoff := now.Add(-q.opts.MaxAge).UnixNano()
+	synced := q.opts.ClockSynced == nil || q.opts.ClockSynced()
+	if synced && q.syncedSince.IsZero() {
+		q.syncedSince = now
+	}
+	unsyncedOld := synced && q.syncedSince.UnixNano() < cutoff
 	q.mu.Lock()
 	var victims []victim
 	for _, e := range q.ents {
 		if _, busy := q.inflight[e.id]; busy {
 			continue
 		}
-		if e.created < cutoff {
+		if (!e.unsynced && e.created < cutoff) || (e.unsynced && unsyncedOld) {
 			victims = append(victims, victim{id: e.id, reason: ReasonMaxAge})
 		}
 	}

@@ -28,7 +28,7 @@ import (
 //
 //	 0 magic u32 "FWSP"
 //	 4 version u8 (1)
-//	 5 flags u8 (0)
+//	 5 flags u8 (flagClockUnsynced; readers ignore unknown bits)
 //	 6 reserved u16
 //	 8 id u64
 //	16 priority i64
@@ -44,7 +44,8 @@ import (
 // Index entry:
 //
 //	 0 version u8 (1)
-//	 1 reserved [3]byte
+//	 1 flags u8 (the record's flags)
+//	 2 reserved [2]byte
 //	 4 data value length u32
 //	 8 priority i64
 //	16 created i64
@@ -83,6 +84,10 @@ var (
 	castagnoli = crc32.MakeTable(crc32.Castagnoli)
 )
 
+// flagClockUnsynced marks a record captured while the clock was not known
+// to be right (Record.ClockUnsynced).
+const flagClockUnsynced = 1
+
 func idKey(id uint64) []byte {
 	var k [keyLen]byte
 	binary.BigEndian.PutUint64(k[:], id)
@@ -103,6 +108,7 @@ type encoded struct {
 	buf      []byte
 	priority int64
 	created  int64
+	flags    byte
 }
 
 func encodeRecord(r *Record, created time.Time) encoded {
@@ -111,6 +117,9 @@ func encodeRecord(r *Record, created time.Time) encoded {
 	h := buf[:recHeaderLen]
 	binary.BigEndian.PutUint32(h[0:], recMagic)
 	h[4] = formatVersion
+	if r.ClockUnsynced {
+		h[5] = flagClockUnsynced
+	}
 	binary.BigEndian.PutUint64(h[16:], uint64(int64(r.Priority)))
 	binary.BigEndian.PutUint64(h[24:], uint64(created.UnixNano()))
 	binary.BigEndian.PutUint32(h[32:], uint32(len(r.Image)))
@@ -121,7 +130,7 @@ func encodeRecord(r *Record, created time.Time) encoded {
 	copy(p[len(r.Image):], r.Mask)
 	copy(p[len(r.Image)+len(r.Mask):], r.Meta)
 	binary.BigEndian.PutUint32(h[44:], crc32.Checksum(p, castagnoli))
-	return encoded{buf: buf, priority: int64(r.Priority), created: created.UnixNano()}
+	return encoded{buf: buf, priority: int64(r.Priority), created: created.UnixNano(), flags: h[5]}
 }
 
 // seal writes the id and the header checksum.
@@ -176,12 +185,13 @@ func decodeRecord(id uint64, v []byte) (Record, error) {
 	own := make([]byte, len(p))
 	copy(own, p)
 	r := Record{
-		ID:       id,
-		Priority: int(prio),
-		Created:  time.Unix(0, created),
-		Image:    own[:li:li],
-		Mask:     own[li : li+lm : li+lm],
-		Meta:     own[li+lm:],
+		ID:            id,
+		Priority:      int(prio),
+		Created:       time.Unix(0, created),
+		ClockUnsynced: v[5]&flagClockUnsynced != 0,
+		Image:         own[:li:li],
+		Mask:          own[li : li+lm : li+lm],
+		Meta:          own[li+lm:],
 	}
 	if lm == 0 {
 		r.Mask = nil
@@ -210,11 +220,22 @@ type idxEntry struct {
 	dataLen  uint32
 	priority int64
 	created  int64
+	flags    byte
+}
+
+// headerIdx builds the index entry of a record value from its header.
+func headerIdx(id uint64, v []byte) (idxEntry, error) {
+	prio, created, err := decodeHeader(id, v)
+	if err != nil {
+		return idxEntry{}, err
+	}
+	return idxEntry{dataLen: uint32(len(v)), priority: prio, created: created, flags: v[5]}, nil
 }
 
 func encodeIdx(e idxEntry) []byte {
 	b := make([]byte, idxLen)
 	b[0] = formatVersion
+	b[1] = e.flags
 	binary.BigEndian.PutUint32(b[4:], e.dataLen)
 	binary.BigEndian.PutUint64(b[8:], uint64(e.priority))
 	binary.BigEndian.PutUint64(b[16:], uint64(e.created))
@@ -234,6 +255,7 @@ func decodeIdx(id uint64, b []byte) (idxEntry, error) {
 		return idxEntry{}, bad(fmt.Sprintf("unsupported index version %d", b[0]))
 	}
 	return idxEntry{
+		flags:    b[1],
 		dataLen:  binary.BigEndian.Uint32(b[4:]),
 		priority: int64(binary.BigEndian.Uint64(b[8:])),
 		created:  int64(binary.BigEndian.Uint64(b[16:])),

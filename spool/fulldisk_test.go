@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"testing"
 )
@@ -89,4 +91,66 @@ func TestRealFullDisk(t *testing.T) {
 			t.Fatalf("Put after Ack freed space: %v", err)
 		}
 	})
+}
+
+// TestReclaimBeforeEvicting fills a real file system that also holds files
+// the owner can spare (delivered captures): a Put that needs room asks
+// Reclaim first, so no record is evicted while a spare file is left.
+func TestReclaimBeforeEvicting(t *testing.T) {
+	const reserve = 4 << 20
+	dir := mountTmpfs(t, "24m")
+	spare := filepath.Join(dir, "done")
+	if err := os.MkdirAll(spare, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 { // 10 MiB of delivered captures
+		if err := os.WriteFile(filepath.Join(spare, fmt.Sprintf("%02d.jpg", i)), make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var asked, freed int64
+	reclaim := func(need int64) int64 {
+		asked++
+		var n int64
+		ents, _ := os.ReadDir(spare)
+		for _, e := range ents { // oldest name first
+			if n >= need {
+				break
+			}
+			fi, err := e.Info()
+			if err == nil && os.Remove(filepath.Join(spare, e.Name())) == nil {
+				n += fi.Size()
+			}
+		}
+		freed += n
+		return n
+	}
+	q, err := Open(filepath.Join(dir, "spool"), Options{MinFreeBytes: reserve, Reclaim: reclaim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = q.Close() })
+	for i := 0; ; i++ {
+		if _, err := q.Put(context.Background(), rec(i, 100_000, 0)); err != nil {
+			t.Fatalf("Put %d: %v", i, err)
+		}
+		left, _ := os.ReadDir(spare)
+		st := q.Stats()
+		if st.Evictions[ReasonMinFree] > 0 {
+			if len(left) > 0 {
+				t.Fatalf("Put %d evicted a record while %d spare files were left", i, len(left))
+			}
+			t.Logf("first eviction at Put %d, after Reclaim freed %d bytes in %d calls", i, freed, asked)
+			break
+		}
+		if i > 400 {
+			t.Fatal("no eviction after 40 MB of records in 24 MB")
+		}
+	}
+	if freed < 9<<20 {
+		t.Fatalf("Reclaim freed %d bytes of the 10 MiB spare", freed)
+	}
+	if avail, _ := statfsFree(dir); avail < reserve {
+		t.Fatalf("%d bytes free, below the reserve", avail)
+	}
 }

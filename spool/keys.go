@@ -12,7 +12,7 @@ import (
 //
 // A capture that its source may offer again (a file in a watched directory
 // is offered again after a restart until it has been moved away) carries a
-// key, Record.Key. The Put that stores the record also stores, in the same
+// key, Record.Key. Attempt counts, per key, how often processing began. The Put that stores the record also stores, in the same
 // transaction, the key with the record's id. So "stored", "id used" and
 // "taken from its source" can never disagree after a crash: a Put whose
 // key is already stored stores nothing and fails with ErrDuplicate, and a
@@ -82,6 +82,37 @@ func (q *Queue) Lookup(key string) (uint64, bool, error) {
 		return 0, false, fmt.Errorf("lookup: %w", err)
 	}
 	return st.id, st.id != 0, nil
+}
+
+// Attempt records, durably, that processing the capture with this key
+// begins, and returns how many times it began (this one included) and,
+// when a record with this key was stored, its id: then nothing is
+// recorded. A capture that crashes or hangs its processor is offered again
+// after every restart; the count lets the caller give up on it after a few
+// attempts instead of restarting forever.
+func (q *Queue) Attempt(key string) (attempts int, id uint64, err error) {
+	if key == "" {
+		return 0, 0, errors.New("attempt: empty key")
+	}
+	if q.isClosed() {
+		return 0, 0, fmt.Errorf("attempt: %w", ErrClosed)
+	}
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	var st keyState
+	err = q.update("attempt", func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bktKeys); b != nil {
+			st, _ = decodeKeyState(b.Get([]byte(key)))
+		}
+		if st.id != 0 {
+			return nil
+		}
+		return writeKey(tx, key, func(s *keyState) { s.attempts++; st = *s })
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("attempt: %w", err)
+	}
+	return int(st.attempts), st.id, nil
 }
 
 // Import takes over state that an earlier version kept outside the spool,

@@ -196,3 +196,36 @@ func TestKeysSalvaged(t *testing.T) {
 		}
 	}
 }
+
+// TestAttempt: attempts are counted durably per key until a record with
+// the key is stored; then Attempt names its id and counts no more.
+func TestAttempt(t *testing.T) {
+	dir := t.TempDir()
+	q, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for want := 1; want <= 3; want++ {
+		n, id, err := q.Attempt("dir:poison.jpg:1:2")
+		if err != nil || n != want || id != 0 {
+			t.Fatalf("attempt %d: %d %d %v", want, n, id, err)
+		}
+	}
+	q.Close() // a crash would do the same: every Attempt is durable
+	q = openT(t, dir, Options{})
+	if n, _, _ := q.Attempt("dir:poison.jpg:1:2"); n != 4 {
+		t.Fatalf("after reopen: attempt %d, want 4", n)
+	}
+	r := rec(1, 10, 0)
+	r.Key = "dir:good.jpg:1:2"
+	if n, _, _ := q.Attempt(r.Key); n != 1 {
+		t.Fatalf("first attempt of another key: %d", n)
+	}
+	id := putT(t, q, r)
+	if n, got, err := q.Attempt(r.Key); got != id || n != 1 || err != nil {
+		t.Fatalf("attempt after the put: %d %d %v, want 1 and id %d", n, got, err, id)
+	}
+	if _, _, err := q.Attempt(""); err == nil {
+		t.Fatal("empty key accepted")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
@@ -91,8 +92,29 @@ func (q *Queue) pick(n int) []uint64 {
 
 type badRecord struct {
 	id     uint64
+	code   string // the Stats.QuarantinedBy key; QuarantineDamaged when ""
 	reason string
-	raw    []byte
+	raw    []byte // the value as read; nil: read it in the quarantine's transaction
+}
+
+// Quarantine moves the records with the given ids, in flight or not, into
+// the quarantine in one durable transaction, with a reason code (a short
+// snake_case word, counted in Stats.QuarantinedBy) and a detail kept with
+// each record. Use it for records that can never be delivered, so that
+// they neither block nor vanish: they stay on disk, counted, until MaxBytes
+// pressure evicts them first. Unknown ids are ignored.
+func (q *Queue) Quarantine(code, detail string, ids ...uint64) error {
+	if q.isClosed() {
+		return fmt.Errorf("quarantine: %w", ErrClosed)
+	}
+	bad := make([]badRecord, len(ids))
+	for i, id := range ids {
+		bad[i] = badRecord{id: id, code: code, reason: code + ": " + detail}
+	}
+	if err := q.quarantine(bad); err != nil {
+		return fmt.Errorf("quarantine: %w", err)
+	}
+	return nil
 }
 
 func (q *Queue) read(ids []uint64) (recs []Record, bad []badRecord, err error) {
@@ -138,11 +160,27 @@ func (q *Queue) quarantine(bad []badRecord) error {
 	}
 	at := q.now()
 	sizes := make([]int64, len(bad))
+	counts := map[string]uint64{}
+	for i := range bad {
+		if bad[i].code == "" {
+			bad[i].code = QuarantineDamaged
+		}
+		counts[bad[i].code]++
+	}
+	var totals map[string]uint64
 	err := q.update("quarantine", func(tx *bolt.Tx) error {
 		data, idx, qb := tx.Bucket(bktData), tx.Bucket(bktIdx), tx.Bucket(bktQuar)
+		var err error
+		if totals, err = addCounters(tx.Bucket(bktState), quarKeyPrefix, counts); err != nil {
+			return err
+		}
 		for i, b := range bad {
 			k := idKey(b.id)
-			v := encodeQuarantine(b.reason, at, b.raw)
+			raw := b.raw
+			if raw == nil {
+				raw = dataGet(data, k)
+			}
+			v := encodeQuarantine(b.reason, at, raw)
 			sizes[i] = int64(len(v)) + keyLen
 			if err := qb.Put(k, v); err != nil {
 				return err
@@ -167,10 +205,11 @@ func (q *Queue) quarantine(bad []badRecord) error {
 		q.bytes += sizes[i]
 		q.quarTotal++
 	}
+	maps.Copy(q.quarBy, totals)
 	q.removeLocked(drop)
 	q.mu.Unlock()
-	for _, b := range bad {
-		q.log.Error("spool record quarantined", "id", b.id, "reason", b.reason, "raw_bytes", len(b.raw))
+	for i, b := range bad {
+		q.log.Error("spool record quarantined", "id", b.id, "reason", b.reason, "bytes", sizes[i])
 	}
 	return nil
 }
@@ -201,20 +240,32 @@ func (q *Queue) removeLocked(drop map[uint64]bool) {
 // call it after the broker confirmed them. Unknown ids (already evicted or
 // acknowledged) are ignored.
 func (q *Queue) Ack(ids ...uint64) error {
+	_, err := q.AckCount(ids...)
+	return err
+}
+
+// AckCount is Ack, and returns how many of ids it deleted: a record
+// evicted while in flight, then confirmed, is not counted again.
+func (q *Queue) AckCount(ids ...uint64) (int, error) {
 	if len(ids) == 0 {
-		return nil
+		return 0, nil
 	}
 	if q.isClosed() {
-		return fmt.Errorf("ack: %w", ErrClosed)
+		return 0, fmt.Errorf("ack: %w", ErrClosed)
 	}
 	q.wmu.Lock()
 	defer q.wmu.Unlock()
 	q.mu.Lock()
 	drop := make(map[uint64]bool, len(ids))
 	for _, id := range ids {
-		drop[id] = true
+		if q.hasLocked(id) {
+			drop[id] = true
+		}
 	}
 	q.mu.Unlock()
+	if len(drop) == 0 {
+		return 0, nil
+	}
 	err := q.update("ack", func(tx *bolt.Tx) error {
 		data, idx := tx.Bucket(bktData), tx.Bucket(bktIdx)
 		for id := range drop {
@@ -229,7 +280,7 @@ func (q *Queue) Ack(ids ...uint64) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("ack: %w", err)
+		return 0, fmt.Errorf("ack: %w", err)
 	}
 	q.mu.Lock()
 	q.removeLocked(drop)
@@ -242,7 +293,7 @@ func (q *Queue) Ack(ids ...uint64) error {
 		q.unmapped.Store(0)
 		q.dropMappedLocked()
 	}
-	return nil
+	return len(drop), nil
 }
 
 // Release returns in-flight records so that Next hands them out again, for

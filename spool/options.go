@@ -85,6 +85,10 @@ func (o *Order) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// QuarantineDamaged is the reason code (a key of Stats.QuarantinedBy) of
+// records quarantined because their bytes are damaged.
+const QuarantineDamaged = "damaged"
+
 // Eviction reasons, the keys of Stats.Evictions.
 const (
 	// ReasonMaxBytes counts records evicted to stay under Options.MaxBytes.
@@ -108,8 +112,18 @@ type Options struct {
 	Policy Policy
 	// MaxAge expires records whose Created time is older than this; 0 keeps
 	// records forever. Expiry runs on Put and Next; records in flight are
-	// not expired.
+	// not expired. A record marked ClockUnsynced never expires while
+	// ClockSynced reports false, and otherwise only MaxAge after the spool
+	// first saw the clock synchronised.
 	MaxAge time.Duration
+	// ClockSynced reports whether the system clock is known to be right;
+	// nil means it always is.
+	ClockSynced func() bool
+	// Reclaim, when set, is asked to free need bytes on the spool's file
+	// system (by deleting files the caller can spare) before a Put evicts
+	// records to keep MinFreeBytes free; it returns the bytes it freed.
+	// It runs in the committer with writes held: keep it short.
+	Reclaim func(need int64) (freed int64)
 	// Order is the order Next hands out records in. Default OldestFirst.
 	Order Order
 	// Logger receives eviction bursts, quarantines, compactions and

@@ -34,6 +34,11 @@ type Record struct {
 	Mask []byte
 	// Meta is opaque frame metadata owned by the caller (JSON).
 	Meta []byte
+	// ClockUnsynced says the record was captured while the clock was not
+	// known to be right, so Created may be far off: MaxAge counts its age
+	// from when Options.ClockSynced first reported the clock right, not
+	// from Created.
+	ClockUnsynced bool
 	// Key identifies the capture at its source (a file's name, size and
 	// time), or is empty. Put stores it with the record in one transaction
 	// and refuses a second record with the same key (see Lookup). Next
@@ -43,10 +48,11 @@ type Record struct {
 
 // entry is the in-memory index of one stored record.
 type entry struct {
-	id      uint64
-	prio    int64
-	created int64
-	size    int64
+	id       uint64
+	prio     int64
+	created  int64
+	size     int64
+	unsynced bool // captured while the clock was not known to be right
 }
 
 // Queue is an open spool. All methods are safe for concurrent use.
@@ -74,23 +80,37 @@ type Queue struct {
 	wmu  sync.Mutex   // serializes write transactions and compaction
 	dbmu sync.RWMutex // guards db against the swap done by compaction and Close
 	db   *bolt.DB
+	// broken is set, under dbmu, when the file could not be reopened
+	// after a compaction (see reopenLocked).
+	broken error
+	// openFile is openBolt; tests replace it to make a reopen fail.
+	openFile func(path string, readOnly bool, timeout time.Duration) (*bolt.DB, error)
+	// compactAfter and compactWait postpone compaction after a failure or
+	// for want of disk space; guarded by wmu.
+	compactAfter time.Time
+	compactWait  time.Duration
+	// syncedSince is when expiry first saw the clock synchronised (see
+	// Options.ClockSynced); guarded by wmu.
+	syncedSince time.Time
 
-	mu          sync.Mutex // guards the fields below
-	ents        []entry    // sorted by id
-	inflight    map[uint64]struct{}
-	quar        map[uint64]int64 // quarantined id -> bytes
-	bytes       int64
-	nextID      uint64
-	evictions   map[string]uint64
-	rejected    uint64
-	quarTotal   uint64
-	corrupt     int
-	compactions uint64
-	commits     uint64
-	salvaged    int    // records salvaged from a renamed-aside file at Open
-	renamedTo   string // file renamed aside at Open, if any
-	notify      chan struct{}
-	bursts      map[string]*burst
+	mu           sync.Mutex // guards the fields below
+	ents         []entry    // sorted by id
+	inflight     map[uint64]struct{}
+	quar         map[uint64]int64 // quarantined id -> bytes
+	bytes        int64
+	nextID       uint64
+	evictions    map[string]uint64
+	quarBy       map[string]uint64 // lifetime quarantines by reason code
+	rejected     uint64
+	quarTotal    uint64
+	corrupt      int
+	compactions  uint64
+	compactSkips uint64
+	commits      uint64
+	salvaged     int    // records salvaged from a renamed-aside file at Open
+	renamedTo    string // file renamed aside at Open, if any
+	notify       chan struct{}
+	bursts       map[string]*burst
 }
 
 // Open opens or creates the spool in directory dir. The directory holds the
@@ -116,8 +136,10 @@ func Open(dir string, opts Options) (*Queue, error) {
 		inflight:  make(map[uint64]struct{}),
 		quar:      make(map[uint64]int64),
 		evictions: make(map[string]uint64),
+		quarBy:    make(map[string]uint64),
 		notify:    make(chan struct{}),
 		bursts:    make(map[string]*burst),
+		openFile:  openBolt,
 	}
 	if q.log == nil {
 		q.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -217,7 +239,7 @@ func (q *Queue) update(what string, fn func(*bolt.Tx) error) error {
 	q.dbmu.RLock()
 	defer q.dbmu.RUnlock()
 	if q.db == nil {
-		return ErrClosed
+		return q.closedErr()
 	}
 	return guard(what, func() error { return q.db.Update(fn) })
 }
@@ -226,7 +248,16 @@ func (q *Queue) view(what string, fn func(*bolt.Tx) error) error {
 	q.dbmu.RLock()
 	defer q.dbmu.RUnlock()
 	if q.db == nil {
-		return ErrClosed
+		return q.closedErr()
 	}
 	return guard(what, func() error { return q.db.View(fn) })
+}
+
+// closedErr says why q.db is nil: q.broken, or ErrClosed. q.dbmu must be
+// held.
+func (q *Queue) closedErr() error {
+	if q.broken != nil {
+		return q.broken
+	}
+	return ErrClosed
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"syscall"
@@ -155,6 +156,7 @@ func (q *Queue) applyLoad(st *loadResult) {
 	q.quar = st.quar
 	q.nextID = st.nextID
 	q.evictions = st.evictions
+	q.quarBy = st.quarBy
 	for _, e := range q.ents {
 		q.bytes += e.size
 	}
@@ -168,6 +170,7 @@ type loadResult struct {
 	quar      map[uint64]int64
 	nextID    uint64
 	evictions map[string]uint64
+	quarBy    map[string]uint64
 	problems  []Problem
 	fresh     bool
 }
@@ -186,7 +189,7 @@ type fixup struct {
 // creates missing buckets and applies repairs in one transaction; otherwise
 // it only reports. Structural damage returns a *CorruptError.
 func loadDB(db *bolt.DB, fix bool, now time.Time) (*loadResult, error) {
-	res := &loadResult{quar: make(map[uint64]int64), evictions: make(map[string]uint64)}
+	res := &loadResult{quar: make(map[uint64]int64), evictions: make(map[string]uint64), quarBy: make(map[string]uint64)}
 	if fix {
 		err := guard("init", func() error {
 			return db.Update(func(tx *bolt.Tx) error {
@@ -235,6 +238,9 @@ func loadDB(db *bolt.DB, fix bool, now time.Time) (*loadResult, error) {
 				if r, ok := bytes.CutPrefix(k, []byte(evictKeyPrefix)); ok {
 					res.evictions[string(r)] = getU64(v)
 				}
+				if r, ok := bytes.CutPrefix(k, []byte(quarKeyPrefix)); ok {
+					res.quarBy[string(r)] = getU64(v)
+				}
 				return nil
 			})
 			if err != nil {
@@ -269,6 +275,7 @@ func loadDB(db *bolt.DB, fix bool, now time.Time) (*loadResult, error) {
 	err = guard("repair", func() error {
 		return db.Update(func(tx *bolt.Tx) error {
 			data, idx, qb := tx.Bucket(bktData), tx.Bucket(bktIdx), tx.Bucket(bktQuar)
+			var damaged uint64
 			for _, f := range fixes {
 				switch f.action {
 				case ActionDropKey:
@@ -291,6 +298,7 @@ func loadDB(db *bolt.DB, fix bool, now time.Time) (*loadResult, error) {
 						return err
 					}
 					res.quar[f.id] = int64(len(v)) + keyLen
+					damaged++
 					if err := dataDelete(data, k); err != nil {
 						return err
 					}
@@ -298,6 +306,13 @@ func loadDB(db *bolt.DB, fix bool, now time.Time) (*loadResult, error) {
 						return err
 					}
 				}
+			}
+			if damaged > 0 {
+				totals, err := addCounters(tx.Bucket(bktState), quarKeyPrefix, map[string]uint64{QuarantineDamaged: damaged})
+				if err != nil {
+					return err
+				}
+				maps.Copy(res.quarBy, totals)
 			}
 			return tx.Bucket(bktState).Put(keyNextID, u64Bytes(res.nextID))
 		})
@@ -357,10 +372,9 @@ func reconcile(data, idx *bolt.Bucket, res *loadResult) []fixup {
 			id, ok := keyID(dk)
 			if !ok {
 				fixes = append(fixes, fixup{key: slices.Clone(dk), action: ActionDropKey, reason: "data key is not an id"})
-			} else if prio, created, err := decodeHeader(id, dv); err != nil {
+			} else if ie, err := headerIdx(id, dv); err != nil {
 				fixes = append(fixes, fixup{id: id, action: ActionQuarantine, reason: reasonOf(err), raw: slices.Clone(dv)})
 			} else {
-				ie := idxEntry{dataLen: uint32(len(dv)), priority: prio, created: created}
 				fixes = append(fixes, fixup{id: id, action: ActionRebuildIndex, reason: "index entry missing", idx: ie})
 				res.add(id, ie)
 			}
@@ -381,7 +395,7 @@ func reconcile(data, idx *bolt.Bucket, res *loadResult) []fixup {
 				fixes = append(fixes, fixup{key: slices.Clone(dk), action: ActionDropKey, reason: "key is not an id"})
 			} else if ie, err := decodeIdx(id, iv); err != nil || int(ie.dataLen) != len(dv) {
 				// Rebuild the index from the data header if that is sound.
-				prio, created, herr := decodeHeader(id, dv)
+				hie, herr := headerIdx(id, dv)
 				if herr != nil {
 					fixes = append(fixes, fixup{id: id, action: ActionQuarantine, reason: reasonOf(herr), raw: slices.Clone(dv)})
 				} else {
@@ -389,7 +403,7 @@ func reconcile(data, idx *bolt.Bucket, res *loadResult) []fixup {
 					if err != nil {
 						reason = reasonOf(err)
 					}
-					ie = idxEntry{dataLen: uint32(len(dv)), priority: prio, created: created}
+					ie = hie
 					fixes = append(fixes, fixup{id: id, action: ActionRebuildIndex, reason: reason, idx: ie})
 					res.add(id, ie)
 				}
@@ -405,7 +419,8 @@ func reconcile(data, idx *bolt.Bucket, res *loadResult) []fixup {
 }
 
 func (r *loadResult) add(id uint64, ie idxEntry) {
-	r.entries = append(r.entries, entry{id: id, prio: ie.priority, created: ie.created, size: int64(ie.dataLen) + entryOverhead})
+	r.entries = append(r.entries, entry{id: id, prio: ie.priority, created: ie.created, size: int64(ie.dataLen) + entryOverhead,
+		unsynced: ie.flags&flagClockUnsynced != 0})
 	r.nextID = max(r.nextID, id)
 }
 

@@ -78,11 +78,10 @@ func salvage(path string, dst *bolt.DB) salvageResult {
 				}
 			}
 			for _, r := range batch {
-				prio, created, _ := decodeHeader(r.id, r.v)
+				ie, _ := headerIdx(r.id, r.v) // verified when it was read
 				if err := dataPut(data, idKey(r.id), r.v); err != nil {
 					return err
 				}
-				ie := idxEntry{dataLen: uint32(len(r.v)), priority: prio, created: created}
 				if err := idx.Put(idKey(r.id), encodeIdx(ie)); err != nil {
 					return err
 				}

@@ -34,6 +34,10 @@ type Stats struct {
 	Quarantined int `json:"quarantined"`
 	// QuarantinedTotal counts records quarantined since Open.
 	QuarantinedTotal uint64 `json:"quarantined_total"`
+	// QuarantinedBy counts records quarantined by reason code over the
+	// life of the spool file: QuarantineDamaged, and the codes given to
+	// Quarantine.
+	QuarantinedBy map[string]uint64 `json:"quarantined_by"`
 	// CorruptRenames is the number of damaged database files renamed aside
 	// in the spool directory (DBName+".corrupt-*").
 	CorruptRenames int `json:"corrupt_renames"`
@@ -42,6 +46,10 @@ type Stats struct {
 	FileBytes int64 `json:"file_bytes"`
 	// Compactions counts compactions since Open.
 	Compactions uint64 `json:"compactions"`
+	// CompactionsPostponed counts compactions put off since Open because
+	// the file system had no room for a copy of the live data above the
+	// MinFreeBytes reserve.
+	CompactionsPostponed uint64 `json:"compactions_postponed"`
 	// PutCommits counts group commits of Puts since Open; with concurrent
 	// producers it is lower than the number of Puts.
 	PutCommits uint64 `json:"put_commits"`
@@ -53,17 +61,19 @@ type Stats struct {
 func (q *Queue) Stats() Stats {
 	q.mu.Lock()
 	s := Stats{
-		Frames:           len(q.ents),
-		Bytes:            q.bytes,
-		InFlight:         len(q.inflight),
-		Evictions:        maps.Clone(q.evictions),
-		Rejected:         q.rejected,
-		Quarantined:      len(q.quar),
-		QuarantinedTotal: q.quarTotal,
-		CorruptRenames:   q.corrupt,
-		Compactions:      q.compactions,
-		PutCommits:       q.commits,
-		LastID:           q.nextID,
+		Frames:               len(q.ents),
+		Bytes:                q.bytes,
+		InFlight:             len(q.inflight),
+		Evictions:            maps.Clone(q.evictions),
+		QuarantinedBy:        maps.Clone(q.quarBy),
+		Rejected:             q.rejected,
+		Quarantined:          len(q.quar),
+		QuarantinedTotal:     q.quarTotal,
+		CorruptRenames:       q.corrupt,
+		CompactionsPostponed: q.compactSkips,
+		Compactions:          q.compactions,
+		PutCommits:           q.commits,
+		LastID:               q.nextID,
 	}
 	oldest := oldestCreated(q.ents)
 	q.mu.Unlock()
@@ -117,6 +127,7 @@ func Inspect(dir string) (Stats, error) {
 	s := Stats{
 		Frames:         len(st.entries),
 		Evictions:      st.evictions,
+		QuarantinedBy:  st.quarBy,
 		Quarantined:    len(st.quar),
 		CorruptRenames: countCorrupt(path),
 		LastID:         st.nextID,
