@@ -72,6 +72,12 @@ type Options struct {
 	// for outstanding confirms before closing the connection (default 5s).
 	CloseTimeout time.Duration
 
+	// MaxMessageBytes is the largest body the broker accepts (RabbitMQ's
+	// max_message_size); a larger message is refused with
+	// ErrInvalidMessage before it is sent, since the broker would close
+	// the channel on it. 0 means 128 MiB, RabbitMQ's default.
+	MaxMessageBytes int64
+
 	// RateLimit caps the body bytes published per second with a token
 	// bucket, for metered links; 0 means unlimited.
 	RateLimit int64

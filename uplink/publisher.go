@@ -400,7 +400,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []wire.Message) ([]Result,
 	for i := range msgs {
 		m := &msgs[i]
 		pub := publishing(m)
-		if err := validate(&pub); err != nil {
+		if err := validate(&pub, s.frameMax(), p.maxBody()); err != nil {
 			// Publishing it would fail inside the library and cost the
 			// connection; report it and go on with the others.
 			res[i].Err = fmt.Errorf("%w: message %q: %w", ErrInvalidMessage, m.MessageID, err)
@@ -465,13 +465,19 @@ func (p *Publisher) route(m *wire.Message) string {
 }
 
 // validate checks what the library would refuse only while writing.
-func validate(m *amqp.Publishing) error {
+// validate refuses what the library cannot encode, or the broker would
+// refuse by closing the connection or channel: a content header larger
+// than the negotiated frame_max (a header must fit in one frame), or a body
+// over maxBody.
+func validate(m *amqp.Publishing, frameMax int, maxBody int64) error {
 	props := [...]struct{ name, v string }{{"content_type", m.ContentType}, {"message_id", m.MessageId},
 		{"app_id", m.AppId}, {"type", m.Type}, {"user_id", m.UserId}}
+	size := 64 // frame header and end, class, weight, body size, flags, delivery mode, timestamp
 	for _, p := range props {
 		if len(p.v) > 255 {
 			return fmt.Errorf("%s longer than 255 bytes", p.name)
 		}
+		size += 1 + len(p.v)
 	}
 	for k := range m.Headers {
 		if len(k) > 255 {
@@ -481,7 +487,47 @@ func validate(m *amqp.Publishing) error {
 	if err := m.Headers.Validate(); err != nil {
 		return fmt.Errorf("headers: %w", err)
 	}
+	size += tableSize(m.Headers)
+	if frameMax > 0 && size > frameMax {
+		return fmt.Errorf("content header of about %d bytes exceeds the broker's frame_max of %d", size, frameMax)
+	}
+	if maxBody > 0 && int64(len(m.Body)) > maxBody {
+		return fmt.Errorf("body of %d bytes exceeds the broker's max_message_size of %d", len(m.Body), maxBody)
+	}
 	return nil
+}
+
+// tableSize is the encoded size of an AMQP field table, or a slight
+// overestimate of it.
+func tableSize(t amqp.Table) int {
+	n := 4
+	for k, v := range t {
+		n += 1 + len(k) + 1
+		switch v := v.(type) {
+		case string:
+			n += 4 + len(v)
+		case []byte:
+			n += 4 + len(v)
+		case amqp.Table:
+			n += tableSize(v)
+		case []any:
+			n += 4
+			for _, e := range v {
+				n += tableSize(amqp.Table{"": e}) - 4
+			}
+		default:
+			n += 9 // numbers, booleans, times, decimals
+		}
+	}
+	return n
+}
+
+// maxBody is the body bound of Options.MaxMessageBytes.
+func (p *Publisher) maxBody() int64 {
+	if p.opts.MaxMessageBytes > 0 {
+		return p.opts.MaxMessageBytes
+	}
+	return 128 << 20
 }
 
 // publishing maps a wire message to the library's type: persistent, with

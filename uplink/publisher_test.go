@@ -372,11 +372,18 @@ func TestInvalidMessage(t *testing.T) {
 	leakCheck(t)
 	url := b.Vhost(t)
 	rabbittest.FramesQueue(t, url, "frames", nil)
-	p := start(t, testOptions(url))
+	opts := testOptions(url)
+	opts.MaxMessageBytes = 64 << 10
+	p := start(t, opts)
 	waitState(t, p, uplink.StateConnected, 10*time.Second)
-	msgs := frames(t, "inv", 4, 100)
+	msgs := frames(t, "inv", 7, 100)
 	msgs[1].Headers["nested"] = map[string]any{"a": 1} // not an AMQP table
 	msgs[2].MessageID = strings.Repeat("x", 300)       // longer than a shortstr
+	// A header larger than RabbitMQ's default frame_max (128 KiB), as a
+	// 12-MP frame's mask made it in wire 1.0: the broker would close the
+	// connection on it.
+	msgs[4].Headers["mask"] = make([]byte, 200<<10)
+	msgs[5].Body = make([]byte, 65<<10) // over MaxMessageBytes
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	res, err := p.Publish(ctx, msgs)
@@ -384,7 +391,7 @@ func TestInvalidMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, r := range res {
-		bad := i == 1 || i == 2
+		bad := i == 1 || i == 2 || i == 4 || i == 5
 		if bad != errors.Is(r.Err, uplink.ErrInvalidMessage) || bad != (r.Outcome == uplink.Unsent) || !bad && r.Outcome != uplink.Confirmed {
 			t.Errorf("message %d: %+v", i, r)
 		}

@@ -203,6 +203,14 @@ func (s *session) kill(err error) {
 }
 
 // resolve settles a flight; s.mu is held.
+// frameMax is the frame size negotiated with the broker, 0 if unknown.
+func (s *session) frameMax() int {
+	if s.conn == nil {
+		return 0
+	}
+	return s.conn.Config.FrameSize
+}
+
 func (s *session) resolve(f *flight, o Outcome, err error) {
 	f.outcome, f.err, f.at = o, err, time.Now()
 	close(f.done)
