@@ -55,10 +55,13 @@ type Sidecar struct {
 	// camera URL or a command, cleaned by wire.CleanName) and SourceType
 	// its kind (dir, http or exec); empty for frames of agents before
 	// wire version 2.
-	Source     string     `json:"source,omitempty"`
-	SourceType string     `json:"source_type,omitempty"`
-	Image      ObjectRef  `json:"image"`
-	Mask       *ObjectRef `json:"mask,omitempty"`
+	Source     string `json:"source,omitempty"`
+	SourceType string `json:"source_type,omitempty"`
+	// ClockUnsynced is true when the device's clock was not known to be
+	// right at capture: CapturedAt (and the key's date) may be far off.
+	ClockUnsynced bool       `json:"clock_unsynced,omitempty"`
+	Image         ObjectRef  `json:"image"`
+	Mask          *ObjectRef `json:"mask,omitempty"`
 }
 
 // ObjectRef names a stored object with its size and hex SHA-256.
@@ -120,7 +123,7 @@ func (s *Service) plan(m wire.Message, now time.Time) (*planned, error) {
 		CapturedAt: f.Captured.UTC(), ReceivedAt: now.UTC(), SentAt: f.Sent.UTC(),
 		ContentType: f.ContentType, Width: f.Width, Height: f.Height, Coverage: f.Coverage,
 		Model: f.Model, Agent: f.Agent, User: m.UserID, GPS: f.GPS, Camera: f.Camera,
-		Source: f.Source, SourceType: f.SourceType,
+		Source: f.Source, SourceType: f.SourceType, ClockUnsynced: f.ClockUnsynced,
 		Image: ObjectRef{Key: keys.Image, Bytes: len(f.Image), SHA256: hex.EncodeToString(img.sum[:])},
 	}
 	if f.Mask != nil {

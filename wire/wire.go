@@ -56,6 +56,7 @@ const (
 	HeaderMaskSHA256  = "mask_sha256"
 	HeaderSource      = "source"
 	HeaderSourceType  = "source_type"
+	HeaderClockSynced = "clock_synced"
 	HeaderGPSLat      = "gps_lat"
 	HeaderGPSLon      = "gps_lon"
 	HeaderGPSAlt      = "gps_alt"
@@ -127,6 +128,10 @@ type Frame struct {
 	// SourceType is the kind of source: "dir", "http" or "exec"; empty
 	// when unknown.
 	SourceType string
+	// ClockUnsynced says the device's clock was not known to be right when
+	// it captured the frame (a device without a real-time clock, before
+	// time synchronisation): Captured may be far off.
+	ClockUnsynced bool
 	// GPS is the position from the frame's EXIF, if any.
 	GPS *GPS
 	// Camera is the camera from the frame's EXIF, if any.
@@ -195,6 +200,7 @@ func Encode(f *Frame) (Message, error) {
 	if f.SourceType != "" {
 		h[HeaderSourceType] = f.SourceType
 	}
+	h[HeaderClockSynced] = !f.ClockUnsynced
 	if g := f.GPS; g != nil {
 		h[HeaderGPSLat], h[HeaderGPSLon] = g.Lat, g.Lon
 		if g.HasAlt {
@@ -374,6 +380,13 @@ func Decode(m Message) (*Frame, error) {
 		}
 		if f.SourceType, err = h.str(HeaderSourceType, false); err != nil {
 			return nil, err
+		}
+		if v, ok := h[HeaderClockSynced]; ok {
+			synced, ok := v.(bool)
+			if !ok {
+				return nil, &FieldError{Field: HeaderClockSynced, Reason: fmt.Sprintf("want a boolean, got %T", v)}
+			}
+			f.ClockUnsynced = !synced
 		}
 	}
 	if f.ImageSHA256, err = checkSum(h, HeaderSHA256, f.Image); err != nil {

@@ -24,7 +24,7 @@ var update = flag.Bool("update", false, "rewrite the golden messages in testdata
 // sample is a real Sentinel-2 tile (see testdata/SOURCE.md) scaled to 64×64.
 func sample(t *testing.T) (jpg, pngMask []byte) {
 	t.Helper()
-	src := filepath.Join("..", "..", "..", "shared", "data", "amazon-forest-rgb")
+	src := filepath.Join("..", "..", "shared", "data", "amazon-forest-rgb")
 	load := func(p string) image.Image {
 		f, err := os.Open(p)
 		if err != nil {
@@ -91,7 +91,7 @@ func toV1(m wire.Message) wire.Message {
 	if mask := m.Body[n:]; len(mask) > 0 {
 		v1.Headers[wire.HeaderMask] = mask
 	}
-	for _, k := range []string{wire.HeaderImageBytes, wire.HeaderSource, wire.HeaderSourceType} {
+	for _, k := range []string{wire.HeaderImageBytes, wire.HeaderSource, wire.HeaderSourceType, wire.HeaderClockSynced} {
 		delete(v1.Headers, k)
 	}
 	return v1
@@ -177,7 +177,7 @@ func writeGolden(t *testing.T) {
 	put("v2-jpeg-full", full, "", "")
 
 	min := frame(img, nil)
-	min.GPS, min.Camera, min.Source, min.SourceType = nil, nil, "", ""
+	min.GPS, min.Camera, min.Source, min.SourceType, min.ClockUnsynced = nil, nil, "", "", true
 	var pb bytes.Buffer
 	g := image.NewGray(image.Rect(0, 0, 8, 4))
 	_ = png.Encode(&pb, g)
@@ -324,6 +324,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"image_bytes moved", func(m *wire.Message) { m.Headers[wire.HeaderImageBytes] = int64(4) }, &wire.ChecksumError{}},
 		{"source as bytes array of ints", func(m *wire.Message) { m.Headers[wire.HeaderSource] = int64(3) }, &wire.FieldError{}},
 		{"unsafe source", func(m *wire.Message) { m.Headers[wire.HeaderSource] = "/etc/passwd" }, &wire.FieldError{}},
+		{"clock_synced as string", func(m *wire.Message) { m.Headers[wire.HeaderClockSynced] = "yes" }, &wire.FieldError{}},
 		{"gps lat only", func(m *wire.Message) { m.Headers[wire.HeaderGPSLat] = 1.0; delete(m.Headers, wire.HeaderGPSLon) }, &wire.FieldError{}},
 		{"body tampered", func(m *wire.Message) { m.Body = []byte("imGmask") }, &wire.ChecksumError{}},
 		{"v1 mask tampered", func(m *wire.Message) { *m = toV1(*m); m.Headers[wire.HeaderMask] = []byte("MASK") }, &wire.ChecksumError{}},
