@@ -1,17 +1,16 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"image/jpeg"
 	"math"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/forestwatch/forest/agent/source"
+	"github.com/forestwatch/forest/internal/exiftest"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/wire"
 )
@@ -26,52 +25,7 @@ func exifJPEG(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	jpeg.Encode(&buf, f.Image, &jpeg.Options{Quality: 95})
-	le := binary.LittleEndian
-	type ent struct {
-		tag, typ uint16
-		count    uint32
-		data     []byte
-	}
-	ascii := func(tag uint16, s string) ent { return ent{tag, 2, uint32(len(s) + 1), append([]byte(s), 0)} }
-	long := func(tag uint16, v uint32) ent { return ent{tag, 4, 1, le.AppendUint32(nil, v)} }
-	rat := func(tag uint16, v ...uint32) ent {
-		var b []byte
-		for i := 0; i < len(v); i += 2 {
-			b = le.AppendUint32(le.AppendUint32(b, v[i]), v[i+1])
-		}
-		return ent{tag, 5, uint32(len(v) / 2), b}
-	}
-	ifd := func(off uint32, es []ent) []byte {
-		head := 2 + 12*len(es) + 4
-		var out, extra []byte
-		out = le.AppendUint16(out, uint16(len(es)))
-		for _, e := range es {
-			out = le.AppendUint32(le.AppendUint16(le.AppendUint16(out, e.tag), e.typ), e.count)
-			if len(e.data) <= 4 {
-				v := make([]byte, 4)
-				copy(v, e.data)
-				out = append(out, v...)
-			} else {
-				out = le.AppendUint32(out, off+uint32(head+len(extra)))
-				extra = append(extra, e.data...)
-			}
-		}
-		return append(le.AppendUint32(out, 0), extra...)
-	}
-	block := make([]byte, 800)
-	copy(block, "II*\x00\x08\x00\x00\x00")
-	copy(block[8:], ifd(8, []ent{ascii(0x010F, "Forestwatch"), ascii(0x0110, "Mast Cam 2"), long(0x8769, 400), long(0x8825, 600)}))
-	copy(block[400:], ifd(400, []ent{ascii(0x9003, "2024:06:11 10:20:30"), ascii(0x9011, "-04:00")}))
-	copy(block[600:], ifd(600, []ent{ascii(1, "S"), rat(2, 9, 1, 36, 1, 1800, 100), ascii(3, "W"), rat(4, 59, 1, 42, 1, 0, 1),
-		{5, 1, 1, []byte{0}}, rat(6, 2505, 10)}))
-	seg := append([]byte("Exif\x00\x00"), block...)
-	j := buf.Bytes()
-	out := append([]byte{}, j[:2]...)
-	out = append(out, 0xFF, 0xE1, byte((len(seg)+2)>>8), byte(len(seg)+2))
-	out = append(out, seg...)
-	return append(out, j[2:]...)
+	return exiftest.JPEG(t, f.Image, exiftest.Block(binary.LittleEndian, exiftest.Options{Model: "Mast Cam 2"}))
 }
 
 // TestPipelineEXIFToWire follows one frame from capture to the wire: EXIF

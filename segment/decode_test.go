@@ -13,6 +13,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/forestwatch/forest/internal/exiftest"
 )
 
 func encodePNG(t testing.TB, img image.Image) []byte {
@@ -184,108 +186,6 @@ func TestDecodeWebP(t *testing.T) {
 	}
 }
 
-// tiffBuilder writes a big- or little-endian TIFF/EXIF block for tests.
-type tiffBuilder struct {
-	bo byteOrder
-}
-
-type byteOrder interface {
-	binary.ByteOrder
-	binary.AppendByteOrder
-}
-
-type tEntry struct {
-	tag, typ uint16
-	count    uint32
-	data     []byte // raw value bytes in the builder's byte order
-}
-
-func (tb tiffBuilder) ascii(tag uint16, s string) tEntry {
-	return tEntry{tag, 2, uint32(len(s) + 1), append([]byte(s), 0)}
-}
-func (tb tiffBuilder) short(tag uint16, v uint16) tEntry {
-	b := make([]byte, 2)
-	tb.bo.PutUint16(b, v)
-	return tEntry{tag, 3, 1, b}
-}
-func (tb tiffBuilder) long(tag uint16, v uint32) tEntry {
-	b := make([]byte, 4)
-	tb.bo.PutUint32(b, v)
-	return tEntry{tag, 4, 1, b}
-}
-func (tb tiffBuilder) rationals(tag uint16, v ...[2]uint32) tEntry {
-	var b []byte
-	for _, r := range v {
-		b = tb.bo.AppendUint32(b, r[0])
-		b = tb.bo.AppendUint32(b, r[1])
-	}
-	return tEntry{tag, 5, uint32(len(v)), b}
-}
-
-// ifd serialises entries at offset off; values longer than 4 bytes follow the IFD.
-// It returns the bytes (to be placed at off).
-func (tb tiffBuilder) ifd(off uint32, entries []tEntry) []byte {
-	head := 2 + 12*len(entries) + 4
-	var out, extra []byte
-	out = tb.bo.AppendUint16(out, uint16(len(entries)))
-	for _, e := range entries {
-		out = tb.bo.AppendUint16(out, e.tag)
-		out = tb.bo.AppendUint16(out, e.typ)
-		out = tb.bo.AppendUint32(out, e.count)
-		if len(e.data) <= 4 {
-			v := make([]byte, 4)
-			copy(v, e.data)
-			out = append(out, v...)
-		} else {
-			out = tb.bo.AppendUint32(out, off+uint32(head+len(extra)))
-			extra = append(extra, e.data...)
-		}
-	}
-	out = tb.bo.AppendUint32(out, 0)
-	return append(out, extra...)
-}
-
-func exifBlock(bo byteOrder, orientation uint16) []byte {
-	tb := tiffBuilder{bo}
-	hdr := []byte("II*\x00\x08\x00\x00\x00")
-	if bo == byteOrder(binary.BigEndian) {
-		hdr = []byte("MM\x00*\x00\x00\x00\x08")
-	}
-	// Lay out: IFD0 at 8, Exif IFD at 400, GPS IFD at 600.
-	ifd0 := tb.ifd(8, []tEntry{
-		tb.ascii(0x010F, "Forestwatch"), tb.ascii(0x0110, "Drone X1"), tb.short(0x0112, orientation),
-		tb.long(0x8769, 400), tb.long(0x8825, 600),
-	})
-	exif := tb.ifd(400, []tEntry{tb.ascii(0x9003, "2024:06:11 10:20:30"), tb.ascii(0x9011, "-04:00")})
-	gps := tb.ifd(600, []tEntry{
-		tb.ascii(1, "S"), tb.rationals(2, [2]uint32{9, 1}, [2]uint32{36, 1}, [2]uint32{1800, 100}),
-		tb.ascii(3, "W"), tb.rationals(4, [2]uint32{59, 1}, [2]uint32{42, 1}, [2]uint32{0, 1}),
-		{5, 1, 1, []byte{0}}, tb.rationals(6, [2]uint32{2505, 10}),
-	})
-	b := make([]byte, 800)
-	copy(b, hdr)
-	copy(b[8:], ifd0)
-	copy(b[400:], exif)
-	copy(b[600:], gps)
-	return b
-}
-
-// jpegWithEXIF encodes img as JPEG and inserts an APP1 Exif segment after SOI.
-func jpegWithEXIF(t testing.TB, img image.Image, exif []byte) []byte {
-	var buf bytes.Buffer
-	if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: 95}); err != nil {
-		t.Fatal(err)
-	}
-	j := buf.Bytes()
-	seg := append([]byte("Exif\x00\x00"), exif...)
-	app1 := []byte{0xFF, 0xE1, 0, 0}
-	binary.BigEndian.PutUint16(app1[2:], uint16(len(seg)+2))
-	out := append([]byte{}, j[:2]...)
-	out = append(out, app1...)
-	out = append(out, seg...)
-	return append(out, j[2:]...)
-}
-
 func TestDecodeEXIF(t *testing.T) {
 	// 32 wide, 16 tall: left half red, right half blue.
 	img := image.NewNRGBA(image.Rect(0, 0, 32, 16))
@@ -298,8 +198,8 @@ func TestDecodeEXIF(t *testing.T) {
 			img.SetNRGBA(x, y, c)
 		}
 	}
-	for _, bo := range []byteOrder{binary.BigEndian, binary.LittleEndian} {
-		f, err := Decode(jpegWithEXIF(t, img, exifBlock(bo, 6)), 0)
+	for _, bo := range []exiftest.ByteOrder{binary.BigEndian, binary.LittleEndian} {
+		f, err := Decode(exiftest.JPEG(t, img, exiftest.Block(bo, exiftest.Options{Orientation: 6})), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -332,8 +232,8 @@ func TestDecodeEXIF(t *testing.T) {
 	if f, err := Decode(buf.Bytes(), 0); err != nil || f.EXIF != nil || f.Format != "jpeg" || f.Width != 32 {
 		t.Fatalf("plain jpeg: %v %+v", err, f)
 	}
-	broken := exifBlock(binary.BigEndian, 6)[:20]
-	if f, err := Decode(jpegWithEXIF(t, img, broken), 0); err != nil || f.EXIF != nil || f.Width != 32 {
+	broken := exiftest.Block(binary.BigEndian, exiftest.Options{Orientation: 6})[:20]
+	if f, err := Decode(exiftest.JPEG(t, img, broken), 0); err != nil || f.EXIF != nil || f.Width != 32 {
 		t.Fatalf("broken exif: %v %+v", err, f)
 	}
 }

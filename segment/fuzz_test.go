@@ -6,6 +6,8 @@ import (
 	"image"
 	"image/color"
 	"testing"
+
+	"github.com/forestwatch/forest/internal/exiftest"
 )
 
 // FuzzDecode checks that Decode never panics, never returns a frame above the pixel
@@ -14,8 +16,8 @@ func FuzzDecode(f *testing.F) {
 	img := image.NewNRGBA(image.Rect(0, 0, 8, 6))
 	img.SetNRGBA(1, 1, color.NRGBA{200, 10, 10, 255})
 	f.Add(encodePNG(f, img))
-	f.Add(jpegWithEXIF(f, img, exifBlock(binary.BigEndian, 6)))
-	f.Add(jpegWithEXIF(f, img, exifBlock(binary.LittleEndian, 8)))
+	f.Add(exiftest.JPEG(f, img, exiftest.Block(binary.BigEndian, exiftest.Options{Orientation: 6})))
+	f.Add(exiftest.JPEG(f, img, exiftest.Block(binary.LittleEndian, exiftest.Options{Orientation: 8})))
 	f.Add(bombPNG(f, 5000, 5000))
 	f.Add([]byte("RIFF\x00\x00\x00\x00WEBPVP8 "))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -38,8 +40,8 @@ func FuzzDecode(f *testing.F) {
 
 // FuzzEXIF feeds arbitrary TIFF blocks to the EXIF parser, which must never panic.
 func FuzzEXIF(f *testing.F) {
-	f.Add(exifBlock(binary.BigEndian, 6))
-	f.Add(exifBlock(binary.LittleEndian, 3))
+	f.Add(exiftest.Block(binary.BigEndian, exiftest.Options{Orientation: 6}))
+	f.Add(exiftest.Block(binary.LittleEndian, exiftest.Options{Orientation: 3}))
 	f.Add([]byte("MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := parseEXIF(b)
