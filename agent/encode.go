@@ -30,9 +30,15 @@ type encoded struct {
 // Mode "auto" re-encodes the frame as JPEG at Quality and sends the camera's
 // own bytes instead when they are no larger (a camera JPEG at or below that
 // quality, sent byte for byte with its EXIF) and need no rotation, resize or
-// crop; "keep" always sends the camera bytes; "jpeg" always re-encodes. MaxDimension and Crop apply to the image and mask alike, so
-// the mask always has the transmitted image's size (with "keep", the size
-// of the upright image).
+// crop; "keep" sends the camera bytes unless they need rotation; "jpeg"
+// always re-encodes. MaxDimension and Crop apply to the image and mask
+// alike, so the mask always has the transmitted image's size and pixel
+// layout.
+//
+// A camera frame whose EXIF orientation is not 1 (pixels stored sideways
+// or mirrored) is re-encoded upright even with "keep": the mask is
+// computed on the upright image, and a reader that ignores EXIF (most do)
+// would pair the stored pixels with a mask turned the other way.
 func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gray) (*encoded, error) {
 	img := f.Image
 	if cfg.Crop {
@@ -52,8 +58,8 @@ func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gra
 	b := img.Bounds()
 	out := &encoded{Width: b.Dx(), Height: b.Dy(), Upright: img, MaskImg: mask}
 	upright := f.EXIF == nil || f.EXIF.Orientation <= 1
-	camera := cfg.Mode == "keep" || (cfg.Mode == "auto" && img == f.Image && upright)
-	if cfg.Mode != "keep" {
+	camera := upright && (cfg.Mode == "keep" || (cfg.Mode == "auto" && img == f.Image))
+	if cfg.Mode != "keep" || !upright {
 		var buf bytes.Buffer
 		if err := jpeg.Encode(&buf, jpegSource(img), &jpeg.Options{Quality: cfg.Quality}); err != nil {
 			return nil, fmt.Errorf("encode jpeg: %w", err)

@@ -227,6 +227,10 @@ type AgentOptions struct {
 	Device string
 	// SpoolMaxBytes bounds the agent's spool; 0 takes 64 MiB.
 	SpoolMaxBytes int64
+	// Model is the segmentation model; "" takes the shipped satellite
+	// model. Tiling is segment.tiling ("" takes resize) and Encode is
+	// encode.mode ("" takes keep).
+	Model, Tiling, Encode string
 	// Extra is appended to the agent's YAML config.
 	Extra string
 }
@@ -323,6 +327,16 @@ func (s *Stack) newAgent(o AgentOptions, httpPort int) (*Agent, error) {
 	if maxBytes == 0 {
 		maxBytes = 64 << 20
 	}
+	model, tiling, encode := o.Model, o.Tiling, o.Encode
+	if model == "" {
+		model = filepath.Join(s.Root, "segment", "models", "forest-unet-v1.onnx")
+	}
+	if tiling == "" {
+		tiling = "resize"
+	}
+	if encode == "" {
+		encode = "keep"
+	}
 	yaml := fmt.Sprintf(`device:
   id: %s
   state_dir: %s
@@ -334,9 +348,10 @@ source:
     after: move
 segment:
   model: %s
+  tiling: %s
   threads: 1
 encode:
-  mode: keep
+  mode: %s
 spool:
   dir: %s
   max_bytes: %d
@@ -358,7 +373,7 @@ log:
   level: info
   format: json
 shutdown_timeout: 10s
-%s`, o.Device, filepath.Join(dir, "state"), a.Incoming, filepath.Join(s.Root, "segment", "models", "forest-unet-v1.onnx"),
+%s`, o.Device, filepath.Join(dir, "state"), a.Incoming, model, tiling, encode,
 		a.Spool, maxBytes, p.Addr(), o.Device, a.HTTP, o.Extra)
 	if err := os.WriteFile(a.Config, []byte(yaml), 0o600); err != nil {
 		return nil, err
