@@ -7,7 +7,9 @@ GO ?= go
 
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+BUILD_UNIX := $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 LDFLAGS := -X github.com/forestwatch/forest/agent.Version=$(VERSION) \
+           -X github.com/forestwatch/forest/agent.BuildUnix=$(BUILD_UNIX) \
            -X github.com/forestwatch/forest/agent.Commit=$(COMMIT) \
            -X main.version=$(VERSION)
 

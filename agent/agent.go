@@ -50,6 +50,8 @@ type Options struct {
 
 	// trace, in tests, records shutdown steps in order.
 	trace func(step string)
+	// clockSynced, in tests, replaces clockSynced.
+	clockSynced func() bool
 	// newPublisher, in tests, replaces uplink.New.
 	newPublisher func(uplink.Options) (linkPublisher, error)
 }
@@ -78,6 +80,9 @@ type Agent struct {
 	src     source.Source
 	pipe    *pipeline
 	notify  *sdnotify.Notifier
+	keep    *keeper
+	// clockSynced reports whether the clock can be trusted.
+	clockSynced func() bool
 
 	closeOnce sync.Once
 }
@@ -105,9 +110,16 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 			a = nil
 		}
 	}()
-	if a.m, err = status.NewMetrics(a.reg, a.spoolStats, a.linkUp); err != nil {
+	if a.clockSynced = opts.clockSynced; a.clockSynced == nil {
+		a.clockSynced = clockSynced
+	}
+	a.keep = newKeeper(cfg, nil, log.With("component", "keep"))
+	if a.m, err = status.NewMetrics(a.reg, status.Inputs{Spool: a.spoolStats, LinkUp: a.linkUp, ClockSynced: a.clockSynced,
+		KeptBytes: a.keep.bytes.Load}); err != nil {
 		return a, fmt.Errorf("register metrics: %w", err)
 	}
+	a.keep.m = a.m
+	a.keep.prune()
 	var pol spool.Policy
 	var ord spool.Order
 	_ = pol.UnmarshalText([]byte(cfg.Spool.Policy))
@@ -115,6 +127,7 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	a.q, err = spool.Open(cfg.Spool.Dir, spool.Options{
 		MaxBytes: cfg.Spool.MaxBytes, MinFreeBytes: cfg.Spool.MinFreeBytes, Policy: pol,
 		MaxAge: cfg.Spool.MaxAge.D(), Order: ord, Logger: log.With("component", "spool"),
+		ClockSynced: a.clockSynced, Reclaim: a.keep.reclaim,
 	})
 	if err != nil {
 		return a, fmt.Errorf("open spool %s: %w", cfg.Spool.Dir, err)
@@ -132,7 +145,7 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	}
 	info := a.model.Info()
 	a.modelID = info.ID + "/" + info.Version
-	a.pipe = &pipeline{cfg: cfg, model: a.model, modelID: a.modelID, q: a.q, m: a.m,
+	a.pipe = &pipeline{cfg: cfg, model: a.model, modelID: a.modelID, q: a.q, m: a.m, clockSynced: a.clockSynced,
 		status: a.status, log: a.log, report: opts.Report}
 	a.src = source.New(cfg.Source, source.Env{
 		Log: log.With("component", "source", "source", cfg.Source.Type),
@@ -154,7 +167,7 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 				KeyFile: cfg.Uplink.TLS.KeyFile, ServerName: cfg.Uplink.TLS.ServerName},
 			Window: cfg.Uplink.Window, ConfirmTimeout: cfg.Uplink.ConfirmTimeout.D(),
 			DialTimeout: cfg.Uplink.DialTimeout.D(), Heartbeat: cfg.Uplink.Heartbeat.D(),
-			BackoffMax: cfg.Uplink.BackoffMax.D(), RateLimit: cfg.Uplink.RateLimit,
+			BackoffMax: cfg.Uplink.BackoffMax.D(), RateLimit: cfg.Uplink.RateLimit, MaxMessageBytes: cfg.Uplink.MaxMessageBytes,
 			CloseTimeout: cfg.ShutdownTimeout.D() / 3,
 			Name:         "forest-agent/" + cfg.Device.ID, Logger: log, Registerer: a.reg,
 		}
@@ -306,6 +319,23 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			"device", a.cfg.Device.ID, "source", a.cfg.Source.Type, "model", a.modelID, "spool", a.cfg.Spool.Dir)
 	}
 
+	// Kept files: done/, failed/ and overlays within their budgets.
+	var keepWG sync.WaitGroup
+	keepWG.Add(1)
+	go func() {
+		defer keepWG.Done()
+		t := time.NewTicker(keepEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-captureCtx.Done():
+				return
+			case <-t.C:
+				a.keep.prune()
+			}
+		}
+	}()
+
 	// Capture. The frame in flight is processed with a context that
 	// outlives the stop of capture, so it is finished, not abandoned.
 	a.status.SetCapturing(true)
@@ -363,6 +393,7 @@ loop:
 	a.trace("stop capture")
 	stopCapture()
 	wg.Wait()
+	keepWG.Wait()
 	a.trace("capture stopped")
 	stopDrain()
 	drainWG.Wait()
@@ -387,6 +418,9 @@ loop:
 		}
 	}
 }
+
+// keepEvery is how often the kept files are pruned to their budgets.
+const keepEvery = time.Minute
 
 // Ready reports whether the agent makes forward progress, and why (or why
 // not): capture works, and either the link is down and known (frames wait

@@ -218,13 +218,16 @@ func TestDrainAcksOnlyConfirmed(t *testing.T) {
 	if ok || err == nil {
 		t.Fatalf("publish reported success with nacks: %v %v", ok, err)
 	}
-	if st := a.q.Stats(); st.Frames != 5 || st.InFlight != 3 {
-		t.Fatalf("before the ack: %d frames, %d in flight; want 5 and 3 (2 confirmed, 1 invalid)", st.Frames, st.InFlight)
+	if st := a.q.Stats(); st.Frames != 4 || st.InFlight != 2 || st.QuarantinedBy["undeliverable"] != 1 {
+		t.Fatalf("before the ack: %d frames, %d in flight, quarantined %v; want 4 and 2 (2 confirmed), the invalid one quarantined",
+			st.Frames, st.InFlight, st.QuarantinedBy)
 	}
-	d.ack(confirmed)
+	if err := d.ack(context.Background(), confirmed); err != nil {
+		t.Fatal(err)
+	}
 	st := a.q.Stats()
-	if st.Frames != 3 || st.InFlight != 1 {
-		t.Fatalf("after 2 confirms of 5, one invalid: %d frames, %d in flight; want 3 and 1 (the invalid one set aside)", st.Frames, st.InFlight)
+	if st.Frames != 2 || st.InFlight != 0 || st.Quarantined != 1 {
+		t.Fatalf("after 2 confirms of 5, one invalid: %d frames, %d in flight, %d quarantined; want 2, 0, 1", st.Frames, st.InFlight, st.Quarantined)
 	}
 	left, _ := a.q.Next(5)
 	if len(left) != 2 || left[0].ID != recs[1].ID || left[1].ID != recs[3].ID {
@@ -238,22 +241,28 @@ func (f publishFunc) Publish(ctx context.Context, m []wire.Message) ([]uplink.Re
 	return f(ctx, m)
 }
 
-// ackRecorder is a drainQueue that records the Ack calls.
+// ackRecorder is a drainQueue that records the Ack calls; the first fail
+// of them fail with err.
 type ackRecorder struct {
 	drainQueue
 	calls [][]uint64
+	fail  int
+	err   error
 }
 
-func (r *ackRecorder) Ack(ids ...uint64) error {
+func (r *ackRecorder) AckCount(ids ...uint64) (int, error) {
 	r.calls = append(r.calls, ids)
-	return nil
+	if len(r.calls) <= r.fail {
+		return 0, r.err
+	}
+	return len(ids), nil
 }
 
 // TestAckerMergesBatches: batches confirmed while the acker was busy go
 // into one Ack (one fsync), and the acker finishes every batch handed to it
 // before it returns.
 func TestAckerMergesBatches(t *testing.T) {
-	m, err := status.NewMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return spool.Stats{}, true }, func() float64 { return 1 })
+	m, err := status.NewMetrics(prometheus.NewRegistry(), status.Inputs{Spool: func() (spool.Stats, bool) { return spool.Stats{}, true }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,11 +273,43 @@ func TestAckerMergesBatches(t *testing.T) {
 	confirmed <- []uint64{3}
 	confirmed <- []uint64{4, 5}
 	close(confirmed)
-	d.acker(confirmed)
+	if err := d.acker(context.Background(), confirmed, func() { t.Error("stopped") }); err != nil {
+		t.Fatal(err)
+	}
 	if len(q.calls) != 1 || !slices.Equal(q.calls[0], []uint64{1, 2, 3, 4, 5}) {
 		t.Fatalf("Ack calls %v, want one with 1..5", q.calls)
 	}
 	if _, _, got := d.status.Snapshot(); got != 5 {
 		t.Fatalf("published %d, want 5", got)
+	}
+}
+
+// TestAckRetried: a failed Ack (an I/O error) is retried until it
+// succeeds, and counted once; a broken spool stops the drain with an error
+// instead.
+func TestAckRetried(t *testing.T) {
+	m, err := status.NewMetrics(prometheus.NewRegistry(), status.Inputs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &ackRecorder{fail: 2, err: errors.New("input/output error")}
+	d := &drain{q: q, m: m, status: status.NewTracker(), log: testLogger(t), backoffMin: time.Millisecond, backoffMax: 4 * time.Millisecond}
+	if err := d.ack(context.Background(), []uint64{7, 8}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, got := d.status.Snapshot(); len(q.calls) != 3 || got != 2 {
+		t.Fatalf("%d Ack calls, %d published; want 3 calls and 2 published", len(q.calls), got)
+	}
+	broken := &ackRecorder{fail: 100, err: fmt.Errorf("ack: %w", spool.ErrBroken)}
+	d.q = broken
+	confirmed := make(chan []uint64, 2)
+	confirmed <- []uint64{9}
+	close(confirmed)
+	stopped := false
+	if err := d.acker(context.Background(), confirmed, func() { stopped = true }); !errors.Is(err, spool.ErrBroken) || !stopped {
+		t.Fatalf("acker on a broken spool: %v (stopped %v), want ErrBroken and a stop", err, stopped)
+	}
+	if len(broken.calls) != 1 {
+		t.Fatalf("a broken spool was asked %d times", len(broken.calls))
 	}
 }

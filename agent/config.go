@@ -60,12 +60,16 @@ type SegmentConfig struct {
 	ThinEvery   int     `yaml:"thin_every"`
 	// OverlayDir, when set, receives a mask-overlay PNG per frame.
 	OverlayDir string `yaml:"overlay_dir"`
+	// OverlayKeepBytes bounds OverlayDir: the oldest overlays go first.
+	// 0 turns the bound off.
+	OverlayKeepBytes int64 `yaml:"overlay_keep_bytes"`
 }
 
 // EncodeConfig configures the transmitted image encoding.
 type EncodeConfig struct {
 	// Mode is "auto" (camera JPEG sent as is, anything else re-encoded as
-	// JPEG), "keep" (always the camera bytes) or "jpeg" (always re-encode).
+	// JPEG), "keep" (the camera bytes, unless EXIF says they must be turned
+	// upright) or "jpeg" (always re-encode).
 	Mode string `yaml:"mode"`
 	// Quality is the JPEG quality when re-encoding (1-100).
 	Quality int `yaml:"quality"`
@@ -105,6 +109,11 @@ type UplinkConfig struct {
 	BackoffMax     Duration  `yaml:"backoff_max"`
 	// DeclareExchange declares the exchange on connect.
 	DeclareExchange bool `yaml:"declare_exchange"`
+	// MaxMessageBytes is the largest message the broker accepts (its
+	// max_message_size, 128 MiB by default in RabbitMQ). A frame larger
+	// than that can never be delivered: it is quarantined in the spool,
+	// counted, and the drain goes on.
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
 }
 
 // TLSConfig names certificate files for amqps://.
@@ -141,12 +150,13 @@ func Default() Config {
 		Device: DeviceConfig{StateDir: "/var/lib/forest-agent"},
 		Source: source.Defaults(),
 		Segment: SegmentConfig{
-			Model:     "forest-unet-v1.onnx",
-			Threads:   2,
-			Tiling:    "resize",
-			MaxPixels: 40_000_000,
-			Filter:    "keep",
-			ThinEvery: 10,
+			Model:            "forest-unet-v1.onnx",
+			Threads:          2,
+			Tiling:           "resize",
+			MaxPixels:        40_000_000,
+			Filter:           "keep",
+			ThinEvery:        10,
+			OverlayKeepBytes: 64 << 20,
 		},
 		Encode: EncodeConfig{Mode: "auto", Quality: 85},
 		Spool: SpoolConfig{
@@ -157,6 +167,7 @@ func Default() Config {
 			Exchange: "forest.frames", Window: 32, Batch: 64,
 			ConfirmTimeout: Duration(30 * time.Second), DialTimeout: Duration(15 * time.Second),
 			Heartbeat: Duration(10 * time.Second), BackoffMax: Duration(time.Minute),
+			MaxMessageBytes: 128 << 20,
 		},
 		HTTP:            HTTPConfig{Listen: "127.0.0.1:9464", Refresh: Duration(5 * time.Second)},
 		Log:             LogConfig{Level: "info", Format: "text"},
@@ -350,6 +361,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := nonneg("uplink.rate_limit", u.RateLimit); err != nil {
+		return err
+	}
+	if u.MaxMessageBytes < 1<<20 {
+		return bad("uplink.max_message_bytes", "must be at least 1 MiB (got %d)", u.MaxMessageBytes)
+	}
+	if err := nonneg("segment.overlay_keep_bytes", c.Segment.OverlayKeepBytes); err != nil {
 		return err
 	}
 	if c.HTTP.Listen != "" {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/forestwatch/forest/agent/status"
@@ -24,9 +23,10 @@ type publisher interface {
 // drainQueue is what the drain needs from the spool: *spool.Queue.
 type drainQueue interface {
 	Next(n int) ([]spool.Record, error)
-	Ack(ids ...uint64) error
+	AckCount(ids ...uint64) (int, error)
 	Release(ids ...uint64)
 	Wait(ctx context.Context) error
+	Quarantine(code, detail string, ids ...uint64) error
 }
 
 // drain moves frames from the spool to the broker: Next(batch), build the
@@ -49,10 +49,6 @@ type drain struct {
 	log        *slog.Logger
 	backoffMin time.Duration
 	backoffMax time.Duration
-	// bad holds ids of records whose metadata cannot be decoded. They stay
-	// in flight (so Next skips them) until restart; they are never deleted.
-	badMu sync.Mutex
-	bad   map[uint64]bool
 }
 
 // lanes is how many batches the drain keeps under way at once. While one
@@ -71,8 +67,8 @@ func (d *drain) Run(stop, hard context.Context) error {
 	ctx, cancel := context.WithCancel(stop)
 	defer cancel()
 	confirmed := make(chan []uint64, lanes)
-	acked := make(chan struct{})
-	go func() { defer close(acked); d.acker(confirmed) }()
+	acked := make(chan error, 1)
+	go func() { acked <- d.acker(hard, confirmed, cancel) }()
 	errs := make(chan error, lanes)
 	for range lanes {
 		go func() {
@@ -90,7 +86,9 @@ func (d *drain) Run(stop, hard context.Context) error {
 		}
 	}
 	close(confirmed)
-	<-acked
+	if err := <-acked; err != nil && first == nil {
+		first = err
+	}
 	return first
 }
 
@@ -98,10 +96,11 @@ func (d *drain) Run(stop, hard context.Context) error {
 // confirmed while the previous Ack was being committed goes into the next
 // one, so one fsync covers several batches: with an Ack per batch, a 5 ms
 // fsync per 64 frames capped the drain of 1 KB frames below bare
-// amqp091-go's rate. A failed Ack leaves its records stored and in flight;
-// after a restart they are published again (a duplicate the cloud
-// recognises by id).
-func (d *drain) acker(confirmed <-chan []uint64) {
+// amqp091-go's rate. A failed Ack is retried (its records stay stored and
+// in flight meanwhile) until hard ends; a broken spool stops the drain
+// (stop is called) and is returned.
+func (d *drain) acker(hard context.Context, confirmed <-chan []uint64, stop func()) error {
+	var failed error
 	for ids := range confirmed {
 	more:
 		for {
@@ -115,32 +114,53 @@ func (d *drain) acker(confirmed <-chan []uint64) {
 				break more
 			}
 		}
-		d.ack(ids)
+		if failed != nil {
+			continue // the spool is gone: nothing more can be acknowledged
+		}
+		if err := d.ack(hard, ids); err != nil {
+			failed = err
+			stop()
+		}
+	}
+	return failed
+}
+
+// ack removes ids, confirmed by the broker, from the spool and counts those
+// it removed (a record evicted while in flight was counted as evicted). A
+// failed Ack is retried with backoff until hard ends; its records stay in
+// flight meanwhile, and after a restart they are sent again (a duplicate
+// the cloud recognises by id). It returns an error only when the spool is
+// broken or closed.
+func (d *drain) ack(hard context.Context, ids []uint64) error {
+	wait := d.backoffMin
+	for {
+		n, err := d.q.AckCount(ids...)
+		if err == nil {
+			d.m.Published.Add(float64(n))
+			d.status.Acked(n)
+			return nil
+		}
+		if errors.Is(err, spool.ErrBroken) || errors.Is(err, spool.ErrClosed) {
+			return fmt.Errorf("drain: %w", err)
+		}
+		d.log.Error("ack confirmed frames; retrying", "n", len(ids), "err", err, "retry_in", wait)
+		select {
+		case <-time.After(wait):
+		case <-hard.Done():
+			d.log.Error("ack confirmed frames: giving up at shutdown; they are sent again after the restart", "n", len(ids))
+			return nil
+		}
+		wait = min(2*wait, d.backoffMax)
 	}
 }
 
-// ack removes ids, confirmed by the broker, from the spool and counts them.
-func (d *drain) ack(ids []uint64) {
-	if err := d.q.Ack(ids...); err != nil {
-		d.log.Error("ack confirmed frames; they stay in the spool and are sent again after a restart", "n", len(ids), "err", err)
-		return
+// quarantine sets records that can never be published aside in the spool
+// with the reason, counted; they are never deleted unseen.
+func (d *drain) quarantine(code string, cause error, ids ...uint64) {
+	d.log.Error("spooled frame can never be published; quarantined in the spool", "reason", code, "spool_ids", ids, "err", cause)
+	if err := d.q.Quarantine(code, cause.Error(), ids...); err != nil {
+		d.log.Error("quarantine unpublishable frames; they stay in flight until a restart", "spool_ids", ids, "err", err)
 	}
-	d.m.Published.Add(float64(len(ids)))
-	d.status.Acked(len(ids))
-}
-
-// markBad records id as unpublishable and reports whether it was new.
-func (d *drain) markBad(id uint64) bool {
-	d.badMu.Lock()
-	defer d.badMu.Unlock()
-	if d.bad == nil {
-		d.bad = map[uint64]bool{}
-	}
-	if d.bad[id] {
-		return false
-	}
-	d.bad[id] = true
-	return true
 }
 
 // lane is one drain loop: Wait, Next, publish, hand the confirmed records
@@ -199,9 +219,7 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []u
 	for i := range recs {
 		msg, err := d.message(&recs[i])
 		if err != nil {
-			if d.markBad(recs[i].ID) {
-				d.log.Error("spooled frame cannot be published; kept in the spool", "spool_id", recs[i].ID, "err", err)
-			}
+			d.quarantine("undecodable_meta", err, recs[i].ID)
 			continue
 		}
 		msgs = append(msgs, msg)
@@ -220,12 +238,11 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []u
 			continue
 		}
 		if i < len(res) && errors.Is(res[i].Err, uplink.ErrInvalidMessage) {
-			// Can never be published: set aside (kept in flight, so in the
-			// spool, until restart), never deleted.
-			if d.markBad(id) {
-				d.m.PublishFailed.WithLabelValues("invalid").Inc()
-				d.log.Error("spooled frame cannot be encoded for the broker; kept in the spool", "spool_id", id, "err", res[i].Err)
-			}
+			// The broker would refuse it every time (over frame_max or
+			// max_message_size): set aside, so it never blocks the queue
+			// head, and never deleted unseen.
+			d.m.PublishFailed.WithLabelValues("invalid").Inc()
+			d.quarantine("undeliverable", res[i].Err, id)
 			continue
 		}
 		rel = append(rel, id)
@@ -274,7 +291,7 @@ func (d *drain) message(r *spool.Record) (wire.Message, error) {
 		ID: wire.FrameID(m.Device, seq), Device: m.Device, Seq: seq, Captured: m.Captured,
 		ContentType: m.ContentType, Image: r.Image, ImageSHA256: m.SHA256, Width: m.Width, Height: m.Height,
 		Coverage: m.Coverage, Model: m.Model, Mask: r.Mask, GPS: m.GPS, Camera: m.Camera,
-		Source: wire.CleanName(srcName), SourceType: srcType,
+		Source: wire.CleanName(srcName), SourceType: srcType, ClockUnsynced: m.ClockUnsynced,
 		Agent: d.agent, User: d.user,
 	})
 }

@@ -228,7 +228,7 @@ func newBenchDrain(b *testing.B, url string, img, mask []byte) *benchDrain {
 	for p.State().State != uplink.StateConnected {
 		time.Sleep(5 * time.Millisecond)
 	}
-	m, err := status.NewMetrics(prometheus.NewRegistry(), func() (spool.Stats, bool) { return q.Stats(), true }, func() float64 { return 1 })
+	m, err := status.NewMetrics(prometheus.NewRegistry(), status.Inputs{Spool: func() (spool.Stats, bool) { return q.Stats(), true }})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -52,6 +52,7 @@ func testConfig(t testing.TB) *Config {
 	c.Device.StateDir = filepath.Join(dir, "state")
 	c.Source.Dir.Path = filepath.Join(dir, "incoming")
 	c.Source.Dir.Settle = Duration(50 * time.Millisecond)
+	c.Source.Dir.After = "move"
 	c.Segment.Model = modelPath
 	c.Segment.Threads = 1
 	c.Spool.Dir = filepath.Join(dir, "spool")

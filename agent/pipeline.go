@@ -45,6 +45,8 @@ type Meta struct {
 	// Source names the capture ("dir:<file>", "http:<url>", "exec:<cmd>");
 	// the drain sends the type and the name cleaned by wire.CleanName.
 	Source string `json:"source,omitempty"`
+	// ClockUnsynced says the clock was not known to be right at capture.
+	ClockUnsynced bool `json:"clock_unsynced,omitempty"`
 }
 
 // segmenter is the part of *segment.Model the pipeline uses.
@@ -67,7 +69,8 @@ func (m *Meta) seq(id uint64) uint64 {
 // putter is the part of *spool.Queue the pipeline uses.
 type putter interface {
 	Put(ctx context.Context, r *spool.Record) (uint64, error)
-	Lookup(key string) (uint64, bool, error)
+	Attempt(key string) (attempts int, id uint64, err error)
+	ClearAttempts(key string) error
 }
 
 // FrameReport describes one processed capture, for `run --once` and tests.
@@ -95,7 +98,9 @@ type pipeline struct {
 	log     *slog.Logger
 	report  func(FrameReport)
 	// hook, in tests, is called with "put" before the spool Put.
-	hook  func(stage string)
+	hook func(stage string)
+	// clockSynced reports whether the clock can be trusted (clockSynced).
+	clockSynced func() bool
 	below atomic.Uint64 // frames below min_coverage seen, for thinning
 	busy  atomic.Int64  // start of the frame in flight (unix ns), 0 when idle
 }
@@ -104,18 +109,40 @@ type pipeline struct {
 // Frames with more forest outlive frames with less when the spool is full.
 func priority(coverage float64) int { return int(coverage * 4) }
 
-// handle is the source Handler: decode once, segment, filter, encode, Put.
-// The context only bounds waiting for the spool to accept the Put; once
-// handed over, Put completes (see spool.Queue.Put).
-func (p *pipeline) handle(ctx context.Context, c *source.Capture) error {
+// handle is the source Handler: count the attempt, decode once, segment,
+// filter, encode, Put. The context only bounds waiting for the spool to
+// accept the Put; once handed over, Put completes (see spool.Queue.Put).
+//
+// A capture with a key is counted (spool.Queue.Attempt, durably) before
+// the risky work: one whose processing began more than
+// source.max_attempts times without ending (the agent crashed, or its
+// watchdog stopped it, every time) is refused as ErrBadFrame, so the
+// restart loop it caused ends and capture goes on with the next.
+func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 	t0 := time.Now()
 	p.busy.Store(t0.UnixNano())
 	defer p.busy.Store(0)
-	if id, ok, err := p.q.Lookup(c.Key); err != nil {
-		return fmt.Errorf("spool lookup %s: %w", c.Name, err)
-	} else if ok {
-		p.log.Info("file was spooled before a restart; not spooling it again", "file", c.Name, "spool_id", id)
-		return nil
+	if c.Key != "" {
+		n, id, err := p.q.Attempt(c.Key)
+		switch {
+		case err != nil:
+			return fmt.Errorf("count the attempt at %s: %w", c.Name, err)
+		case id != 0:
+			p.log.Info("capture was spooled before; not spooling it again", "capture", c.Name, "spool_id", id)
+			return nil
+		case n > p.cfg.Source.MaxAttempts:
+			p.m.Abandoned.Inc()
+			return fmt.Errorf("%w: %s: processing it began %d times and never ended (the agent crashed or its watchdog stopped it each time); see source.max_attempts",
+				ErrBadFrame, c.Name, n-1)
+		}
+		defer func() {
+			if err != nil && !errors.Is(err, ErrBadFrame) {
+				// It ended, unspooled (a full spool): not a crash.
+				if cerr := p.q.ClearAttempts(c.Key); cerr != nil {
+					p.log.Warn("clear attempts", "capture", c.Name, "err", cerr)
+				}
+			}
+		}()
 	}
 	p.m.Captured.WithLabelValues(c.Source).Inc()
 	f, err := segment.Decode(c.Data, p.cfg.Segment.MaxPixels)
@@ -152,7 +179,7 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) error {
 	captured := c.Time
 	meta := Meta{
 		V: metaVersion, Device: p.cfg.Device.ID, ContentType: enc.ContentType, SHA256: wire.Sum(enc.Image), Width: enc.Width, Height: enc.Height,
-		Coverage: res.Coverage, Model: p.modelID, Source: c.Source + ":" + c.Name,
+		Coverage: res.Coverage, Model: p.modelID, Source: c.Source + ":" + c.Name, ClockUnsynced: !p.clockSynced(),
 	}
 	if x := f.EXIF; x != nil {
 		if !x.DateTimeOriginal.IsZero() {
@@ -176,7 +203,8 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) error {
 	if p.hook != nil {
 		p.hook("put")
 	}
-	rec := &spool.Record{Priority: priority(res.Coverage), Image: enc.Image, Mask: enc.Mask, Meta: mb, Key: c.Key}
+	rec := &spool.Record{Priority: priority(res.Coverage), Image: enc.Image, Mask: enc.Mask, Meta: mb, Key: c.Key,
+		ClockUnsynced: meta.ClockUnsynced}
 	id, err := p.q.Put(ctx, rec)
 	switch {
 	case errors.Is(err, spool.ErrDuplicate):

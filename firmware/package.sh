@@ -122,7 +122,7 @@ for arch in $arches; do
 	say "go build forest-agent $version linux/$goarch (CC=$cc)"
 	CGO_ENABLED=1 GOOS=linux GOARCH=$goarch CC=$cc \
 		"$GO" build -trimpath -buildvcs=false \
-		-ldflags "-s -w -X github.com/forestwatch/forest/agent.Version=$version -X github.com/forestwatch/forest/agent.Commit=$commit" \
+		-ldflags "-s -w -X github.com/forestwatch/forest/agent.Version=$version -X github.com/forestwatch/forest/agent.Commit=$commit -X github.com/forestwatch/forest/agent.BuildUnix=$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 0)" \
 		-o "$stage/usr/bin/forest-agent" ./agent/cmd/forest-agent
 
 	install -m 0644 "$lib" "$stage/usr/lib/forest-agent/libonnxruntime.so.1"

@@ -115,6 +115,27 @@ func (q *Queue) Attempt(key string) (attempts int, id uint64, err error) {
 	return int(st.attempts), st.id, nil
 }
 
+// ClearAttempts forgets the attempts counted for key: its processing ended
+// without a crash, though without storing it (the spool was full, say), and
+// it may be offered again.
+func (q *Queue) ClearAttempts(key string) error {
+	if q.isClosed() {
+		return fmt.Errorf("clear attempts: %w", ErrClosed)
+	}
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	err := q.update("clear attempts", func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bktKeys); b != nil && b.Get([]byte(key)) != nil {
+			return writeKey(tx, key, func(s *keyState) { s.attempts = 0 })
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clear attempts: %w", err)
+	}
+	return nil
+}
+
 // Import takes over state that an earlier version kept outside the spool,
 // in one durable transaction: ids handed out from now on are greater than
 // floor, and each key in keys counts as stored under its id.

@@ -228,4 +228,10 @@ func TestAttempt(t *testing.T) {
 	if _, _, err := q.Attempt(""); err == nil {
 		t.Fatal("empty key accepted")
 	}
+	if err := q.ClearAttempts("dir:poison.jpg:1:2"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := q.Attempt("dir:poison.jpg:1:2"); n != 1 {
+		t.Fatalf("attempt after ClearAttempts: %d, want 1", n)
+	}
 }

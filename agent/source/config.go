@@ -16,6 +16,12 @@ type Config struct {
 	Dir  DirConfig  `yaml:"dir"`
 	HTTP HTTPConfig `yaml:"http"`
 	Exec ExecConfig `yaml:"exec"`
+	// MaxAttempts is how many times the agent begins to process one
+	// capture (a file, or an image's bytes) before it gives up on it: a
+	// capture that crashed or hung the agent that many times is refused
+	// (a file goes to failed/) instead of being retried after every
+	// restart.
+	MaxAttempts int `yaml:"max_attempts"`
 }
 
 // DirConfig configures the dir source.
@@ -34,6 +40,12 @@ type DirConfig struct {
 	DoneDir string `yaml:"done_dir"`
 	// MaxFileBytes skips larger files (counted as capture errors).
 	MaxFileBytes int64 `yaml:"max_file_bytes"`
+	// KeepBytes and KeepAge bound the files kept in DoneDir and failed/:
+	// the oldest go first once together they hold more than KeepBytes, and
+	// any older than KeepAge go. 0 turns a bound off. They also go first
+	// when the disk runs short, before any unsent frame is evicted.
+	KeepBytes int64           `yaml:"keep_bytes"`
+	KeepAge   config.Duration `yaml:"keep_age"`
 }
 
 // HTTPConfig configures the http (snapshot URL) source.
@@ -73,10 +85,11 @@ func Defaults() Config {
 		Type: "dir",
 		Dir: DirConfig{
 			Path: "/var/lib/forest-agent/incoming", Pattern: "*", Settle: config.Duration(time.Second),
-			After: "move", MaxFileBytes: 64 << 20,
+			After: "delete", MaxFileBytes: 64 << 20, KeepBytes: 256 << 20, KeepAge: config.Duration(30 * 24 * time.Hour),
 		},
-		HTTP: HTTPConfig{Interval: config.Duration(time.Minute), Timeout: config.Duration(10 * time.Second), MaxBytes: 64 << 20},
-		Exec: ExecConfig{Interval: config.Duration(time.Minute), Timeout: config.Duration(30 * time.Second), MaxBytes: 64 << 20},
+		HTTP:        HTTPConfig{Interval: config.Duration(time.Minute), Timeout: config.Duration(10 * time.Second), MaxBytes: 64 << 20},
+		Exec:        ExecConfig{Interval: config.Duration(time.Minute), Timeout: config.Duration(30 * time.Second), MaxBytes: 64 << 20},
+		MaxAttempts: 3,
 	}
 }
 
@@ -88,6 +101,9 @@ func (s *Config) Validate() error {
 			return config.Bad(field, "must be > 0 (got %s)", d.D())
 		}
 		return nil
+	}
+	if s.MaxAttempts < 1 {
+		return config.Bad("source.max_attempts", "must be >= 1 (got %d)", s.MaxAttempts)
 	}
 	switch s.Type {
 	case "dir":
@@ -105,6 +121,12 @@ func (s *Config) Validate() error {
 		}
 		if s.Dir.MaxFileBytes <= 0 {
 			return config.Bad("source.dir.max_file_bytes", "must be > 0 (got %d)", s.Dir.MaxFileBytes)
+		}
+		if s.Dir.KeepBytes < 0 {
+			return config.Bad("source.dir.keep_bytes", "must be >= 0 (got %d)", s.Dir.KeepBytes)
+		}
+		if s.Dir.KeepAge < 0 {
+			return config.Bad("source.dir.keep_age", "must be >= 0 (got %s)", s.Dir.KeepAge)
 		}
 	case "http":
 		u, err := url.Parse(s.HTTP.URL)

@@ -25,8 +25,9 @@ import (
 //
 // After the handler returned nil (the frame is spooled, or dropped by the
 // filter) the file is deleted or moved to DoneDir. A file that is not a
-// usable image is moved to <path>/failed. A file whose frame could not be
-// spooled stays and is retried.
+// usable image (or that the agent gave up on after MaxAttempts) is moved to
+// <path>/failed, with <name>.reason.txt saying why. A file whose frame
+// could not be spooled stays and is retried.
 type dirSource struct {
 	cfg DirConfig
 	env Env
@@ -63,7 +64,7 @@ func (s *dirSource) prepare() error {
 }
 
 func (s *dirSource) wanted(name string) bool {
-	if strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".tmp") || strings.HasSuffix(name, ".part") {
+	if strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".tmp") || strings.HasSuffix(name, ".part") || strings.HasSuffix(name, ReasonSuffix) {
 		return false
 	}
 	ok, _ := filepath.Match(s.cfg.Pattern, name)
@@ -233,8 +234,7 @@ func (s *dirSource) take(ctx context.Context, h Handler, name string) bool {
 	}
 	if fi.Size() > s.cfg.MaxFileBytes {
 		f.Close()
-		s.env.Failed("dir", fmt.Errorf("%w: %s: %d bytes is more than source.dir.max_file_bytes", ErrBadFrame, name, fi.Size()))
-		s.moveTo(path, s.failedDir())
+		s.fail(path, fmt.Errorf("%w: %s: %d bytes is more than source.dir.max_file_bytes", ErrBadFrame, name, fi.Size()))
 		return true
 	}
 	data, err := io.ReadAll(io.LimitReader(f, s.cfg.MaxFileBytes+1))
@@ -252,8 +252,7 @@ func (s *dirSource) take(ctx context.Context, h Handler, name string) bool {
 	case err == nil:
 		s.env.OK("dir")
 	case errors.Is(err, ErrBadFrame):
-		s.env.Failed("dir", err)
-		s.moveTo(path, s.failedDir())
+		s.fail(path, err)
 		return true
 	default:
 		s.env.Log.Warn("frame not spooled, file kept for a retry", "file", name, "err", err)
@@ -268,6 +267,21 @@ func (s *dirSource) take(ctx context.Context, h Handler, name string) bool {
 	s.moveTo(path, s.doneDir())
 	return true
 }
+
+// fail reports a file that is not a usable frame and moves it to failed/,
+// with the reason beside it in <name>.reason.txt.
+func (s *dirSource) fail(path string, why error) {
+	s.env.Failed("dir", why)
+	s.moveTo(path, s.failedDir())
+	reason := fmt.Sprintf("%s\t%v\n", time.Now().UTC().Format(time.RFC3339), why)
+	if err := os.WriteFile(filepath.Join(s.failedDir(), filepath.Base(path)+ReasonSuffix), []byte(reason), 0o644); err != nil {
+		s.env.Log.Error("write the reason a file failed", "file", path, "err", err)
+	}
+}
+
+// ReasonSuffix ends the name of the file in failed/ that says why the file
+// of the same name is there.
+const ReasonSuffix = ".reason.txt"
 
 func (s *dirSource) moveTo(path, dir string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -42,7 +42,7 @@ func (s *execSource) capture(ctx context.Context, h Handler) {
 		}
 		return
 	}
-	err = h(ctx, &Capture{Source: "exec", Name: s.cfg.Command[0], Data: data, Time: time.Now()})
+	err = h(ctx, &Capture{Source: "exec", Name: strings.Join(s.cfg.Command, " "), Data: data, Time: time.Now(), Key: ContentKey(data)})
 	switch {
 	case err == nil:
 		s.env.OK("exec")

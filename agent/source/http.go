@@ -51,7 +51,7 @@ func (s *httpSource) capture(ctx context.Context, h Handler) {
 		}
 		return
 	}
-	err = h(ctx, &Capture{Source: "http", Name: s.name(), Data: data, Time: time.Now()})
+	err = h(ctx, &Capture{Source: "http", Name: s.name(), Data: data, Time: time.Now(), Key: ContentKey(data)})
 	switch {
 	case err == nil:
 		s.env.OK("http")

@@ -13,6 +13,8 @@ package source
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"time"
 )
@@ -27,10 +29,13 @@ type Capture struct {
 	Data []byte
 	// Time is when the capture was taken; EXIF time, when present, wins.
 	Time time.Time
-	// Key identifies the capture across restarts (dir source: name, size and
-	// modification time), or is empty. The agent stores it with the frame
-	// in the spool (spool.Record.Key), so that a file is spooled once even
-	// when the agent dies between spooling it and moving it.
+	// Key identifies the capture across restarts: for the dir source its
+	// name, size and modification time; for the others its bytes
+	// (ContentKey). The agent counts attempts to process it and stores it
+	// with the frame in the spool (spool.Record.Key), so that a capture is
+	// spooled once even when the agent dies between spooling it and moving
+	// it, and one that crashes the agent is given up after
+	// Config.MaxAttempts.
 	Key string
 }
 
@@ -62,6 +67,14 @@ type Env struct {
 	Failed func(source string, err error)
 	// OK records a capture that produced an image.
 	OK func(source string)
+}
+
+// ContentKey is the Capture.Key of a capture that has no name that lasts
+// (a snapshot, a command's output): its bytes' SHA-256. The same image
+// captured twice is the same capture.
+func ContentKey(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // New builds the source cfg selects.

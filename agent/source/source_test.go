@@ -22,6 +22,7 @@ import (
 func dirCfg(t *testing.T) DirConfig {
 	c := Defaults().Dir
 	c.Path = t.TempDir()
+	c.After = "move"
 	c.Settle = config.Duration(100 * time.Millisecond)
 	return c
 }

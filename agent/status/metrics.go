@@ -21,13 +21,42 @@ type Metrics struct {
 	FrameSeconds   prometheus.Histogram
 	PublishSeconds prometheus.Histogram
 	LinkUp         prometheus.GaugeFunc
-	stats          func() (spool.Stats, bool)
+	// Abandoned counts captures given up on after source.max_attempts.
+	Abandoned prometheus.Counter
+	// KeptRemoved counts files removed from done/, failed/ and the overlay
+	// directory, by reason (bytes, age, disk).
+	KeptRemoved *prometheus.CounterVec
+	stats       func() (spool.Stats, bool)
+	in          Inputs
 }
 
-// NewMetrics registers the metrics on reg. stats reads the spool (false
-// when it is not open); linkUp is forest_agent_link_up.
-func NewMetrics(reg prometheus.Registerer, stats func() (spool.Stats, bool), linkUp func() float64) (*Metrics, error) {
+// Inputs are what the metrics read at scrape time. Nil functions leave
+// their metric out.
+type Inputs struct {
+	// Spool reads the spool's statistics (false when it is not open).
+	Spool func() (spool.Stats, bool)
+	// LinkUp is forest_agent_link_up.
+	LinkUp func() float64
+	// ClockSynced is forest_agent_clock_synced.
+	ClockSynced func() bool
+	// KeptBytes is forest_agent_kept_files_bytes.
+	KeptBytes func() int64
+}
+
+// NewMetrics registers the metrics on reg.
+func NewMetrics(reg prometheus.Registerer, in Inputs) (*Metrics, error) {
+	stats, linkUp := in.Spool, in.LinkUp
+	if linkUp == nil {
+		linkUp = func() float64 { return -1 }
+	}
 	m := &Metrics{
+		in: in,
+		Abandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "forest_agent_captures_abandoned_total", Help: "Captures given up on after source.max_attempts attempts that crashed or hung the agent (a file goes to failed/).",
+		}),
+		KeptRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "forest_agent_kept_files_removed_total", Help: "Files removed from done/, failed/ and the overlay directory, by reason (bytes: over its byte budget, age: over its age, disk: to keep the spool's free-disk reserve).",
+		}, []string{"reason"}),
 		Captured: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forest_agent_frames_captured_total", Help: "Images captured, by source.",
 		}, []string{"source"}),
@@ -74,7 +103,25 @@ func NewMetrics(reg prometheus.Registerer, stats func() (spool.Stats, bool), lin
 		m.CaptureErrors.WithLabelValues(s)
 	}
 	cs := []prometheus.Collector{m.Captured, m.CaptureErrors, m.Segmented, m.Filtered, m.Spooled, m.SpoolErrors,
-		m.Published, m.PublishFailed, m.SegmentSeconds, m.FrameSeconds, m.PublishSeconds, m.LinkUp, spoolCollector{m}}
+		m.Published, m.PublishFailed, m.SegmentSeconds, m.FrameSeconds, m.PublishSeconds, m.LinkUp, m.Abandoned, m.KeptRemoved, spoolCollector{m}}
+	for _, r := range []string{"bytes", "age", "disk"} {
+		m.KeptRemoved.WithLabelValues(r)
+	}
+	if f := in.ClockSynced; f != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "forest_agent_clock_synced", Help: "1 when the system clock is known to be right (synchronised, and not before the build's date), 0 otherwise: frames captured meanwhile are marked clock_synced=false.",
+		}, func() float64 {
+			if f() {
+				return 1
+			}
+			return 0
+		}))
+	}
+	if f := in.KeptBytes; f != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "forest_agent_kept_files_bytes", Help: "Bytes of the files kept in done/, failed/ and the overlay directory.",
+		}, func() float64 { return float64(f()) }))
+	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -89,19 +136,27 @@ var (
 	descSpoolOldest = prometheus.NewDesc("forest_agent_spool_oldest_age_seconds", "Age of the oldest spooled frame; 0 when the spool is empty.", nil, nil)
 	descSpoolFile   = prometheus.NewDesc("forest_agent_spool_file_bytes", "Size of the spool's database file.", nil, nil)
 	descEvicted     = prometheus.NewDesc("forest_agent_frames_evicted_total", "Frames evicted from the spool unpublished, by reason (max_bytes, min_free, max_age) over the life of the spool.", []string{"reason"}, nil)
-	descQuarantined = prometheus.NewDesc("forest_agent_spool_quarantined_frames", "Damaged frames in the spool's quarantine.", nil, nil)
+	descQuarantined = prometheus.NewDesc("forest_agent_spool_quarantined_frames", "Frames in the spool's quarantine (damaged, or never deliverable).", nil, nil)
+	descQuarBy      = prometheus.NewDesc("forest_agent_frames_quarantined_total", "Frames set aside in the spool's quarantine, by reason (damaged, undecodable_meta, undeliverable), over the life of the spool.", []string{"reason"}, nil)
 )
+
+// QuarantineReasons are the reasons forest_agent_frames_quarantined_total
+// always shows.
+var QuarantineReasons = []string{spool.QuarantineDamaged, "undecodable_meta", "undeliverable"}
 
 // spoolCollector reads spool.Stats at scrape time.
 type spoolCollector struct{ m *Metrics }
 
 func (c spoolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSpoolBytes, descSpoolFrames, descSpoolOldest, descSpoolFile, descEvicted, descQuarantined} {
+	for _, d := range []*prometheus.Desc{descSpoolBytes, descSpoolFrames, descSpoolOldest, descSpoolFile, descEvicted, descQuarantined, descQuarBy} {
 		ch <- d
 	}
 }
 
 func (c spoolCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.m.stats == nil {
+		return
+	}
 	s, ok := c.m.stats()
 	if !ok {
 		return
@@ -113,5 +168,8 @@ func (c spoolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descQuarantined, prometheus.GaugeValue, float64(s.Quarantined))
 	for _, r := range []string{spool.ReasonMaxBytes, spool.ReasonMinFree, spool.ReasonMaxAge} {
 		ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(s.Evictions[r]), r)
+	}
+	for _, r := range QuarantineReasons {
+		ch <- prometheus.MustNewConstMetric(descQuarBy, prometheus.CounterValue, float64(s.QuarantinedBy[r]), r)
 	}
 }
