@@ -283,6 +283,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		pg := &status.Page{
 			Registry: a.reg, Tracker: a.status, Device: a.cfg.Device.ID, Version: Version, Model: a.modelID,
 			Source: a.cfg.Source.Type, Refresh: a.cfg.HTTP.Refresh.D(), Link: a.link, Ready: a.Ready, Log: a.log,
+			ClockSynced: a.clockSynced, KeptBytes: a.keep.bytes.Load,
 			Spool: func() spool.Stats { st, _ := a.spoolStats(); return st },
 		}
 		srv = &http.Server{Handler: pg.Handler(), ReadHeaderTimeout: 5 * time.Second}

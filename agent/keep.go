@@ -165,8 +165,24 @@ func (k *keeper) remove(f keptFile, reason string) bool {
 	return true
 }
 
-// sameFS reports whether a and b are on one file system.
+// sameFS reports whether a and b (or, for a path not made yet, its
+// nearest existing parent) are on one file system.
 func sameFS(a, b string) bool {
-	var sa, sb unix.Stat_t
-	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev
+	da, oka := device(a)
+	db, okb := device(b)
+	return oka && okb && da == db
+}
+
+func device(p string) (uint64, bool) {
+	for {
+		var st unix.Stat_t
+		if unix.Stat(p, &st) == nil {
+			return st.Dev, true
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return 0, false
+		}
+		p = parent
+	}
 }

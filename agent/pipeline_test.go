@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,3 +137,43 @@ func TestBadFrameIsTyped(t *testing.T) {
 }
 
 func isBad(err error) bool { return err != nil && errorsIs(err, ErrBadFrame) }
+
+// TestClockUnsyncedFrames: a frame captured while the clock cannot be
+// trusted is marked in its spool record (so max_age spares it) and on the
+// wire (clock_synced=false); one captured later, with the clock right, is
+// not.
+func TestClockUnsyncedFrames(t *testing.T) {
+	needModel(t)
+	var synced atomic.Bool
+	cfg := testConfig(t)
+	a, err := New(cfg, Options{Logger: testLogger(t), clockSynced: synced.Load})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	data, _ := os.ReadFile(sampleFrames(t)[0])
+	for i, s := range []bool{false, true} {
+		synced.Store(s)
+		if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := a.q.Next(2)
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("%d records: %v", len(recs), err)
+	}
+	d := &drain{agent: "forest-agent/test"}
+	for i, r := range recs {
+		msg, err := d.message(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := wire.Decode(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i == 0; r.ClockUnsynced != want || f.ClockUnsynced != want {
+			t.Errorf("frame %d: record unsynced %v, wire unsynced %v; want %v", i, r.ClockUnsynced, f.ClockUnsynced, want)
+		}
+	}
+}

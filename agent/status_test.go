@@ -193,6 +193,21 @@ func TestStatusPageInChromium(t *testing.T) {
 	if !strings.Contains(title, "test-dev") || points != 2 {
 		t.Fatalf("title %q, %d coverage points", title, points)
 	}
+	clock, err := chromedp.Run(ctx, chromedp.Text("#clock b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	quarantined, err := chromedp.Run(ctx, chromedp.Text("#quarantine b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantClock := "NOT synchronised"
+	if clockSynced() {
+		wantClock = "synchronised"
+	}
+	if clock != wantClock || quarantined != "0" {
+		t.Fatalf("page shows clock %q and %q quarantined; want %q and 0", clock, quarantined, wantClock)
+	}
 	// A new frame arrives; the page refreshes by itself and shows it.
 	copyFile(t, frames[0], filepath.Join(cfg.Source.Dir.Path, "three.png"))
 	waitPage(t, ctx, countLoaded+` >= 3 && document.querySelector('#depth b').textContent == '3'`)

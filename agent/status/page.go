@@ -32,6 +32,12 @@ type Page struct {
 	Link func() Link
 	// Ready answers /readyz.
 	Ready func() (bool, string)
+	// ClockSynced says whether the clock can be trusted; nil leaves the
+	// clock off the page.
+	ClockSynced func() bool
+	// KeptBytes is what done/, failed/ and the overlays hold; nil leaves
+	// it off the page.
+	KeptBytes func() int64
 	// Log receives rendering errors.
 	Log *slog.Logger
 }
@@ -82,6 +88,10 @@ type pageData struct {
 	Chart     template.HTML
 	Model     string
 	Source    string
+	// Clock is "synchronised", "NOT synchronised" or "" (unknown).
+	Clock   string
+	Kept    int64
+	Evicted uint64
 }
 
 var page = template.Must(template.New("status").Funcs(template.FuncMap{
@@ -121,6 +131,10 @@ svg{background:#fff;border:1px solid #ddd;border-radius:6px}
 <div class="card" id="oldest">oldest frame<b>{{if .Spool.Frames}}{{age .Spool.OldestAge}}{{else}}—{{end}}</b>{{if .Spool.Frames}}{{ts .Spool.OldestCreated}}{{end}}</div>
 <div class="card" id="published">published<b>{{.Published}}</b>since start</div>
 <div class="card" id="ready">ready<b class="{{if .Ready}}ok{{else}}bad{{end}}">{{if .Ready}}yes{{else}}no{{end}}</b><small>{{.Why}}</small></div>
+{{if .Clock}}<div class="card" id="clock">clock<b class="{{if eq .Clock "synchronised"}}ok{{else}}warn{{end}}">{{.Clock}}</b>{{if ne .Clock "synchronised"}}<small>frames are marked clock_synced=false and kept past max_age</small>{{end}}</div>{{end}}
+<div class="card" id="quarantine">quarantined<b class="{{if .Spool.Quarantined}}warn{{end}}">{{.Spool.Quarantined}}</b>{{range $r, $n := .Spool.QuarantinedBy}}{{$r}} {{$n}}<br>{{end}}</div>
+<div class="card" id="evicted">evicted<b class="{{if .Evicted}}warn{{end}}">{{.Evicted}}</b>{{range $r, $n := .Spool.Evictions}}{{if $n}}{{$r}} {{$n}}<br>{{end}}{{end}}</div>
+{{if .Kept}}<div class="card" id="kept">kept files<b>{{bytes .Kept}}</b>done/, failed/, overlays</div>{{end}}
 </div>
 <h2>Forest coverage over time</h2>
 {{.Chart}}
@@ -153,6 +167,18 @@ func (p *Page) serveStatus(w http.ResponseWriter, r *http.Request) {
 		Device: p.Device, Version: p.Version, Now: time.Now(), Refresh: max(1, int(p.Refresh.Seconds())),
 		Link: p.Link(), Ready: ok, Why: why, Spool: p.Spool(), Published: published, Frames: frames,
 		Chart: coverageChart(hist), Model: p.Model, Source: p.Source,
+	}
+	for _, n := range d.Spool.Evictions {
+		d.Evicted += n
+	}
+	if p.ClockSynced != nil {
+		d.Clock = "NOT synchronised"
+		if p.ClockSynced() {
+			d.Clock = "synchronised"
+		}
+	}
+	if p.KeptBytes != nil {
+		d.Kept = p.KeptBytes()
 	}
 	var buf bytes.Buffer
 	if err := page.Execute(&buf, d); err != nil {
