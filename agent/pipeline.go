@@ -101,8 +101,8 @@ type pipeline struct {
 	hook func(stage string)
 	// clockSynced reports whether the clock can be trusted (clockSynced).
 	clockSynced func() bool
-	below atomic.Uint64 // frames below min_coverage seen, for thinning
-	busy  atomic.Int64  // start of the frame in flight (unix ns), 0 when idle
+	below       atomic.Uint64 // frames below min_coverage seen, for thinning
+	busy        atomic.Int64  // start of the frame in flight (unix ns), 0 when idle
 }
 
 // priority maps coverage to a spool priority: 0 (<25 % forest) to 4 (100 %).
