@@ -16,7 +16,7 @@ LDFLAGS := -X github.com/forestwatch/forest/agent.Version=$(VERSION) \
 # Benchmarks: -count 5 so that BENCHMARKS.md can quote medians.
 BENCH_COUNT ?= 5
 
-.PHONY: help build deps run test bench lint clean demo soak package package-check
+.PHONY: help build deps run test bench lint clean demo soak soak-device package package-check
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,12 +37,18 @@ bench: deps ## benchmarks against the raw libraries (figures for BENCHMARKS.md)
 	bash .ci/bench.sh $(BENCH_COUNT)
 
 demo: deps ## broker, S3 server, forest-cloud and two agents on this machine; Ctrl-C stops all
-	$(GO) run ./agent/e2e/demo
+	. .ci/env.sh; $(GO) run ./agent/e2e/demo
 
 SOAK_MINUTES ?= 30
 soak: deps ## the end-to-end fault test for SOAK_MINUTES (default 30), with its tally
-	FOREST_E2E_SECONDS=$$(( $(SOAK_MINUTES) * 60 )) FOREST_E2E_FRAMES=$$(( $(SOAK_MINUTES) * 150 )) \
+	. .ci/env.sh; FOREST_E2E_SECONDS=$$(( $(SOAK_MINUTES) * 60 )) FOREST_E2E_FRAMES=$$(( $(SOAK_MINUTES) * 150 )) \
 		$(GO) test -count=1 -run 'TestChainUnderFaults' -timeout $$(( $(SOAK_MINUTES) + 20 ))m -v ./agent/e2e
+
+SOAK_DEVICE_FRAMES ?= 20000
+SOAK_DEVICE_HOUR ?= 2s
+soak-device: deps ## a month of one unattended device, time-compressed (SOAK_DEVICE_FRAMES, SOAK_DEVICE_HOUR), with its tally
+	. .ci/env.sh; FOREST_SOAK_DEVICE_FRAMES=$(SOAK_DEVICE_FRAMES) FOREST_SOAK_DEVICE_HOUR=$(SOAK_DEVICE_HOUR) \
+		$(GO) test -count=1 -run 'TestDeviceSoak' -timeout 120m -v ./agent/e2e | grep -E '^(---|ok|FAIL|PASS)|TALLY|soak_test'
 
 package: deps ## .deb packages of forest-agent for amd64 and arm64 into dist/
 	bash firmware/package.sh all

@@ -226,7 +226,8 @@ type Stack struct {
 type AgentOptions struct {
 	Device string
 	// SpoolMaxBytes bounds the agent's spool; 0 takes 64 MiB.
-	SpoolMaxBytes int64
+	// SpoolMinFreeBytes is its free-disk reserve (0: none).
+	SpoolMaxBytes, SpoolMinFreeBytes int64
 	// Model is the segmentation model; "" takes the shipped satellite
 	// model. Tiling is segment.tiling ("" takes resize) and Encode is
 	// encode.mode ("" takes keep).
@@ -355,7 +356,7 @@ encode:
 spool:
   dir: %s
   max_bytes: %d
-  min_free_bytes: 0
+  min_free_bytes: %d
 uplink:
   url: amqp://%s/
   user: %s
@@ -374,7 +375,7 @@ log:
   format: json
 shutdown_timeout: 10s
 %s`, o.Device, filepath.Join(dir, "state"), a.Incoming, model, tiling, encode,
-		a.Spool, maxBytes, p.Addr(), o.Device, a.HTTP, o.Extra)
+		a.Spool, maxBytes, o.SpoolMinFreeBytes, p.Addr(), o.Device, a.HTTP, o.Extra)
 	if err := os.WriteFile(a.Config, []byte(yaml), 0o600); err != nil {
 		return nil, err
 	}
