@@ -123,10 +123,10 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 	p.busy.Store(t0.UnixNano())
 	defer p.busy.Store(0)
 	if c.Key != "" {
-		n, id, err := p.q.Attempt(c.Key)
+		n, id, aerr := p.q.Attempt(c.Key)
 		switch {
-		case err != nil:
-			return fmt.Errorf("count the attempt at %s: %w", c.Name, err)
+		case aerr != nil:
+			return fmt.Errorf("count the attempt at %s: %w", c.Name, aerr)
 		case id != 0:
 			p.log.Info("capture was spooled before; not spooling it again", "capture", c.Name, "spool_id", id)
 			return nil

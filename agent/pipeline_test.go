@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/forestwatch/forest/agent/source"
 	"github.com/forestwatch/forest/internal/exiftest"
 	"github.com/forestwatch/forest/segment"
+	"github.com/forestwatch/forest/spool"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -174,6 +176,34 @@ func TestClockUnsyncedFrames(t *testing.T) {
 		}
 		if want := i == 0; r.ClockUnsynced != want || f.ClockUnsynced != want {
 			t.Errorf("frame %d: record unsynced %v, wire unsynced %v; want %v", i, r.ClockUnsynced, f.ClockUnsynced, want)
+		}
+	}
+}
+
+// TestAttemptsClearedWhenNotSpooled: a capture the spool refuses for now
+// (full of frames of higher priority) is retried as often as it takes; only
+// attempts that never ended count towards source.max_attempts.
+func TestAttemptsClearedWhenNotSpooled(t *testing.T) {
+	needModel(t)
+	cfg := testConfig(t)
+	cfg.Spool.MaxBytes = 40000
+	a, err := New(cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	forest, _ := os.ReadFile(sampleFrames(t)[3]) // all forest: the highest priority
+	bare, _ := os.ReadFile(sampleFrames(t)[0])   // 1 % forest
+	for i := range 6 {
+		name := fmt.Sprint("forest-", i)
+		if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: name, Data: forest, Key: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 * cfg.Source.MaxAttempts {
+		err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: "bare", Data: bare, Key: "bare"})
+		if !errors.Is(err, spool.ErrFull) || errors.Is(err, ErrBadFrame) {
+			t.Fatalf("try %d: %v, want the spool's ErrFull, not a given-up frame", i, err)
 		}
 	}
 }
