@@ -13,10 +13,16 @@ var ErrInvalid = errors.New("invalid frame message")
 // not know.
 type VersionError struct {
 	Type string
+	// Reads is the schema this build reads; "" means the frame schema.
+	Reads string
 }
 
 func (e *VersionError) Error() string {
-	return fmt.Sprintf("unknown message schema %q (this build reads %s)", e.Type, Type())
+	reads := e.Reads
+	if reads == "" {
+		reads = Type()
+	}
+	return fmt.Sprintf("unknown message schema %q (this build reads %s)", e.Type, reads)
 }
 
 // Is makes errors.Is(err, ErrInvalid) true.

@@ -1,5 +1,6 @@
 // Package wire defines the message a forest-agent publishes for each frame
-// and forest-cloud consumes: the one owner of that format, of the frame-id
+// and forest-cloud consumes, and the small status report an agent
+// publishes about itself (Status, status.go): the one owner of those formats, of the frame-id
 // format (FrameID) and of the rules for names that end up in object keys
 // (SanitiseName, Ext). Its golden messages in testdata/ are read by both
 // sides' tests through package wiretest.
