@@ -56,6 +56,14 @@
 //   - A message the library cannot encode: ErrInvalidMessage for that
 //     message only; the connection is kept.
 //
+// # Disposable messages
+//
+// Send publishes one message that may be lost (the agent's status report)
+// on a second channel of the same connection, opened on first use: it
+// never waits behind Publish's batches, window or rate limit, and a broker
+// that refuses it (ACCESS_REFUSED on its routing key) closes only that
+// channel, never the frames'.
+//
 // # The drain loop
 //
 // The caller (package agent) drains its spool: take a batch oldest first,

@@ -46,6 +46,9 @@ type session struct {
 
 	writer atomic.Pointer[writeToken] // the Publish call in a socket write, if any
 
+	sideMu sync.Mutex   // serializes Send's writes
+	side   *sideChannel // Send's channel, nil until first used (see side.go)
+
 	mu        sync.Mutex
 	pending   map[uint64]*flight // by delivery tag
 	byID      map[string]*flight // unconfirmed, by message id, for returns
