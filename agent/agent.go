@@ -59,8 +59,8 @@ type Options struct {
 // linkPublisher is the uplink as Run uses it: *uplink.Publisher.
 type linkPublisher interface {
 	publisher
+	statusSender
 	Run(ctx context.Context) error
-	State() uplink.Status
 }
 
 // Agent is the on-device daemon: capture → segment → spool → drain. Create
@@ -250,7 +250,8 @@ func (a *Agent) Close() error {
 //  3. wait for outstanding confirms: the drain starts no new batch and
 //     waits for the confirms of the batch it published (until the
 //     deadline); unconfirmed frames are released and stay in the spool;
-//  4. close the connection to the broker;
+//  4. send the last status report (state "stopping", at most 2 s) and
+//     close the connection to the broker;
 //  5. stop the HTTP server, close the model, close the spool.
 //
 // systemd is told READY=1 once everything runs, WATCHDOG=1 every half
@@ -298,21 +299,26 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 
 	// Uplink connection supervisor and drain.
-	var linkWG, drainWG sync.WaitGroup
+	var linkWG, drainWG, statusWG sync.WaitGroup
+	statusStop, stopStatus := context.WithCancel(context.Background())
+	defer stopStatus()
 	if a.pub != nil {
 		linkWG.Add(1)
 		go func() { defer linkWG.Done(); fail("uplink", a.pub.Run(linkCtx)) }()
-		user := a.cfg.Uplink.User
-		if user == "" {
-			if u, err := url.Parse(a.cfg.Uplink.URL); err == nil && u.User != nil {
-				user = u.User.Username()
-			}
-		}
+		user := a.brokerUser()
 		d := &drain{q: a.q, pub: a.pub, batch: a.cfg.Uplink.Batch, agent: "forest-agent/" + Version, user: user,
 			m: a.m, status: a.status, log: a.log.With("component", "drain"),
 			backoffMin: 200 * time.Millisecond, backoffMax: 5 * time.Second}
 		drainWG.Add(1)
 		go func() { defer drainWG.Done(); fail("drain", d.Run(drainStop, hard)) }()
+		if every := a.cfg.Uplink.StatusInterval.D(); every > 0 {
+			hb, err := newHeartbeat(a.pub, every, a.cfg.Device.ID, "forest-agent/"+Version, user, a.statusReport, a.reg, a.log.With("component", "status"))
+			if err != nil {
+				return fmt.Errorf("register metrics: %w", err)
+			}
+			statusWG.Add(1)
+			go func() { defer statusWG.Done(); hb.Run(statusStop, hard) }()
+		}
 		a.log.Info("agent started", "device", a.cfg.Device.ID, "source", a.cfg.Source.Type, "model", a.modelID,
 			"spool", a.cfg.Spool.Dir, "broker", redactURL(a.cfg.Uplink.URL))
 	} else {
@@ -399,6 +405,8 @@ loop:
 	stopDrain()
 	drainWG.Wait()
 	a.trace("confirms settled")
+	stopStatus() // the last status report, while the link is still up
+	statusWG.Wait()
 	stopLink()
 	linkWG.Wait()
 	if a.pub != nil {
@@ -422,6 +430,18 @@ loop:
 
 // keepEvery is how often the kept files are pruned to their budgets.
 const keepEvery = time.Minute
+
+// brokerUser is the AMQP user the agent connects as: the user_id of its
+// messages.
+func (a *Agent) brokerUser() string {
+	if a.cfg.Uplink.User != "" {
+		return a.cfg.Uplink.User
+	}
+	if u, err := url.Parse(a.cfg.Uplink.URL); err == nil && u.User != nil {
+		return u.User.Username()
+	}
+	return ""
+}
 
 // Ready reports whether the agent makes forward progress, and why (or why
 // not): capture works, and either the link is down and known (frames wait

@@ -57,6 +57,13 @@ func (f *fakeLink) Run(ctx context.Context) error {
 	return nil
 }
 
+func (f *fakeLink) Send(ctx context.Context, key string, m wire.Message) error {
+	if st, err := wire.DecodeStatus(m); err == nil && st.State == wire.StatusStopping {
+		f.trace("status report stopping")
+	}
+	return nil
+}
+
 func (f *fakeLink) State() uplink.Status {
 	return uplink.Status{State: uplink.StateConnected, Since: time.Now()}
 }
@@ -159,7 +166,7 @@ func TestShutdownOrder(t *testing.T) {
 			if tc.confirm {
 				want = append(want, "broker confirms")
 			}
-			want = append(want, "confirms settled", "link run returned", "connection closed", "close spool")
+			want = append(want, "confirms settled", "status report stopping", "link run returned", "connection closed", "close spool")
 			if got := tr.get(); !slices.Equal(got, want) {
 				t.Fatalf("shutdown order\n got %q\nwant %q", got, want)
 			}

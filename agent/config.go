@@ -105,8 +105,12 @@ type UplinkConfig struct {
 	ConfirmTimeout Duration  `yaml:"confirm_timeout"`
 	DialTimeout    Duration  `yaml:"dial_timeout"`
 	Heartbeat      Duration  `yaml:"heartbeat"`
-	RateLimit      int64     `yaml:"rate_limit"`
-	BackoffMax     Duration  `yaml:"backoff_max"`
+	// StatusInterval is how often the agent publishes its status report
+	// (routing key status.<device>); 0 turns reports off. Not Heartbeat,
+	// which is the AMQP heartbeat of the connection.
+	StatusInterval Duration `yaml:"status_interval"`
+	RateLimit      int64    `yaml:"rate_limit"`
+	BackoffMax     Duration `yaml:"backoff_max"`
 	// DeclareExchange declares the exchange on connect.
 	DeclareExchange bool `yaml:"declare_exchange"`
 	// MaxMessageBytes is the largest message the broker accepts (its
@@ -168,6 +172,7 @@ func Default() Config {
 			ConfirmTimeout: Duration(30 * time.Second), DialTimeout: Duration(15 * time.Second),
 			Heartbeat: Duration(10 * time.Second), BackoffMax: Duration(time.Minute),
 			MaxMessageBytes: 128 << 20,
+			StatusInterval:  Duration(5 * time.Minute),
 		},
 		HTTP:            HTTPConfig{Listen: "127.0.0.1:9464", Refresh: Duration(5 * time.Second)},
 		Log:             LogConfig{Level: "info", Format: "text"},
@@ -359,6 +364,9 @@ func (c *Config) Validate() error {
 		if err := pos(d.f, d.v); err != nil {
 			return err
 		}
+	}
+	if u.StatusInterval != 0 && u.StatusInterval < Duration(time.Second) {
+		return bad("uplink.status_interval", "must be 0 (off) or >= 1s (got %s)", u.StatusInterval.D())
 	}
 	if err := nonneg("uplink.rate_limit", u.RateLimit); err != nil {
 		return err

@@ -35,7 +35,7 @@ func (p *Publisher) Send(ctx context.Context, key string, m wire.Message) error 
 	}
 	pub := publishing(&m)
 	pub.DeliveryMode = amqp.Transient
-	if err := validate(&pub); err != nil {
+	if err := validate(&pub, s.frameMax(), p.maxBody()); err != nil {
 		return fmt.Errorf("%w: message %q: %w", ErrInvalidMessage, m.MessageID, err)
 	}
 	return s.send(ctx, p.opts.Exchange, key, pub)

@@ -311,9 +311,10 @@ func (s *Stack) newAgent(o AgentOptions, httpPort int) (*Agent, error) {
 	}
 	for _, args := range [][]string{
 		{"add_user", o.Device, a.Password},
-		// A device may only write, and only to its own routing key.
+		// A device may only write, and only to its own routing keys: its
+		// frames and its status reports.
 		{"set_permissions", "-p", "/", o.Device, "^$", "^forest\\.frames$", "^$"},
-		{"set_topic_permissions", "-p", "/", o.Device, "forest.frames", "^frames\\." + o.Device + "$", "^$"},
+		{"set_topic_permissions", "-p", "/", o.Device, "forest.frames", "^(frames|status)\\." + o.Device + "$", "^$"},
 	} {
 		if _, err := s.Broker.CtlErr(args...); err != nil {
 			return nil, err

@@ -48,6 +48,8 @@ type Tracker struct {
 	started time.Time
 	recent  []Frame
 	history []Point
+	hours   hours  // coverage by clock hour, for the status report
+	spooled uint64 // frames since start
 
 	capturing    bool
 	lastCapture  time.Time
@@ -71,6 +73,8 @@ func (s *Tracker) Frame(f Frame) {
 	if len(s.recent) > recentFrames {
 		s.recent = s.recent[len(s.recent)-recentFrames:]
 	}
+	s.hours.add(f.Spooled, f.Coverage)
+	s.spooled++
 	s.history = append(s.history, Point{At: f.Spooled, Coverage: f.Coverage})
 	if len(s.history) > historyPoints {
 		s.history = s.history[len(s.history)-historyPoints:]
