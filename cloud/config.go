@@ -24,6 +24,8 @@ type Config struct {
 	Identity IdentityConfig `yaml:"identity"`
 	// HTTP is where /metrics, /healthz and /readyz are served.
 	HTTP HTTPConfig `yaml:"http"`
+	// Fleet configures the agents' status reports and the fleet page.
+	Fleet FleetConfig `yaml:"fleet"`
 	// Log selects the log level and format.
 	Log LogConfig `yaml:"log"`
 }
@@ -235,6 +237,7 @@ func (c *Config) Defaults() {
 	}
 	def(&c.Log.Level, "info")
 	def(&c.Log.Format, "json")
+	c.Fleet.defaults()
 }
 
 func def[T comparable](p *T, v T) {
@@ -338,6 +341,7 @@ func (c *Config) Validate() error {
 			bad("http.listen", "must be host:port (got %q)", c.HTTP.Listen)
 		}
 	}
+	c.validateFleet(bad)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

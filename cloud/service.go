@@ -58,6 +58,7 @@ type Service struct {
 	hc      *transports
 	ownUser string
 	url     string // the broker URL with credentials (Config.BrokerURL)
+	fleet   *fleet // status reports and the fleet page (fleet.go)
 	version string
 
 	ready atomic.Bool
@@ -96,6 +97,9 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		retryFor: cfg.S3.RetryMaxElapsed, m: s.m, log: s.log,
 	}
 	s.ownUser = userOf(url)
+	if s.fleet, err = newFleet(s, reg); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -205,8 +209,9 @@ func declare(ch *amqp.Channel, a *AMQPConfig) error {
 	return nil
 }
 
-// Handler serves /metrics, /healthz (the process runs) and /readyz (the
-// consumer is connected and S3 writes are succeeding).
+// Handler serves /metrics, /healthz (the process runs), /readyz (the
+// consumer is connected and S3 writes are succeeding) and the fleet page
+// under /fleet (fleetpage.go).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
@@ -218,6 +223,7 @@ func (s *Service) Handler() http.Handler {
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
+	s.fleet.routes(mux)
 	return mux
 }
 
@@ -254,6 +260,8 @@ func (s *Service) Run(ctx context.Context) error {
 		}()
 		s.log.Info("serving http", "addr", l.Addr().String())
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); s.fleet.run(ctx) }()
 	s.log.Info("consuming", "queue", s.cfg.AMQP.Queue, "bucket", s.cfg.S3.Bucket, "workers", s.cfg.Consumer.Workers, "prefetch", s.cfg.AMQP.Prefetch, "version", s.version)
 	delay := s.cfg.AMQP.ReconnectMin
 	for first := true; ; first = false {
