@@ -71,14 +71,14 @@ func (f *fleet) authorized(r *http.Request) bool {
 // row is one device on the fleet page.
 type row struct {
 	ID, Seen, State, Version, Link, LinkErr, Skew string
-	Silent, Never, SkewBad                         bool
-	Frames                                         int
-	Bytes, Oldest, Disk                            string
-	Evicted                                        uint64
-	EvictedBy                                      string
-	Chart                                          template.HTML
-	Thumb, ThumbNote                               string
-	DLQ                                            []count
+	Silent, Never, SkewBad                        bool
+	Frames                                        int
+	Bytes, Oldest, Disk                           string
+	Evicted                                       uint64
+	EvictedBy                                     string
+	Chart                                         template.HTML
+	Thumb, ThumbNote                              string
+	DLQ                                           []count
 }
 
 type count struct {
