@@ -17,9 +17,6 @@ import (
 	"github.com/forestwatch/forest/wire"
 )
 
-// pageRefresh is the fleet page's auto-refresh interval.
-const pageRefresh = 30 * time.Second
-
 // routes adds the fleet page's endpoints to mux, each behind guard:
 //
 //	GET /fleet                                      one row per device
@@ -180,7 +177,7 @@ func (f *fleet) serveFleet(w http.ResponseWriter, r *http.Request) {
 			}
 			skew := s.SentAt.Sub(d.Rec.ReceivedAt)
 			rw.SkewBad = skew > time.Minute || skew < -time.Minute || (s.ClockSynced != nil && !*s.ClockSynced)
-			rw.Skew = fmt.Sprintf("%+.0f s", skew.Seconds())
+			rw.Skew = fmt.Sprintf("%+.0f s", skew.Round(time.Second).Seconds())
 			if s.ClockSynced != nil && !*s.ClockSynced {
 				rw.Skew += " (not synced)"
 			}
@@ -198,7 +195,7 @@ func (f *fleet) serveFleet(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	data := map[string]any{
-		"Now": now.UTC().Format("2006-01-02 15:04:05Z"), "Refresh": int(pageRefresh.Seconds()), "Rows": rows,
+		"Now": now.UTC().Format("2006-01-02 15:04:05Z"), "Refresh": f.pageRefresh(), "Rows": rows,
 		"Silent": silent, "SilentAfter": f.s.cfg.Fleet.SilentAfter, "DLQ": f.dlqMessages.Load(), "DLQByReason": counts(all),
 		"DLQOther": counts(census.ByDevice[""]), "Census": census, "CensusAt": ago(now.Sub(census.At)),
 	}
@@ -238,7 +235,7 @@ func (f *fleet) serveDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	data := map[string]any{
 		"ID": id, "Silent": dv.Silent, "Report": report, "Tiles": tiles, "Total": total, "Err": err,
-		"Chart": template.HTML(""), "Refresh": int(pageRefresh.Seconds()),
+		"Chart": template.HTML(""), "Refresh": f.pageRefresh(),
 	}
 	if dv.Rec != nil {
 		data["Chart"] = sparkline(dv.Rec.Status.Coverage.Hours, dv.Rec.Status.SentAt)
@@ -276,6 +273,10 @@ func (f *fleet) serveThumb(w http.ResponseWriter, r *http.Request) {
 	w.Write(b)
 }
 
+// pageRefresh is the pages' auto-refresh interval in seconds: the
+// interval at which a replica re-reads the stored reports.
+func (f *fleet) pageRefresh() int { return max(1, int(f.s.cfg.Fleet.Refresh.Seconds())) }
+
 func (f *fleet) render(w http.ResponseWriter, t *template.Template, data any) {
 	var buf bytes.Buffer
 	if err := t.Execute(&buf, data); err != nil {
@@ -312,9 +313,13 @@ func sparkline(hours []wire.CoverageHour, at time.Time) template.HTML {
 const pageStyle = `<style>
 body{font-family:system-ui,sans-serif;margin:1em;color:#222;background:#fafaf7}
 h1{font-size:1.3em;margin:0 0 .2em}.sub{color:#666;margin-bottom:.8em;font-size:.9em}
-.wrap{overflow-x:auto}table{border-collapse:collapse;background:#fff;font-size:.9em}
-th,td{border-bottom:1px solid #e5e5e5;padding:.35em .5em;text-align:left;vertical-align:top;white-space:nowrap}
-th{background:#f0f0ea;font-weight:600}td.num{text-align:right}
+table{border-collapse:collapse;background:#fff;font-size:.9em}
+th,td{border-bottom:1px solid #e5e5e5;padding:.35em .5em;text-align:left;vertical-align:top}
+th{background:#f0f0ea;font-weight:600}td.frame small{display:block;max-width:10em}
+@media (max-width:760px){table,tbody,tr,td{display:block}tr.head{display:none}
+tr.device{border:1px solid #ddd;border-radius:6px;margin-bottom:.7em;overflow:hidden}td{border:none;padding:.15em .6em}
+td.name{font-size:1.1em;background:#f0f0ea;padding:.4em .6em}td.frame{float:right;padding:.4em}
+td[data-l]::before{content:attr(data-l) ": ";color:#666}}
 .silent .seen,.bad{color:#b42318;font-weight:600}.silent td:first-child{border-left:4px solid #b42318}
 .ok{color:#1a7f37}small{color:#666}img.thumb{display:block;border-radius:3px}
 .grid{display:flex;flex-wrap:wrap;gap:.5em}figure{margin:0;background:#fff;border:1px solid #ddd;border-radius:4px;padding:.25em;width:160px}
@@ -330,20 +335,20 @@ var fleetPage = template.Must(template.New("fleet").Parse(`<!doctype html>
 dead-letter queue: <b id="dlq">{{if lt .DLQ 0}}?{{else}}{{.DLQ}}{{end}}</b>{{range .DLQByReason}} · {{.Reason}} {{.N}}{{end}}
 {{if .Census.Scanned}}<small>(reasons of {{.Census.Scanned}} read {{.CensusAt}})</small>{{end}}{{if .Census.Err}}<small class="bad">{{.Census.Err}}</small>{{end}}
 · updated {{.Now}}, refreshes every {{.Refresh}} s</div>
-<div class="wrap"><table id="fleet">
-<tr><th>device</th><th>last seen</th><th>spool</th><th>oldest unsent</th><th>evicted</th><th>coverage, 24 h</th><th>latest frame</th><th>dead letters</th><th>link · clock · disk</th></tr>
+<table id="fleet">
+<tr class="head"><th>device</th><th>latest frame</th><th>last seen</th><th>spool</th><th>oldest unsent</th><th>evicted</th><th>coverage, 24 h</th><th>dead letters</th><th>link · clock · disk</th></tr>
 {{range .Rows}}<tr id="dev-{{.ID}}" class="device{{if .Silent}} silent{{end}}">
-<td><a href="/fleet/device/{{.ID}}">{{.ID}}</a><br><small>{{.Version}} {{.State}}</small></td>
-<td class="seen">{{if .Never}}never{{else}}{{.Seen}}{{end}}</td>
-<td class="num"><b class="spool-frames">{{.Frames}}</b> frames<br><small>{{.Bytes}}</small></td>
-<td class="spool-oldest">{{if .Oldest}}{{.Oldest}}{{else}}—{{end}}</td>
-<td class="num"><span class="evicted{{if .Evicted}} bad{{end}}" title="{{.EvictedBy}}">{{.Evicted}}</span>{{if .EvictedBy}}<br><small>{{.EvictedBy}}</small>{{end}}</td>
-<td>{{.Chart}}</td>
-<td>{{if .Thumb}}<a href="/fleet/device/{{.ID}}"><img class="thumb" src="{{.Thumb}}" alt="latest frame of {{.ID}} with its forest mask" width="120" loading="lazy"></a><small>{{.ThumbNote}}</small>{{else}}—{{end}}</td>
-<td class="dlq">{{range .DLQ}}<span class="bad">{{.Reason}} {{.N}}</span><br>{{else}}0{{end}}</td>
-<td><small>{{.Link}}{{if .LinkErr}}<br>last error: {{.LinkErr}}{{end}}<br><span class="{{if .SkewBad}}bad{{end}}">clock {{.Skew}}</span><br>{{.Disk}}</small></td>
+<td class="name"><a href="/fleet/device/{{.ID}}">{{.ID}}</a>{{if .Silent}} <b class="bad">silent</b>{{end}} <small>{{.Version}} {{.State}}</small></td>
+<td class="frame">{{if .Thumb}}<a href="/fleet/device/{{.ID}}"><img class="thumb" src="{{.Thumb}}" alt="latest frame of {{.ID}} with its forest mask" width="120" height="120" loading="lazy"></a><small>{{.ThumbNote}}</small>{{else}}<small>no frame in the last 2 days</small>{{end}}</td>
+<td data-l="last seen" class="seen">{{if .Never}}never{{else}}{{.Seen}}{{end}}</td>
+<td data-l="spool"><b class="spool-frames">{{.Frames}}</b> frames <small>{{.Bytes}}</small></td>
+<td data-l="oldest unsent" class="spool-oldest">{{if .Oldest}}{{.Oldest}}{{else}}—{{end}}</td>
+<td data-l="evicted"><span class="evicted{{if .Evicted}} bad{{end}}" title="{{.EvictedBy}}">{{.Evicted}}</span>{{if .EvictedBy}} <small>{{.EvictedBy}}</small>{{end}}</td>
+<td data-l="coverage">{{.Chart}}</td>
+<td data-l="dead letters" class="dlq">{{range .DLQ}}<span class="bad">{{.Reason}} {{.N}}</span> {{else}}0{{end}}</td>
+<td data-l="link"><small>{{.Link}}{{if .LinkErr}} · last error: {{.LinkErr}}{{end}} · <span class="{{if .SkewBad}}bad{{end}}">clock {{.Skew}}</span> · {{.Disk}}</small></td>
 </tr>{{else}}<tr><td colspan="9">No device has reported yet.</td></tr>{{end}}
-</table></div>
+</table>
 {{if .DLQOther}}<p><small>Dead letters of no known device: {{range .DLQOther}}{{.Reason}} {{.N}} {{end}}</small></p>{{end}}
 </body></html>
 `))
@@ -354,7 +359,7 @@ var devicePage = template.Must(template.New("device").Parse(`<!doctype html>
 <p><a href="/fleet">← fleet</a></p>
 <h1 id="device" class="{{if .Silent}}bad{{end}}">{{.ID}}{{if .Silent}} · silent{{end}}</h1>
 <div class="sub">{{if .Report}}{{.Report}}{{else}}never reported{{end}}</div>
-{{with .Status}}<p>spool {{.Spool.Frames}} frames ({{.Spool.Bytes}} bytes of {{.Spool.MaxBytes}}) · published since start {{.Spool.Published}} ·
+{{with .Status}}<p>spool {{.Spool.Frames}} frames · published since start {{.Spool.Published}} ·
 captured since start {{.Capture.Frames}}{{if .Capture.LastError}} · <span class="bad">capture: {{.Capture.LastError}}</span>{{end}}</p>{{end}}
 <p>{{.Chart}}</p>
 <h2>Frames of the last 24 h</h2>

@@ -232,6 +232,8 @@ type AgentOptions struct {
 	// model. Tiling is segment.tiling ("" takes resize) and Encode is
 	// encode.mode ("" takes keep).
 	Model, Tiling, Encode string
+	// StatusInterval is the agent's uplink.status_interval ("" takes 10s).
+	StatusInterval string
 	// Extra is appended to the agent's YAML config.
 	Extra string
 }
@@ -339,6 +341,10 @@ func (s *Stack) newAgent(o AgentOptions, httpPort int) (*Agent, error) {
 	if encode == "" {
 		encode = "keep"
 	}
+	statusInterval := o.StatusInterval
+	if statusInterval == "" {
+		statusInterval = "10s"
+	}
 	yaml := fmt.Sprintf(`device:
   id: %s
   state_dir: %s
@@ -368,6 +374,7 @@ uplink:
   dial_timeout: 5s
   heartbeat: 2s
   backoff_max: 2s
+  status_interval: %s
 http:
   listen: %s
   refresh: 1s
@@ -376,7 +383,7 @@ log:
   format: json
 shutdown_timeout: 10s
 %s`, o.Device, filepath.Join(dir, "state"), a.Incoming, model, tiling, encode,
-		a.Spool, maxBytes, o.SpoolMinFreeBytes, p.Addr(), o.Device, a.HTTP, o.Extra)
+		a.Spool, maxBytes, o.SpoolMinFreeBytes, p.Addr(), o.Device, statusInterval, a.HTTP, o.Extra)
 	if err := os.WriteFile(a.Config, []byte(yaml), 0o600); err != nil {
 		return nil, err
 	}
