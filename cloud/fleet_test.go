@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +174,24 @@ func TestStatusReports(t *testing.T) {
 			if got := counter(reg.reg, c.name, c.labels...); got != c.want {
 				t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 			}
+		}
+	}
+	// Every metric the example alerting rules use exists.
+	rules, err := os.ReadFile(filepath.Join("cmd", "forest-cloud", "alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := b.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, name := range regexp.MustCompile(`forest_cloud_[a-z_]+`).FindAllString(string(rules), -1) {
+		if !names[name] {
+			t.Errorf("alerts.yml uses %s, which forest-cloud does not export", name)
 		}
 	}
 	srv := httptest.NewServer(b.svc.Handler())
