@@ -23,6 +23,13 @@
 // exactly the frames the broker confirmed; everything else is released and
 // retried. Capture never waits for the uplink: the spool decouples them.
 //
+// The heartbeat (heartbeat.go) publishes the agent's status report
+// (wire.Status: spool depth and oldest unsent frame, evictions, link,
+// disk, coverage by hour) every uplink.status_interval, once the link is up
+// after start, after each reconnect and at stop, on the uplink's side
+// channel: never spooled, never behind frames; a report that cannot be sent
+// is replaced by the next.
+//
 // # Guarantees
 //
 //   - A frame leaves the spool only after the broker confirmed it (or by a
@@ -40,8 +47,8 @@
 // # Concurrency model
 //
 // Agent.Run starts and waits for: the capture goroutine (source and
-// pipeline, one frame at a time), the drain goroutine, the uplink's
-// connection supervisor, and the HTTP server. Shutdown is ordered and
+// pipeline, one frame at a time), the drain goroutine, the heartbeat, the
+// uplink's connection supervisor, and the HTTP server. Shutdown is ordered and
 // bounded; see Agent.Run. Status and metrics are read concurrently under
 // their own locks.
 package agent

@@ -27,7 +27,12 @@
 //
 //	L/<wire.SanitiseName(N) with its extension replaced by .png>
 //
-// where L is the configured legacy prefix. Keys depend only on the message,
+// where L is the configured legacy prefix. A device's latest status report
+// (see below) is
+//
+//	S/D.json                      a StatusRecord, replaced by each report
+//
+// where S is fleet.status_prefix. Frame keys depend only on the message,
 // so every redelivery and every replica computes the same keys: a frame is
 // never stored twice.
 //
@@ -93,10 +98,41 @@
 // and deleted), broker reachable and topology declarable; a failure is a
 // *StartupError naming what is missing and how to fix it.
 //
+// # Status reports and the fleet page
+//
+// Agents publish a status report (wire.Status, routing key status.<device>)
+// every few minutes. A consumer on a connection of its own (fleet.go,
+// status.go) reads them from an auto-delete, length- and age-bounded queue
+// (fleet.status_queue), checks them like frames (schema, identity: a bad
+// report is dead-lettered with its reason), and stores each known device's
+// latest as S/D.json; it never requeues one, so reports neither pile up
+// nor hold back frames, whatever S3 does (one S3 refuses is dropped, shown
+// from memory, and replaced by the next). Every replica re-reads the
+// stored reports every fleet.refresh, so all show the same fleet and none
+// keeps state. Known devices are fleet.devices plus those that report, up
+// to fleet.max_devices; only they get the per-device metrics
+// forest_cloud_device_{last_seen_timestamp_seconds, status_interval_seconds,
+// silent, spool_frames, spool_bytes, spool_oldest_timestamp_seconds,
+// frames_evicted_total{reason}, quarantined_frames, clock_skew_seconds},
+// besides forest_cloud_fleet_devices, forest_cloud_dead_letter_queue_messages
+// and forest_cloud_status_reports_total{result}.
+//
+// The fleet page (fleetpage.go) is served at /fleet on http.listen to the
+// networks in fleet.allow only (loopback by default), with an optional
+// token or basic-auth password: one row per device (last seen, red when
+// silent for fleet.silent_after of its intervals; spool depth and oldest
+// unsent frame; evictions; coverage by hour; the latest stored frame's
+// thumbnail with its mask; dead letters by reason), and a page per device
+// with its frames of the last 24 hours. Thumbnails are made from the S3
+// objects by at most fleet.thumb_workers at once and cached; dead letters
+// are counted by reading through at most fleet.dlq_scan_limit of them while
+// the page is viewed, at most every fleet.dlq_scan_interval.
+//
 // # Concurrency
 //
-// Service.Run owns every goroutine it starts: one session per broker
-// connection, a pool of consumer.workers goroutines reading the delivery
+// Service.Run owns every goroutine it starts: the fleet's status consumer,
+// refresh loop and dead-letter scans (stopped with it), one session per
+// broker connection, a pool of consumer.workers goroutines reading the delivery
 // channel (prefetch amqp.prefetch bounds the messages held), and the HTTP
 // server for /metrics, /healthz and /readyz. On connection loss the workers
 // finish, the session is torn down (unacknowledged deliveries return to the

@@ -3,7 +3,9 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +17,9 @@ import (
 )
 
 // TestDemo runs the program behind `make demo` as a user would: it prints
-// the broker, the S3 server and both status pages, S3 keys of both devices
-// appear, and Ctrl-C (SIGINT to its process group) stops it with exit
+// the broker, the S3 server, the fleet page and both status pages, S3 keys
+// of both devices appear, the fleet page shows both devices with their
+// latest frames, and Ctrl-C (SIGINT to its process group) stops it with exit
 // status 0 and nothing left behind: none of the addresses it printed still
 // listens, and no process runs from its work directory.
 func TestDemo(t *testing.T) {
@@ -69,6 +72,7 @@ func TestDemo(t *testing.T) {
 	var work string
 	keys := map[string]bool{}
 	pages := 0
+	fleet := ""
 	deadline := time.After(4 * time.Minute)
 	for !(pages == 2 && keys["demo-mast-a"] && keys["demo-mast-b"]) {
 		select {
@@ -92,6 +96,9 @@ func TestDemo(t *testing.T) {
 			if strings.Contains(ln, "status page http://") {
 				pages++
 			}
+			if u, ok := strings.CutPrefix(ln, "fleet     "); ok {
+				fleet, _, _ = strings.Cut(u, " ")
+			}
 			if _, after, ok := strings.Cut(ln, "logs: "); ok {
 				work = filepath.Dir(strings.TrimSpace(after))
 			}
@@ -109,6 +116,20 @@ func TestDemo(t *testing.T) {
 			c.Close()
 		}
 	}
+	if fleet == "" {
+		t.Fatal("demo printed no fleet page")
+	}
+	waitFor(t, time.Minute, func() bool {
+		resp, err := http.Get(fleet)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		page := string(b)
+		return resp.StatusCode == 200 && strings.Count(page, `<img class="thumb"`) == 2 &&
+			strings.Contains(page, `id="dev-demo-mast-a" class="device"`) && strings.Contains(page, `id="dev-demo-mast-b" class="device"`)
+	})
 
 	// Ctrl-C.
 	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {

@@ -1,7 +1,8 @@
 // Command demo runs the whole chain on this machine for a newcomer to watch:
 // a RabbitMQ broker and an S3 server (versitygw) on 127.0.0.1, one
 // forest-cloud and two forest-agents fed with the sample frames. It prints
-// the status pages and the S3 keys as they appear; Ctrl-C stops everything.
+// the fleet page, the agents' status pages and the S3 keys as they appear;
+// Ctrl-C stops everything.
 //
 //	make demo
 package main
@@ -70,7 +71,10 @@ func run(every time.Duration) error {
 	}
 
 	s := &e2e.Stack{Dir: work, Bin: bin, Root: root, Broker: broker, S3: srv, Bucket: bucket}
-	if err := s.Setup([]e2e.AgentOptions{{Device: "demo-mast-a"}, {Device: "demo-mast-b"}}, ""); err != nil {
+	// Agents report every 10 s (5 min in production), so that the fleet
+	// page shows a stopped one silent within 30 s.
+	agents := []e2e.AgentOptions{{Device: "demo-mast-a", StatusInterval: "10s"}, {Device: "demo-mast-b", StatusInterval: "10s"}}
+	if err := s.Setup(agents, "fleet:\n  refresh: 5s\n"); err != nil {
 		return err
 	}
 	defer s.Close()
@@ -93,6 +97,7 @@ func run(every time.Duration) error {
 	fmt.Printf("\nbroker    amqp://127.0.0.1:%d/  (user %s)\n", broker.Port, rabbittest.AdminUser)
 	fmt.Printf("s3        %s  bucket %s  (access key %s)\n", srv.Endpoint, bucket, srv.AccessKey)
 	fmt.Printf("cloud     http://%s/metrics  logs: %s\n", s.Cloud.HTTP, s.Cloud.Log)
+	fmt.Printf("fleet     http://%s/fleet  (both devices: last seen, spool, evictions, latest frame)\n", s.Cloud.HTTP)
 	for _, a := range s.Agents {
 		fmt.Printf("agent     %s status page http://%s/   drop images into %s\n", a.Device, a.HTTP, a.Incoming)
 	}
