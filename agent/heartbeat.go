@@ -142,9 +142,11 @@ func (a *Agent) statusReport(state string) *wire.Status {
 		},
 		Capture: wire.CaptureStatus{LastAt: r.LastCapture.UTC(), Frames: r.Spooled, Failing: r.CaptureFails, LastError: r.LastCapErr},
 	}
-	if st.Quarantined > 0 {
-		s.Spool.Quarantined = map[string]uint64{"damaged": uint64(st.Quarantined)}
+	if len(st.QuarantinedBy) > 0 {
+		s.Spool.Quarantined = st.QuarantinedBy
 	}
+	synced := a.clockSynced()
+	s.ClockSynced = &synced
 	if a.pub != nil {
 		ls := a.pub.State()
 		s.Link = wire.LinkStatus{State: ls.State.String(), Since: ls.Since.UTC(), Reconnects: ls.Reconnects}

@@ -122,7 +122,7 @@ func TestStatusReports(t *testing.T) {
 	}
 	if st.Capture.Frames != 2 || st.Spool.Frames != 0 || st.Spool.Evicted["max_bytes"] != 0 || st.Link.State != "connected" ||
 		st.Coverage.Last == nil || len(st.Coverage.Hours) == 0 || st.Coverage.Hours[len(st.Coverage.Hours)-1].Frames != 2 ||
-		st.Disk == nil || st.Disk.FreeBytes == 0 || st.Spool.MaxBytes != cfg.Spool.MaxBytes || st.Capture.LastAt.IsZero() {
+		st.Disk == nil || st.Disk.FreeBytes == 0 || st.ClockSynced == nil || st.Spool.MaxBytes != cfg.Spool.MaxBytes || st.Capture.LastAt.IsZero() {
 		t.Fatalf("report %+v does not match the agent", st)
 	}
 	frs, _, _ := a.status.Snapshot()

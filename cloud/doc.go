@@ -113,7 +113,8 @@
 // to fleet.max_devices; only they get the per-device metrics
 // forest_cloud_device_{last_seen_timestamp_seconds, status_interval_seconds,
 // silent, spool_frames, spool_bytes, spool_oldest_timestamp_seconds,
-// frames_evicted_total{reason}, quarantined_frames, clock_skew_seconds},
+// frames_evicted_total{reason}, frames_quarantined_total{reason},
+// clock_synced, clock_skew_seconds},
 // besides forest_cloud_fleet_devices, forest_cloud_dead_letter_queue_messages
 // and forest_cloud_status_reports_total{result}.
 //

@@ -456,7 +456,8 @@ var (
 	descSpoolBytes  = prometheus.NewDesc("forest_cloud_device_spool_bytes", "Bytes in the device's spool at its latest report.", []string{"device"}, nil)
 	descSpoolOldest = prometheus.NewDesc("forest_cloud_device_spool_oldest_timestamp_seconds", "When the device's oldest unsent frame was spooled (Unix time); 0 when its spool was empty.", []string{"device"}, nil)
 	descEvicted     = prometheus.NewDesc("forest_cloud_device_frames_evicted_total", "Frames the device's spool evicted unsent, by reason, over the spool's life (from its reports).", []string{"device", "reason"}, nil)
-	descQuarantined = prometheus.NewDesc("forest_cloud_device_quarantined_frames", "Records in the device's spool quarantine.", []string{"device"}, nil)
+	descQuarantined = prometheus.NewDesc("forest_cloud_device_frames_quarantined_total", "Frames the device's spool set aside in quarantine, by reason, over the spool's life (from its reports).", []string{"device", "reason"}, nil)
+	descClockSynced = prometheus.NewDesc("forest_cloud_device_clock_synced", "1 when the device reports its clock synchronised, 0 when it reports it is not (absent when it cannot tell).", []string{"device"}, nil)
 	descClockSkew   = prometheus.NewDesc("forest_cloud_device_clock_skew_seconds", "The device's clock minus forest-cloud's when its latest report arrived (includes transit time).", []string{"device"}, nil)
 	descDevices     = prometheus.NewDesc("forest_cloud_fleet_devices", "Known devices (fleet.devices and devices that reported, at most fleet.max_devices).", nil, nil)
 	descDLQ         = prometheus.NewDesc("forest_cloud_dead_letter_queue_messages", "Messages in the dead-letter queue (amqp.dead_letter_queue), as last seen.", nil, nil)
@@ -464,7 +465,7 @@ var (
 
 func (c fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLastSeen, descInterval, descSilent, descSpoolFrames, descSpoolBytes, descSpoolOldest,
-		descEvicted, descQuarantined, descClockSkew, descDevices, descDLQ} {
+		descEvicted, descQuarantined, descClockSynced, descClockSkew, descDevices, descDLQ} {
 		ch <- d
 	}
 }
@@ -497,11 +498,16 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 			oldest = float64(s.Spool.OldestAt.UnixMilli()) / 1000
 		}
 		gauge(descSpoolOldest, oldest, d.ID)
-		var q uint64
-		for _, n := range s.Spool.Quarantined {
-			q += n
+		for r, n := range s.Spool.Quarantined {
+			ch <- prometheus.MustNewConstMetric(descQuarantined, prometheus.CounterValue, float64(n), d.ID, r)
 		}
-		gauge(descQuarantined, float64(q), d.ID)
+		if s.ClockSynced != nil {
+			synced := 0.0
+			if *s.ClockSynced {
+				synced = 1
+			}
+			gauge(descClockSynced, synced, d.ID)
+		}
 		gauge(descClockSkew, s.SentAt.Sub(d.Rec.ReceivedAt).Seconds(), d.ID)
 		for _, r := range evictionReasons(s) {
 			ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(s.Spool.Evicted[r]), d.ID, r)

@@ -71,7 +71,7 @@ type row struct {
 	Silent, Never, SkewBad                        bool
 	Frames                                        int
 	Bytes, Oldest, Disk                           string
-	Evicted                                       uint64
+	Evicted, Quarantined                          uint64
 	EvictedBy                                     string
 	Chart                                         template.HTML
 	Thumb, ThumbNote                              string
@@ -171,6 +171,9 @@ func (f *fleet) serveFleet(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 			rw.EvictedBy = strings.Join(by, ", ")
+			for _, n := range s.Spool.Quarantined {
+				rw.Quarantined += n
+			}
 			rw.Link, rw.LinkErr = s.Link.State, s.Link.LastError
 			if s.Link.Reconnects > 0 {
 				rw.Link += fmt.Sprintf(" (%d reconnects)", s.Link.Reconnects)
@@ -343,7 +346,7 @@ dead-letter queue: <b id="dlq">{{if lt .DLQ 0}}?{{else}}{{.DLQ}}{{end}}</b>{{ran
 <td data-l="last seen" class="seen">{{if .Never}}never{{else}}{{.Seen}}{{end}}</td>
 <td data-l="spool"><b class="spool-frames">{{.Frames}}</b> frames <small>{{.Bytes}}</small></td>
 <td data-l="oldest unsent" class="spool-oldest">{{if .Oldest}}{{.Oldest}}{{else}}—{{end}}</td>
-<td data-l="evicted"><span class="evicted{{if .Evicted}} bad{{end}}" title="{{.EvictedBy}}">{{.Evicted}}</span>{{if .EvictedBy}} <small>{{.EvictedBy}}</small>{{end}}</td>
+<td data-l="evicted"><span class="evicted{{if .Evicted}} bad{{end}}" title="{{.EvictedBy}}">{{.Evicted}}</span>{{if .EvictedBy}} <small>{{.EvictedBy}}</small>{{end}}{{if .Quarantined}} <small class="bad">quarantined {{.Quarantined}}</small>{{end}}</td>
 <td data-l="coverage">{{.Chart}}</td>
 <td data-l="dead letters" class="dlq">{{range .DLQ}}<span class="bad">{{.Reason}} {{.N}}</span> {{else}}0{{end}}</td>
 <td data-l="link"><small>{{.Link}}{{if .LinkErr}} · last error: {{.LinkErr}}{{end}} · <span class="{{if .SkewBad}}bad{{end}}">clock {{.Skew}}</span> · {{.Disk}}</small></td>

@@ -93,7 +93,9 @@ type SpoolStatus struct {
 	// Evicted counts frames evicted unsent over the life of the spool, by
 	// reason (max_bytes, min_free, max_age).
 	Evicted map[string]uint64 `json:"evicted,omitempty"`
-	// Quarantined counts records in quarantine, by reason.
+	// Quarantined counts records set aside in the spool's quarantine over
+	// the life of the spool, by reason (damaged, undecodable_meta,
+	// undeliverable).
 	Quarantined map[string]uint64 `json:"quarantined,omitempty"`
 	// Published counts frames confirmed by the broker since start.
 	Published uint64 `json:"published"`
