@@ -405,10 +405,14 @@ loop:
 	stopDrain()
 	drainWG.Wait()
 	a.trace("confirms settled")
-	stopStatus() // the last status report, while the link is still up
-	statusWG.Wait()
+	// The last status report, while the link is still up. Its write may
+	// be stuck on a stalled link, which only closing the connection
+	// releases: wait for it a bounded time, and for good after the close.
+	stopStatus()
+	waitFor(&statusWG, 3*time.Second)
 	stopLink()
 	linkWG.Wait()
+	statusWG.Wait()
 	if a.pub != nil {
 		a.trace("connection closed")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"syscall"
 	"time"
 
@@ -167,4 +168,18 @@ func (a *Agent) statusReport(state string) *wire.Status {
 		s.Disk = &wire.DiskStatus{FreeBytes: fs.Bavail * uint64(fs.Bsize), TotalBytes: fs.Blocks * uint64(fs.Bsize)}
 	}
 	return s
+}
+
+// waitFor waits for wg, at most d, and reports whether it is done.
+func waitFor(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }

@@ -80,6 +80,7 @@ func TestStatusReports(t *testing.T) {
 	cfg := *e.cfg
 	cfg.Fleet.Refresh = 300 * time.Millisecond
 	cfg.Fleet.MaxDevices = 2
+	cfg.Fleet.DLQScanInterval = 500 * time.Millisecond
 	r := e.start(t, &cfg)
 	e.waitStatusQueue(t)
 	goldens, err := wiretest.LoadStatus()
@@ -201,6 +202,16 @@ func TestStatusReports(t *testing.T) {
 		strings.Contains(page, "mast-03") || !strings.Contains(page, `<b class="spool-frames">42</b>`) {
 		t.Fatalf("fleet page %d:\n%s", code, page)
 	}
+	// The page counts the dead letters by device and reason: mast-01's
+	// three bad reports (two invalid, one of an unknown schema); the one
+	// whose header named mast-99 belongs to no known device.
+	waitFor(t, 30*time.Second, "dead letters by device and reason on the page", func() bool {
+		_, page := httpGet(t, srv.URL+"/fleet")
+		row := page[strings.Index(page, `id="dev-mast-01"`):]
+		row = row[:strings.Index(row, "</tr>")]
+		return strings.Contains(page, `<b id="dlq">4</b>`) && strings.Contains(row, "invalid_field 2") &&
+			strings.Contains(row, "unknown_schema 1") && strings.Contains(page, "Dead letters of no known device: invalid_field 1")
+	})
 	if code, _ := httpGet(t, srv.URL+"/fleet/device/mast-03"); code != 404 {
 		t.Fatalf("page of an unknown device: %d", code)
 	}
