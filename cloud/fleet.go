@@ -276,13 +276,17 @@ func (f *fleet) latestFrame(ctx context.Context, id string, now time.Time) *Side
 	latest, fresh := d.latest, now.Sub(d.latestChecked) < f.s.cfg.Fleet.Refresh
 	f.mu.Unlock()
 	if !fresh {
+		// Today first, then yesterday: listed after the newest frame known
+		// of that day, so a refresh reads only what is new.
 		for _, day := range []time.Time{now, now.Add(-24 * time.Hour)} {
 			prefix := f.dayPrefix(id, day)
+			mine := strings.HasPrefix(latest, prefix)
+			if latest > prefix && !mine {
+				break // the newest known frame is of a later day
+			}
 			after := ""
-			if strings.HasPrefix(latest, prefix) {
+			if mine {
 				after = latest
-			} else if latest > prefix {
-				break // the newest known is of a later day
 			}
 			keys, err := f.listSidecars(ctx, prefix, after, 10)
 			if err != nil {
@@ -293,8 +297,8 @@ func (f *fleet) latestFrame(ctx context.Context, id string, now time.Time) *Side
 				latest = keys[len(keys)-1]
 				break
 			}
-			if latest != "" {
-				break
+			if mine {
+				break // nothing newer than the newest known
 			}
 		}
 		f.mu.Lock()

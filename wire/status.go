@@ -29,7 +29,7 @@ const statusPrefix = "forest.status.v"
 // StatusContentType is the content type of a status message's body.
 const StatusContentType = "application/json"
 
-// MaxStatusBytes bounds a status message's body. A status is about 1.5 KB;
+// MaxStatusBytes bounds a status message's body. A status is 1 to 3 KB;
 // the bound keeps a broken or hostile publisher from making the consumer
 // parse megabytes.
 const MaxStatusBytes = 64 << 10

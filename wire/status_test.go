@@ -163,9 +163,27 @@ func TestStatusRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(got, s) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, s)
 	}
-	if len(m.Body) > 2048 {
-		t.Fatalf("a full status is %d bytes; it should stay tiny", len(m.Body))
+	// A large report: 24 hours of coverage (all the agent keeps), every
+	// quarantine reason.
+	big := sampleStatus()
+	for h := range 24 {
+		big.Coverage.Hours = append(big.Coverage.Hours, wire.CoverageHour{Start: big.SentAt.Add(-time.Duration(h) * time.Hour).Truncate(time.Hour),
+			Frames: 3600, Mean: 0.123456789, Min: 0.0123456789, Max: 0.987654321})
 	}
+	big.Coverage.Hours = big.Coverage.Hours[len(big.Coverage.Hours)-24:]
+	big.Spool.Quarantined = map[string]uint64{"damaged": 1, "undecodable_meta": 2, "undeliverable": 3}
+	small, err := wire.EncodeStatus(sampleStatus(), "forest-agent/x", "mast-01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := wire.EncodeStatus(big, "forest-agent/x", "mast-01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(small.Body) < 600 || len(full.Body) > 4096 {
+		t.Fatalf("reports of %d and %d bytes; the docs say 1 to 3 KB", len(small.Body), len(full.Body))
+	}
+	t.Logf("status report: %d bytes with 2 hours of coverage, %d with 24 hours", len(small.Body), len(full.Body))
 }
 
 func TestStatusRefused(t *testing.T) {
