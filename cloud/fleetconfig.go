@@ -185,7 +185,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return l
 }
 
-// fleetSecret reads the token or the basic-auth password.
+// secret reads the token or the basic-auth password.
 func (f *FleetConfig) secret() (user, secret string, err error) {
 	path := f.TokenFile
 	if path == "" {

@@ -221,3 +221,38 @@ func TestStatusRefused(t *testing.T) {
 		t.Fatal("IsStatus")
 	}
 }
+
+// FuzzDecodeStatus: whatever body and type a status message has,
+// DecodeStatus never panics, refuses with an ErrInvalid error or returns a
+// status that EncodeStatus accepts and that decodes to itself again.
+func FuzzDecodeStatus(f *testing.F) {
+	goldens, err := wiretest.LoadStatus()
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, g := range goldens {
+		dev, _ := g.Message.Headers[wire.HeaderDevice].(string)
+		f.Add(g.Message.Type, dev, g.Message.Body)
+	}
+	f.Fuzz(func(t *testing.T, typ, dev string, body []byte) {
+		m := wire.Message{Type: typ, Headers: map[string]any{wire.HeaderDevice: dev}, Body: body}
+		s, err := wire.DecodeStatus(m)
+		if err != nil {
+			if !errors.Is(err, wire.ErrInvalid) {
+				t.Fatalf("error %v does not match ErrInvalid", err)
+			}
+			return
+		}
+		again, err := wire.EncodeStatus(s, "a", "u")
+		if err != nil {
+			t.Fatalf("decoded status does not encode: %v", err)
+		}
+		s2, err := wire.DecodeStatus(again)
+		if err != nil {
+			t.Fatalf("re-encoded status does not decode: %v", err)
+		}
+		if s2.Device != s.Device || !s2.SentAt.Equal(s.SentAt) || s2.Spool.Frames != s.Spool.Frames {
+			t.Fatalf("round trip changed the status: %+v → %+v", s, s2)
+		}
+	})
+}
