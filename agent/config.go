@@ -67,11 +67,17 @@ type SegmentConfig struct {
 
 // EncodeConfig configures the transmitted image encoding.
 type EncodeConfig struct {
-	// Mode is "auto" (camera JPEG sent as is, anything else re-encoded as
-	// JPEG), "keep" (the camera bytes, unless EXIF says they must be turned
-	// upright) or "jpeg" (always re-encode).
+	// Mode is "auto" (re-encode as WebP, or send the camera's bytes when
+	// they are no larger and need no rotation, resize or crop), "keep"
+	// (the camera bytes, unless EXIF says they must be turned upright:
+	// then a JPEG re-encode), "webp" or "jpeg" (always re-encode in that
+	// format).
 	Mode string `yaml:"mode"`
-	// Quality is the JPEG quality when re-encoding (1-100).
+	// MinSSIM is the perceptual target of a re-encode: the lowest quality
+	// whose SSIM against the upright frame reaches it is chosen per frame
+	// (package agent/encode). 0 re-encodes at the fixed Quality.
+	MinSSIM float64 `yaml:"min_ssim"`
+	// Quality is the fixed quality of a re-encode when MinSSIM is 0 (1-100).
 	Quality int `yaml:"quality"`
 	// MaxDimension scales frames down so the longer side is at most this
 	// many pixels (forces a re-encode); 0 keeps the size.
@@ -162,7 +168,7 @@ func Default() Config {
 			ThinEvery:        10,
 			OverlayKeepBytes: 64 << 20,
 		},
-		Encode: EncodeConfig{Mode: "auto", Quality: 85},
+		Encode: EncodeConfig{Mode: "auto", MinSSIM: 0.95, Quality: 85},
 		Spool: SpoolConfig{
 			Dir: "/var/lib/forest-agent/spool", MaxBytes: 2 << 30, MinFreeBytes: 256 << 20,
 			Policy: "drop-oldest", Order: "oldest-first",
@@ -293,8 +299,11 @@ func (c *Config) Validate() error {
 		return bad("segment.min_coverage", "must be within [0,1] (got %v)", g.MinCoverage)
 	}
 	e := &c.Encode
-	if e.Mode != "auto" && e.Mode != "keep" && e.Mode != "jpeg" {
-		return bad("encode.mode", "must be auto, keep or jpeg (got %q)", e.Mode)
+	if e.Mode != "auto" && e.Mode != "keep" && e.Mode != "webp" && e.Mode != "jpeg" {
+		return bad("encode.mode", "must be auto, keep, webp or jpeg (got %q)", e.Mode)
+	}
+	if e.MinSSIM != 0 && !(e.MinSSIM > 0 && e.MinSSIM < 1) {
+		return bad("encode.min_ssim", "must be 0 (fixed quality) or within (0,1) (got %v)", e.MinSSIM)
 	}
 	if e.Quality < 1 || e.Quality > 100 {
 		return bad("encode.quality", "must be within 1..100 (got %d)", e.Quality)

@@ -8,7 +8,9 @@ import (
 	"image/png"
 
 	"github.com/disintegration/imaging"
+	"github.com/gen2brain/webp"
 
+	"github.com/forestwatch/forest/agent/encode"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/wire"
 )
@@ -19,27 +21,69 @@ type encoded struct {
 	ContentType   string
 	Width, Height int
 	Mask          []byte
+	// Quality and SSIM describe a re-encode chosen for encode.min_ssim:
+	// its quality and its SSIM against the upright frame (Quality 0 when
+	// the camera's bytes are sent or the quality is fixed).
+	Quality int
+	SSIM    float64
 	// Upright and MaskImg are the transmitted pixels and mask, for
 	// thumbnails and overlays.
 	Upright image.Image
 	MaskImg *image.Gray
 }
 
-// encodeFrame builds the transmitted image and the mask PNG per cfg.
+// encoder builds the transmitted form of frames per EncodeConfig. It keeps
+// the search state of encode.min_ssim between frames (a camera's next
+// frame usually needs the quality of the last), so one pipeline uses one
+// encoder; it is not safe for concurrent use.
+type encoder struct {
+	cfg    EncodeConfig
+	search *encode.Searcher // nil without min_ssim
+}
+
+// newEncoder returns the encoder for a validated cfg.
+func newEncoder(cfg EncodeConfig) (*encoder, error) {
+	e := &encoder{cfg: cfg}
+	if cfg.MinSSIM > 0 {
+		f := encode.WebP
+		if cfg.Mode == "jpeg" || cfg.Mode == "keep" {
+			f = encode.JPEG
+		}
+		s, err := encode.NewSearcher(encode.Options{Format: f, MinSSIM: cfg.MinSSIM})
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode: %w", ErrConfig, err)
+		}
+		e.search = s
+	}
+	return e, nil
+}
+
+// encodeFrame is a fresh encoder's frame, for tests.
+func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gray) (*encoded, error) {
+	e, err := newEncoder(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return e.frame(raw, f, mask)
+}
+
+// frame builds the transmitted image and the mask PNG.
 //
-// Mode "auto" re-encodes the frame as JPEG at Quality and sends the camera's
-// own bytes instead when they are no larger (a camera JPEG at or below that
-// quality, sent byte for byte with its EXIF) and need no rotation, resize or
-// crop; "keep" sends the camera bytes unless they need rotation; "jpeg"
-// always re-encodes. MaxDimension and Crop apply to the image and mask
-// alike, so the mask always has the transmitted image's size and pixel
-// layout.
+// The image is re-encoded — as WebP in mode "auto" and "webp", as JPEG in
+// mode "jpeg" — at the lowest quality whose SSIM against the upright
+// frame reaches MinSSIM (package encode), or at the fixed Quality when
+// MinSSIM is 0. Mode "auto" sends the camera's own bytes instead when they
+// are no larger and need no rotation, resize or crop; "keep" sends the
+// camera bytes unless they need rotation. MaxDimension and Crop apply to
+// the image and mask alike, so the mask always has the transmitted image's
+// size and pixel layout.
 //
 // A camera frame whose EXIF orientation is not 1 (pixels stored sideways
-// or mirrored) is re-encoded upright even with "keep": the mask is
-// computed on the upright image, and a reader that ignores EXIF (most do)
-// would pair the stored pixels with a mask turned the other way.
-func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gray) (*encoded, error) {
+// or mirrored) is re-encoded upright even with "keep" (as JPEG): the mask
+// is computed on the upright image, and a reader that ignores EXIF (most
+// do) would pair the stored pixels with a mask turned the other way.
+func (e *encoder) frame(raw []byte, f *segment.Frame, mask *image.Gray) (*encoded, error) {
+	cfg := e.cfg
 	img := f.Image
 	if cfg.Crop {
 		if r := forestBounds(mask); !r.Empty() && r != mask.Bounds() {
@@ -59,17 +103,33 @@ func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gra
 	out := &encoded{Width: b.Dx(), Height: b.Dy(), Upright: img, MaskImg: mask}
 	upright := f.EXIF == nil || f.EXIF.Orientation <= 1
 	camera := upright && (cfg.Mode == "keep" || (cfg.Mode == "auto" && img == f.Image))
-	if cfg.Mode != "keep" || !upright {
-		var buf bytes.Buffer
-		if err := jpeg.Encode(&buf, jpegSource(img), &jpeg.Options{Quality: cfg.Quality}); err != nil {
-			return nil, fmt.Errorf("encode jpeg: %w", err)
+	switch {
+	case cfg.Mode == "keep" && upright:
+	case e.search != nil:
+		r, err := e.search.Encode(img)
+		if err != nil {
+			return nil, err
 		}
-		out.Image, out.ContentType = buf.Bytes(), wire.JPEG
+		out.Image, out.ContentType, out.Quality, out.SSIM = r.Data, r.ContentType, r.Quality, r.SSIM
+	default:
+		var buf bytes.Buffer
+		var err error
+		if cfg.Mode == "jpeg" || cfg.Mode == "keep" {
+			err = jpeg.Encode(&buf, encode.Opaque(img), &jpeg.Options{Quality: cfg.Quality})
+			out.ContentType = wire.JPEG
+		} else {
+			err = webp.Encode(&buf, img, webp.Options{Quality: cfg.Quality})
+			out.ContentType = wire.WebP
+		}
+		if err != nil {
+			return nil, fmt.Errorf("encode %s: %w", out.ContentType, err)
+		}
+		out.Image = buf.Bytes()
 	}
 	// auto: the camera's bytes win when they are no larger than the
-	// re-encode (a camera JPEG at or below Quality).
+	// re-encode.
 	if camera && (out.Image == nil || len(raw) <= len(out.Image)) {
-		out.Image = raw
+		out.Image, out.Quality, out.SSIM = raw, 0, 0
 		switch f.Format {
 		case "jpeg":
 			out.ContentType = wire.JPEG
@@ -137,7 +197,7 @@ func thumbnail(img image.Image, mask *image.Gray, side int) []byte {
 		return nil
 	}
 	var buf bytes.Buffer
-	if err := jpeg.Encode(&buf, jpegSource(ov), &jpeg.Options{Quality: 80}); err != nil {
+	if err := jpeg.Encode(&buf, encode.Opaque(ov), &jpeg.Options{Quality: 80}); err != nil {
 		return nil
 	}
 	return buf.Bytes()
@@ -155,25 +215,4 @@ func maskPNG(m *image.Gray) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
-}
-
-// jpegSource returns an opaque *image.NRGBA as the identical *image.RGBA
-// (premultiplying by an alpha of 255 changes nothing), which image/jpeg
-// encodes on its fast path instead of one interface call and allocation
-// per pixel.
-func jpegSource(img image.Image) image.Image {
-	n, ok := img.(*image.NRGBA)
-	if !ok {
-		return img
-	}
-	b := n.Bounds()
-	for y := b.Min.Y; y < b.Max.Y; y++ {
-		row := n.Pix[n.PixOffset(b.Min.X, y):][:4*b.Dx()]
-		for i := 3; i < len(row); i += 4 {
-			if row[i] != 0xff {
-				return img
-			}
-		}
-	}
-	return &image.RGBA{Pix: n.Pix, Stride: n.Stride, Rect: n.Rect}
 }

@@ -101,6 +101,7 @@ type pipeline struct {
 	hook func(stage string)
 	// clockSynced reports whether the clock can be trusted (clockSynced).
 	clockSynced func() bool
+	enc         *encoder      // made on the first frame
 	below       atomic.Uint64 // frames below min_coverage seen, for thinning
 	busy        atomic.Int64  // start of the frame in flight (unix ns), 0 when idle
 }
@@ -172,7 +173,12 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 		}
 	}
 
-	enc, err := encodeFrame(p.cfg.Encode, c.Data, f, res.Mask)
+	if p.enc == nil {
+		if p.enc, err = newEncoder(p.cfg.Encode); err != nil {
+			return err
+		}
+	}
+	enc, err := p.enc.frame(c.Data, f, res.Mask)
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.Name, err)
 	}
@@ -231,7 +237,7 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 		Thumb: thumbnail(enc.Upright, enc.MaskImg, 160),
 	})
 	p.log.Debug("frame spooled", "file", c.Name, "seq", seq, "spool_id", id, "coverage", res.Coverage,
-		"bytes", len(enc.Image), "ms", d.Milliseconds())
+		"bytes", len(enc.Image), "content_type", enc.ContentType, "quality", enc.Quality, "ssim", enc.SSIM, "ms", d.Milliseconds())
 	if p.report != nil {
 		p.report(rep)
 	}

@@ -1,0 +1,156 @@
+package encode
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"math"
+)
+
+// Options configure a Searcher.
+type Options struct {
+	// Format is the encoding. The zero value is WebP.
+	Format Format
+	// MinSSIM is the target: the encoding's SSIM (see SSIM) against the
+	// image it encodes must be at least this. Within (0, 1).
+	MinSSIM float64
+	// MinQuality and MaxQuality bound the qualities tried (1-100). 0
+	// means 1 and 100.
+	MinQuality, MaxQuality int
+}
+
+// Result is one frame's encoding.
+type Result struct {
+	// Data is the encoded image, ContentType its MIME type.
+	Data        []byte
+	ContentType string
+	// Quality is the quality it was encoded at.
+	Quality int
+	// SSIM is its SSIM against the source image.
+	SSIM float64
+	// Met reports whether SSIM reaches Options.MinSSIM. When no quality up
+	// to MaxQuality does, the result is the MaxQuality encoding.
+	Met bool
+	// Trials is how many qualities were encoded and measured.
+	Trials int
+}
+
+// Searcher encodes frames at the lowest quality whose SSIM reaches a
+// target. It starts each search at the quality the last frame needed, so
+// that a camera's similar frames cost about two trial encodings each. A
+// Searcher is not safe for concurrent use.
+type Searcher struct {
+	opts Options
+	hint int
+	// Reused between frames: the luma of the source and of a trial.
+	ref, trial Luma
+}
+
+// ErrOptions reports unusable Options.
+var ErrOptions = errors.New("encode: bad options")
+
+// NewSearcher returns a Searcher for opts.
+func NewSearcher(opts Options) (*Searcher, error) {
+	if opts.MinQuality == 0 {
+		opts.MinQuality = 1
+	}
+	if opts.MaxQuality == 0 {
+		opts.MaxQuality = 100
+	}
+	switch {
+	case opts.Format != WebP && opts.Format != JPEG:
+		return nil, fmt.Errorf("%w: unknown format %v", ErrOptions, opts.Format)
+	case !(opts.MinSSIM > 0 && opts.MinSSIM < 1):
+		return nil, fmt.Errorf("%w: MinSSIM must be within (0,1) (got %v)", ErrOptions, opts.MinSSIM)
+	case opts.MinQuality < 1 || opts.MaxQuality > 100 || opts.MinQuality > opts.MaxQuality:
+		return nil, fmt.Errorf("%w: qualities must satisfy 1 <= min <= max <= 100 (got %d, %d)", ErrOptions, opts.MinQuality, opts.MaxQuality)
+	}
+	return &Searcher{opts: opts, hint: min(max(75, opts.MinQuality), opts.MaxQuality)}, nil
+}
+
+// Encode encodes img at the lowest quality in [MinQuality, MaxQuality]
+// whose SSIM against img reaches MinSSIM. SSIM grows with quality only
+// roughly (re-encoding a JPEG near its own quantisation steps gives
+// bumps), so the search returns a quality q that passes while q-1 fails
+// (or q is MinQuality), found by bracketing from the last frame's
+// quality. Each trial encodes, decodes and measures the whole image.
+func (s *Searcher) Encode(img image.Image) (*Result, error) {
+	lumaInto(&s.ref, img)
+	o := s.opts
+	if s.ref.W < ssimWindow || s.ref.H < ssimWindow {
+		// Smaller than one SSIM window: nothing to measure; send it at the
+		// top quality.
+		b, err := encodeAt(o.Format, img, o.MaxQuality)
+		if err != nil {
+			return nil, err
+		}
+		return &Result{Data: b, ContentType: o.Format.ContentType(), Quality: o.MaxQuality, SSIM: 1, Met: true, Trials: 1}, nil
+	}
+	var (
+		fail, pass   = o.MinQuality - 1, o.MaxQuality + 1 // bracket: fail < answer <= pass
+		failS, passS = math.NaN(), math.NaN()
+		best         []byte
+		trials, step int
+		q            = min(max(s.hint, o.MinQuality), o.MaxQuality)
+	)
+	for {
+		b, err := encodeAt(o.Format, img, q)
+		if err != nil {
+			return nil, err
+		}
+		if err := decodeLuma(o.Format, b, &s.trial); err != nil {
+			return nil, err
+		}
+		trials++
+		if v := SSIM(&s.ref, &s.trial); v >= o.MinSSIM {
+			pass, passS, best = q, v, b
+		} else {
+			fail, failS = q, v
+		}
+		if pass-fail <= 1 {
+			break
+		}
+		q = s.next(fail, pass, failS, passS, &step)
+	}
+	if pass > o.MaxQuality {
+		// Even the top quality misses the target: send that.
+		s.hint = o.MaxQuality
+		b, err := encodeAt(o.Format, img, o.MaxQuality)
+		if err != nil {
+			return nil, err
+		}
+		return &Result{Data: b, ContentType: o.Format.ContentType(), Quality: o.MaxQuality, SSIM: failS, Trials: trials}, nil
+	}
+	s.hint = pass
+	return &Result{Data: best, ContentType: o.Format.ContentType(), Quality: pass, SSIM: passS, Met: true, Trials: trials}, nil
+}
+
+// next picks the next quality to try inside the open bracket (fail,
+// pass). With both ends measured it interpolates the target between
+// their SSIMs; with one end it steps away from it, doubling the step each
+// time (1, 2, 4, ...), since a camera's next frame usually needs about
+// the quality of the last.
+func (s *Searcher) next(fail, pass int, failS, passS float64, step *int) int {
+	lo, hi := s.opts.MinQuality, s.opts.MaxQuality
+	if fail >= lo && pass <= hi {
+		f := (s.opts.MinSSIM - failS) / (passS - failS)
+		if !(f >= 0 && f <= 1) { // a bump: SSIM fell as quality rose
+			f = 0.5
+		}
+		w := pass - fail
+		q := fail + int(math.Ceil(f*float64(w)))
+		// Stay a quarter of a wide bracket away from its ends, so that a
+		// poor guess still shrinks it by a quarter.
+		m := max(1, w/4)
+		return min(max(q, fail+m), pass-m)
+	}
+	if *step == 0 {
+		*step = 1
+	} else {
+		*step *= 2
+	}
+	if pass <= hi { // only passes so far: step down
+		return max(pass-*step, lo)
+	}
+	return min(fail+*step, hi) // only failures: step up
+}
