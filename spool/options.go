@@ -56,6 +56,9 @@ const (
 	OldestFirst Order = iota
 	// NewestFirst hands out the highest ids first.
 	NewestFirst
+	// ByPriority hands out the highest Record.Priority first, the lowest
+	// id (the oldest) first within a priority.
+	ByPriority
 )
 
 // String returns the configuration spelling of o.
@@ -65,6 +68,8 @@ func (o Order) String() string {
 		return "oldest-first"
 	case NewestFirst:
 		return "newest-first"
+	case ByPriority:
+		return "priority"
 	}
 	return fmt.Sprintf("Order(%d)", int(o))
 }
@@ -72,15 +77,18 @@ func (o Order) String() string {
 // MarshalText implements encoding.TextMarshaler.
 func (o Order) MarshalText() ([]byte, error) { return []byte(o.String()), nil }
 
-// UnmarshalText accepts "oldest-first" (or empty) and "newest-first".
+// UnmarshalText accepts "oldest-first" (or empty), "newest-first" and
+// "priority".
 func (o *Order) UnmarshalText(b []byte) error {
 	switch string(b) {
 	case "", "oldest-first":
 		*o = OldestFirst
 	case "newest-first":
 		*o = NewestFirst
+	case "priority":
+		*o = ByPriority
 	default:
-		return fmt.Errorf("spool order: must be oldest-first or newest-first (got %q)", b)
+		return fmt.Errorf("spool order: must be oldest-first, newest-first or priority (got %q)", b)
 	}
 	return nil
 }

@@ -84,6 +84,32 @@ func TestOrder(t *testing.T) {
 	}
 }
 
+// TestOrderByPriority: the highest priority first, the oldest first within
+// a priority; in-flight records are skipped and released ones come back in
+// their place; the order holds after a reopen.
+func TestOrderByPriority(t *testing.T) {
+	dir := t.TempDir()
+	q := openT(t, dir, Options{Order: ByPriority})
+	for i, p := range []int{0, 2, 1, 2, 0, 4, 1} { // ids 1..7
+		putT(t, q, rec(i, 10, p))
+	}
+	first := nextIDs(t, q, 3)
+	if want := []uint64{6, 2, 4}; !slices.Equal(first, want) {
+		t.Fatalf("first Next %v, want %v", first, want)
+	}
+	q.Release(2)
+	if got, want := nextIDs(t, q, 10), []uint64{2, 3, 7, 1, 5}; !slices.Equal(got, want) {
+		t.Fatalf("after releasing 2: %v, want %v", got, want)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = openT(t, dir, Options{Order: ByPriority})
+	if got, want := nextIDs(t, q, 10), []uint64{6, 2, 4, 3, 7, 1, 5}; !slices.Equal(got, want) {
+		t.Fatalf("after reopen: %v, want %v", got, want)
+	}
+}
+
 func TestInFlightReleaseAndReopen(t *testing.T) {
 	dir := t.TempDir()
 	q, err := Open(dir, Options{})
