@@ -54,6 +54,11 @@ type Options struct {
 	clockSynced func() bool
 	// newPublisher, in tests, replaces uplink.New.
 	newPublisher func(uplink.Options) (linkPublisher, error)
+	// now, in tests, is the link budget's clock.
+	now func() time.Time
+	// budgetPoll, in tests, is how often a waiting drain looks at the
+	// link budget again (default one minute).
+	budgetPoll time.Duration
 }
 
 // linkPublisher is the uplink as Run uses it: *uplink.Publisher.
@@ -83,6 +88,7 @@ type Agent struct {
 	keep    *keeper
 	// clockSynced reports whether the clock can be trusted.
 	clockSynced func() bool
+	budget      *budget // nil without uplink.daily_bytes and uplink.windows
 
 	closeOnce sync.Once
 }
@@ -134,6 +140,17 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	}
 	if err := migrateState(cfg.Device.StateDir, a.q); err != nil {
 		return a, err
+	}
+	if a.budget, err = openBudget(cfg.Uplink, cfg.Device.StateDir, opts.now, log.With("component", "budget")); err != nil {
+		return a, err
+	}
+	if a.budget != nil {
+		if opts.budgetPoll > 0 {
+			a.budget.poll = opts.budgetPoll
+		}
+		if err := a.budget.register(a.reg); err != nil {
+			return a, fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	tiling, _ := segment.ParseTiling(cfg.Segment.Tiling)
 	a.model, err = segment.Load(cfg.Segment.Model, segment.Options{
@@ -287,6 +304,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			ClockSynced: a.clockSynced, KeptBytes: a.keep.bytes.Load,
 			Spool: func() spool.Stats { st, _ := a.spoolStats(); return st },
 		}
+		if a.budget != nil {
+			pg.Budget = a.budget.state
+		}
 		srv = &http.Server{Handler: pg.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		httpWG.Add(1)
 		go func() {
@@ -309,6 +329,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		d := &drain{q: a.q, pub: a.pub, batch: a.cfg.Uplink.Batch, agent: "forest-agent/" + Version, user: user,
 			m: a.m, status: a.status, log: a.log.With("component", "drain"),
 			backoffMin: 200 * time.Millisecond, backoffMax: 5 * time.Second}
+		if a.budget != nil {
+			exchange, key := a.cfg.Uplink.Exchange, "frames."+a.cfg.Device.ID
+			d.budget, d.size = a.budget, func(m *wire.Message) int64 { return uplink.Size(m, exchange, key) }
+		}
 		drainWG.Add(1)
 		go func() { defer drainWG.Done(); fail("drain", d.Run(drainStop, hard)) }()
 		if every := a.cfg.Uplink.StatusInterval.D(); every > 0 {

@@ -124,6 +124,13 @@ type UplinkConfig struct {
 	// than that can never be delivered: it is quarantined in the spool,
 	// counted, and the drain goes on.
 	MaxMessageBytes int64 `yaml:"max_message_bytes"`
+	// DailyBytes is the link budget per UTC day: bytes the drain may put
+	// on the connection (image, mask, headers, framing); 0 means no limit.
+	// See budget.go.
+	DailyBytes int64 `yaml:"daily_bytes"`
+	// Windows are the times of day, "HH:MM-HH:MM" in UTC, when the drain
+	// may send; empty means any time.
+	Windows []string `yaml:"windows"`
 }
 
 // TLSConfig names certificate files for amqps://.
@@ -330,7 +337,7 @@ func (c *Config) Validate() error {
 	}
 	var ord spool.Order
 	if err := ord.UnmarshalText([]byte(sp.Order)); err != nil {
-		return bad("spool.order", "must be oldest-first or newest-first (got %q)", sp.Order)
+		return bad("spool.order", "must be oldest-first, newest-first or priority (got %q)", sp.Order)
 	}
 	if sp.MaxAge < 0 {
 		return bad("spool.max_age", "must be >= 0 (got %s)", sp.MaxAge.D())
@@ -385,6 +392,14 @@ func (c *Config) Validate() error {
 	}
 	if err := nonneg("segment.overlay_keep_bytes", c.Segment.OverlayKeepBytes); err != nil {
 		return err
+	}
+	if err := nonneg("uplink.daily_bytes", u.DailyBytes); err != nil {
+		return err
+	}
+	for _, w := range u.Windows {
+		if _, err := parseWindow(w); err != nil {
+			return bad("uplink.windows", "%v", err)
+		}
 	}
 	if c.HTTP.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {

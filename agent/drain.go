@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/forestwatch/forest/agent/status"
@@ -49,6 +50,13 @@ type drain struct {
 	log        *slog.Logger
 	backoffMin time.Duration
 	backoffMax time.Duration
+	// budget, when set, holds the drain to uplink.daily_bytes and
+	// uplink.windows; size says what a message costs on the link. pick
+	// makes a lane's Next and its spending one step, so that the lanes
+	// spend the budget in the spool's order.
+	budget *budget
+	size   func(*wire.Message) int64
+	pick   sync.Mutex
 }
 
 // lanes is how many batches the drain keeps under way at once. While one
@@ -174,17 +182,29 @@ func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) erro
 			}
 			return fmt.Errorf("drain: %w", err)
 		}
-		recs, err := d.q.Next(d.batch)
-		if err != nil {
-			if errors.Is(err, spool.ErrClosed) {
+		if d.budget != nil {
+			if err := d.budget.wait(stop); err != nil {
 				return nil
 			}
-			return fmt.Errorf("drain: %w", err)
 		}
-		if len(recs) == 0 {
+		msgs, ids, err := d.next()
+		if err != nil {
+			if errors.Is(err, spool.ErrClosed) || stop.Err() != nil {
+				return nil
+			}
+			if !errors.Is(err, errBudget) {
+				return fmt.Errorf("drain: %w", err)
+			}
+			d.log.Error("link budget state not saved; frames wait", "err", err)
+		}
+		if len(msgs) == 0 && err == nil {
 			continue
 		}
-		acks, ok, err := d.publish(hard, recs)
+		var acks []uint64
+		ok := false
+		if err == nil {
+			acks, ok, err = d.send(hard, msgs, ids)
+		}
 		if len(acks) > 0 {
 			confirmed <- acks
 		}
@@ -210,10 +230,49 @@ func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) erro
 	}
 }
 
-// publish sends one batch, releases the records the broker did not
-// confirm and returns those it confirmed, still in flight, for the acker.
-// It reports whether every record was confirmed.
+// errBudget marks a failure to save the link budget's state.
+var errBudget = errors.New("link budget")
+
+// next waits for the link budget (when set), takes the next batch from
+// the spool and builds its messages. With a budget it keeps only the
+// prefix that the budget affords, spends it and releases the rest.
+func (d *drain) next() ([]wire.Message, []uint64, error) {
+	if d.budget == nil {
+		recs, err := d.q.Next(d.batch)
+		if err != nil {
+			return nil, nil, err
+		}
+		msgs, ids := d.build(recs)
+		return msgs, ids, nil
+	}
+	d.pick.Lock()
+	defer d.pick.Unlock()
+	recs, err := d.q.Next(d.batch)
+	if err != nil {
+		return nil, nil, err
+	}
+	msgs, ids := d.build(recs)
+	sizes := make([]int64, len(msgs))
+	for i := range msgs {
+		sizes[i] = d.size(&msgs[i])
+	}
+	n, err := d.budget.take(sizes)
+	d.q.Release(ids[n:]...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", errBudget, err)
+	}
+	return msgs[:n], ids[:n], nil
+}
+
+// publish builds and sends one batch (see send).
 func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []uint64, ok bool, err error) {
+	msgs, ids := d.build(recs)
+	return d.send(ctx, msgs, ids)
+}
+
+// build makes the messages of recs. A record whose message cannot be
+// built is quarantined.
+func (d *drain) build(recs []spool.Record) ([]wire.Message, []uint64) {
 	msgs := make([]wire.Message, 0, len(recs))
 	ids := make([]uint64, 0, len(recs))
 	for i := range recs {
@@ -225,11 +284,21 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []u
 		msgs = append(msgs, msg)
 		ids = append(ids, recs[i].ID)
 	}
+	return msgs, ids
+}
+
+// send publishes one batch, releases the records the broker did not
+// confirm and returns those it confirmed, still in flight, for the acker.
+// It reports whether every record was confirmed.
+func (d *drain) send(ctx context.Context, msgs []wire.Message, ids []uint64) (confirmed []uint64, ok bool, err error) {
 	if len(msgs) == 0 {
 		return nil, true, nil
 	}
 	t0 := time.Now()
 	res, err := d.pub.Publish(ctx, msgs)
+	if d.budget != nil {
+		d.account(msgs, res)
+	}
 	var rel []uint64
 	var firstErr error
 	for i, id := range ids {
@@ -274,6 +343,27 @@ func (d *drain) publish(ctx context.Context, recs []spool.Record) (confirmed []u
 		return confirmed, false, err
 	}
 	return confirmed, true, nil
+}
+
+// account counts the bytes a batch put on the link and gives the budget
+// back what messages that never reached the connection (Unsent: the link
+// was down) were charged.
+func (d *drain) account(msgs []wire.Message, res []uplink.Result) {
+	var n, sent int64
+	for i := range msgs {
+		if i >= len(res) || res[i].Outcome == uplink.Unsent {
+			n += d.size(&msgs[i])
+		} else {
+			sent += d.size(&msgs[i])
+		}
+	}
+	d.budget.sent.Add(float64(sent))
+	if n == 0 {
+		return
+	}
+	if err := d.budget.refund(n); err != nil {
+		d.log.Warn("link budget refund of unsent frames not saved; they stay counted", "bytes", n, "err", err)
+	}
 }
 
 // message builds the wire message of one spooled record.

@@ -38,6 +38,9 @@ type Page struct {
 	// KeptBytes is what done/, failed/ and the overlays hold; nil leaves
 	// it off the page.
 	KeptBytes func() int64
+	// Budget, when set, reads the link budget (uplink.daily_bytes and
+	// uplink.windows).
+	Budget func() Budget
 	// Log receives rendering errors.
 	Log *slog.Logger
 }
@@ -92,6 +95,7 @@ type pageData struct {
 	Clock   string
 	Kept    int64
 	Evicted uint64
+	Budget  Budget
 }
 
 var page = template.Must(template.New("status").Funcs(template.FuncMap{
@@ -129,6 +133,7 @@ svg{background:#fff;border:1px solid #ddd;border-radius:6px}
 <div class="card" id="depth">spool depth<b>{{.Spool.Frames}}</b>frames ({{.Spool.InFlight}} in flight)</div>
 <div class="card" id="bytes">spool bytes<b>{{bytes .Spool.Bytes}}</b>file {{bytes .Spool.FileBytes}}</div>
 <div class="card" id="oldest">oldest frame<b>{{if .Spool.Frames}}{{age .Spool.OldestAge}}{{else}}—{{end}}</b>{{if .Spool.Frames}}{{ts .Spool.OldestCreated}}{{end}}</div>
+{{with .Budget}}{{if .Enabled}}<div class="card" id="budget">link budget today<b class="{{if .Blocked}}warn{{else}}ok{{end}}">{{if .Daily}}{{bytes .Left}} left{{else}}no limit{{end}}</b>{{if .Daily}}{{bytes .Used}} of {{bytes .Daily}} sent; resets {{ts .Resets}}{{end}}{{if .Windows}}<br>windows (UTC): {{range $i, $w := .Windows}}{{if $i}}, {{end}}{{$w}}{{end}}{{end}}{{if .Blocked}}<br><small>waiting: {{.Blocked}} until {{ts .Until}}</small>{{end}}</div>{{end}}{{end}}
 <div class="card" id="published">published<b>{{.Published}}</b>since start</div>
 <div class="card" id="ready">ready<b class="{{if .Ready}}ok{{else}}bad{{end}}">{{if .Ready}}yes{{else}}no{{end}}</b><small>{{.Why}}</small></div>
 {{if .Clock}}<div class="card" id="clock">clock<b class="{{if eq .Clock "synchronised"}}ok{{else}}warn{{end}}">{{.Clock}}</b>{{if ne .Clock "synchronised"}}<small>frames are marked clock_synced=false and kept past max_age</small>{{end}}</div>{{end}}
@@ -179,6 +184,9 @@ func (p *Page) serveStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.KeptBytes != nil {
 		d.Kept = p.KeptBytes()
+	}
+	if p.Budget != nil {
+		d.Budget = p.Budget()
 	}
 	var buf bytes.Buffer
 	if err := page.Execute(&buf, d); err != nil {
