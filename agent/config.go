@@ -221,6 +221,9 @@ func (c *Config) finish() error {
 	if len(c.Source.Exec.Command) == 0 {
 		c.Source.Exec.Command = nil
 	}
+	if len(c.Uplink.Windows) == 0 {
+		c.Uplink.Windows = nil
+	}
 	return c.Validate()
 }
 
