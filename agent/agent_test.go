@@ -111,7 +111,10 @@ func TestShutdownOrder(t *testing.T) {
 			releasePut := make(chan struct{})
 			var n int
 			var mu sync.Mutex
-			a.pipe.hook = func(string) {
+			a.pipe.hook = func(stage string) {
+				if stage != "put" {
+					return
+				}
 				mu.Lock()
 				n++
 				k := n

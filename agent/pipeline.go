@@ -97,7 +97,8 @@ type pipeline struct {
 	status  *status.Tracker
 	log     *slog.Logger
 	report  func(FrameReport)
-	// hook, in tests, is called with "put" before the spool Put.
+	// hook, in tests, is called with "encode" and "encoded" around the
+	// encoding and with "put" before the spool Put.
 	hook func(stage string)
 	// clockSynced reports whether the clock can be trusted (clockSynced).
 	clockSynced func() bool
@@ -178,7 +179,13 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 			return err
 		}
 	}
+	if p.hook != nil {
+		p.hook("encode")
+	}
 	enc, err := p.enc.frame(c.Data, f, res.Mask)
+	if p.hook != nil {
+		p.hook("encoded")
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.Name, err)
 	}
