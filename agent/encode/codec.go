@@ -18,7 +18,7 @@ const (
 	// WebP is lossy WebP (VP8), encoded by libwebp 1.4 compiled to
 	// WebAssembly and run by wazero (github.com/gen2brain/webp), so no
 	// C library is needed on the device. It is the default: at the same
-	// SSIM it is 15-40 % smaller than JPEG on aerial frames (BENCHMARKS.md).
+	// SSIM it is 17-36 % smaller than image/jpeg on aerial frames (BENCHMARKS.md).
 	WebP Format = iota
 	// JPEG is baseline 4:2:0 JPEG from the standard library's image/jpeg.
 	JPEG
