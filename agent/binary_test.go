@@ -265,7 +265,7 @@ func checkFrames(t *testing.T, msgs []wire.Message, device, user string) {
 			t.Fatalf("bad id/device/seq: %+v", f.ID)
 		}
 		seen[f.Seq] = true
-		if f.ContentType != wire.JPEG || f.Width != 256 || f.Height != 256 || f.Model != "forest-unet/0" && !strings.HasPrefix(f.Model, "forest-unet/") {
+		if f.ContentType != wire.WebP || f.Width != 256 || f.Height != 256 || f.Model != "forest-unet/0" && !strings.HasPrefix(f.Model, "forest-unet/") {
 			t.Fatalf("%s: type %s %dx%d model %s", f.ID, f.ContentType, f.Width, f.Height, f.Model)
 		}
 		if f.Agent != "forest-agent/test-1" || f.User != user || time.Since(f.Captured) > 10*time.Minute {

@@ -32,6 +32,10 @@ func TestDirCrashRestart(t *testing.T) {
 	os.MkdirAll(in, 0o755)
 	samples := sampleFrames(t)[:4] // the 256×256 tiles
 	model, _ := filepath.Abs(modelPath)
+	// A fixed-quality JPEG encode: lives of 150-850 ms must get frames
+	// through, and the default WebP search (its WebAssembly compile at
+	// start and a few trial encodes per frame) is not what this test is
+	// about.
 	cfg := filepath.Join(dir, "agent.yaml")
 	// The kills here hit whatever frame is in flight, several times the
 	// same one on a slow machine: that is not the frame's fault, so
@@ -39,6 +43,7 @@ func TestDirCrashRestart(t *testing.T) {
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`device: {id: crash-1, state_dir: %[1]s/state}
 source: {type: dir, max_attempts: 1000, dir: {path: %[2]s, settle: 20ms, after: move}}
 segment: {model: %[3]s, threads: 1}
+encode: {mode: jpeg, min_ssim: 0}
 spool: {dir: %[1]s/spool, min_free_bytes: 0}
 http: {listen: ""}
 log: {level: warn}

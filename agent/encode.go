@@ -41,15 +41,16 @@ type encoder struct {
 	search *encode.Searcher // nil without min_ssim
 }
 
-// newEncoder returns the encoder for a validated cfg.
-func newEncoder(cfg EncodeConfig) (*encoder, error) {
+// newEncoder returns the encoder for a validated cfg. progress, when set,
+// is called after each trial of a quality search.
+func newEncoder(cfg EncodeConfig, progress func()) (*encoder, error) {
 	e := &encoder{cfg: cfg}
 	if cfg.MinSSIM > 0 {
 		f := encode.WebP
 		if cfg.Mode == "jpeg" || cfg.Mode == "keep" {
 			f = encode.JPEG
 		}
-		s, err := encode.NewSearcher(encode.Options{Format: f, MinSSIM: cfg.MinSSIM})
+		s, err := encode.NewSearcher(encode.Options{Format: f, MinSSIM: cfg.MinSSIM, Progress: progress})
 		if err != nil {
 			return nil, fmt.Errorf("%w: encode: %w", ErrConfig, err)
 		}
@@ -60,7 +61,7 @@ func newEncoder(cfg EncodeConfig) (*encoder, error) {
 
 // encodeFrame is a fresh encoder's frame, for tests.
 func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gray) (*encoded, error) {
-	e, err := newEncoder(cfg)
+	e, err := newEncoder(cfg, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -175,7 +175,11 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 	}
 
 	if p.enc == nil {
-		if p.enc, err = newEncoder(p.cfg.Encode); err != nil {
+		// Each trial of the quality search counts as progress for the
+		// watchdog: a 12-MP frame's search can take longer than
+		// WatchdogSec without being hung.
+		progress := func() { p.busy.Store(time.Now().UnixNano()) }
+		if p.enc, err = newEncoder(p.cfg.Encode, progress); err != nil {
 			return err
 		}
 	}
@@ -251,8 +255,9 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 	return nil
 }
 
-// busyFor returns how long the frame in flight has been processed, 0 when
-// the pipeline is idle.
+// busyFor returns how long the frame in flight has been processed (since
+// its last progress: each trial of a quality search counts), 0 when the
+// pipeline is idle.
 func (p *pipeline) busyFor() time.Duration {
 	if t := p.busy.Load(); t != 0 {
 		return time.Since(time.Unix(0, t))

@@ -85,7 +85,7 @@ func TestPipelineEXIFToWire(t *testing.T) {
 	if f.Source != "cam" || f.SourceType != "exec" {
 		t.Errorf("source %q of type %q, want cam of type exec", f.Source, f.SourceType)
 	}
-	if f.ContentType != wire.JPEG || f.Width != 256 || f.Height != 256 || f.Coverage != rep.Coverage || f.Model != a.modelID {
+	if f.ContentType != wire.WebP || f.Width != 256 || f.Height != 256 || f.Coverage != rep.Coverage || f.Model != a.modelID {
 		t.Errorf("frame %s %dx%d cov %v model %s", f.ContentType, f.Width, f.Height, f.Coverage, f.Model)
 	}
 	if msg.Headers[wire.HeaderMaskSHA256] == nil || len(f.Mask) == 0 {

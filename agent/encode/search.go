@@ -17,6 +17,10 @@ type Options struct {
 	// MinQuality and MaxQuality bound the qualities tried (1-100). 0
 	// means 1 and 100.
 	MinQuality, MaxQuality int
+	// Progress, when set, is called after each trial, so that a caller
+	// watching for hung work (the agent's systemd watchdog) sees a long
+	// search advance.
+	Progress func()
 }
 
 // Result is one frame's encoding.
@@ -102,6 +106,9 @@ func (s *Searcher) Encode(img image.Image) (*Result, error) {
 			return nil, err
 		}
 		trials++
+		if o.Progress != nil {
+			o.Progress()
+		}
 		if v := SSIM(&s.ref, &s.trial); v >= o.MinSSIM {
 			pass, passS, best = q, v, b
 		} else {
