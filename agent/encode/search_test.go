@@ -96,3 +96,21 @@ func TestSearchOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestSearchProgress: Progress is called after every trial, so that the
+// agent's watchdog sees a long search advance.
+func TestSearchProgress(t *testing.T) {
+	img := load(t, "testdata/neon_192.png")
+	calls := 0
+	s, err := NewSearcher(Options{Format: JPEG, MinSSIM: 0.95, Progress: func() { calls++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Encode(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != r.Trials || calls < 2 {
+		t.Errorf("%d progress calls for %d trials", calls, r.Trials)
+	}
+}
