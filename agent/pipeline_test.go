@@ -187,6 +187,9 @@ func TestAttemptsClearedWhenNotSpooled(t *testing.T) {
 	needModel(t)
 	cfg := testConfig(t)
 	cfg.Spool.MaxBytes = 40000
+	// Six fixed-quality JPEG tiles (about 7 KB each) fill the spool; the
+	// default WebP at SSIM 0.95 makes them a tenth of that.
+	cfg.Encode = EncodeConfig{Mode: "jpeg", Quality: 85}
 	a, err := New(cfg, Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
