@@ -34,8 +34,9 @@
 //     at least once; consumers deduplicate by id. A record that can never
 //     be delivered is set aside with Quarantine (a reason code, counted in
 //     Stats.QuarantinedBy), not left in flight. AckCount says how many
-//     records an Ack removed, so a record evicted while in flight and then
-//     confirmed is counted once, as evicted.
+//     records an Ack settled: a record evicted while in flight and then
+//     confirmed was delivered after all, and its eviction is taken back, so
+//     every record is counted once, as delivered or as evicted.
 //
 // The crash test (crash_test.go) re-executes the test binary as a
 // writer/acker child, SIGKILLs it at random points and checks these

@@ -248,6 +248,9 @@ func (q *Queue) evictLocked(victims []victim) error {
 			delete(q.quar, v.id)
 			continue
 		}
+		if _, busy := q.inflight[v.id]; busy {
+			q.gone[v.id] = v.reason // settled by its Ack or Release
+		}
 		drop[v.id] = true
 		if first == 0 || v.id < first {
 			first = v.id
@@ -272,12 +275,17 @@ const (
 )
 
 // addCounters adds counts to the persistent counters prefix+key in the
-// state bucket and returns their new totals.
-func addCounters(state *bolt.Bucket, prefix string, counts map[string]uint64) (map[string]uint64, error) {
+// state bucket and returns their new totals. sub subtracts them instead.
+func addCounters(state *bolt.Bucket, prefix string, counts map[string]uint64, sub ...bool) (map[string]uint64, error) {
 	totals := make(map[string]uint64, len(counts))
 	for name, n := range counts {
 		key := []byte(prefix + name)
-		total := getU64(state.Get(key)) + n
+		total := getU64(state.Get(key))
+		if len(sub) > 0 && sub[0] {
+			total -= min(n, total)
+		} else {
+			total += n
+		}
 		if err := state.Put(key, u64Bytes(total)); err != nil {
 			return nil, err
 		}

@@ -7,28 +7,42 @@ import (
 )
 
 // TestAckCountAfterInFlightEviction: a record evicted while in flight (the
-// last resort under MaxBytes) is counted as evicted; its Ack, after the
-// broker confirmed it, removes nothing and counts nothing.
+// last resort under MaxBytes) and then confirmed by the broker was
+// delivered after all: its Ack counts it as delivered and takes its
+// eviction back, so it is counted once. One evicted in flight and released
+// (never confirmed) stays counted as evicted.
 func TestAckCountAfterInFlightEviction(t *testing.T) {
-	q := openT(t, t.TempDir(), Options{MaxBytes: 3 * (1000 + recHeaderLen + entryOverhead + 20)})
+	dir := t.TempDir()
+	q := openT(t, dir, Options{MaxBytes: 3 * (1000 + recHeaderLen + entryOverhead + 20)})
 	for i := range 3 {
 		putT(t, q, rec(i, 1000, 0))
 	}
-	inflight := nextIDs(t, q, 3)
-	putT(t, q, rec(3, 1000, 0)) // evicts the oldest, in flight
+	nextIDs(t, q, 3)            // 1, 2, 3
+	putT(t, q, rec(3, 1000, 0)) // 4 evicts 1, in flight
+	nextIDs(t, q, 1)            // 4
+	putT(t, q, rec(4, 1000, 0)) // 5 evicts 2, in flight
 	st := q.Stats()
-	if st.Evictions[ReasonMaxBytes] != 1 || st.Frames != 3 || st.InFlight != 2 {
-		t.Fatalf("after the eviction: %+v", st)
+	if st.Evictions[ReasonMaxBytes] != 2 || st.Frames != 3 || st.InFlight != 2 {
+		t.Fatalf("after the evictions: %+v", st)
 	}
-	n, err := q.AckCount(inflight...)
+	q.Release(2)               // its publish failed: it stays evicted
+	n, err := q.AckCount(1, 3) // 1 was confirmed after its eviction
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n != 2 {
-		t.Fatalf("AckCount removed %d, want 2: the evicted record is not acknowledged again", n)
+		t.Fatalf("AckCount settled %d, want 2: the stored one and the one evicted in flight", n)
 	}
-	if n, _ := q.AckCount(inflight...); n != 0 {
-		t.Fatalf("a second AckCount removed %d", n)
+	if st := q.Stats(); st.Evictions[ReasonMaxBytes] != 1 {
+		t.Fatalf("evictions after the confirm of an evicted record: %v, want 1", st.Evictions)
+	}
+	if n, _ := q.AckCount(1, 2, 3); n != 0 {
+		t.Fatalf("a second AckCount settled %d", n)
+	}
+	q.Close()
+	st2, err := Inspect(dir)
+	if err != nil || st2.Evictions[ReasonMaxBytes] != 1 {
+		t.Fatalf("persisted evictions %v (%v), want 1", st2.Evictions, err)
 	}
 }
 

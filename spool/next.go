@@ -258,8 +258,12 @@ func (q *Queue) Ack(ids ...uint64) error {
 	return err
 }
 
-// AckCount is Ack, and returns how many of ids it deleted: a record
-// evicted while in flight, then confirmed, is not counted again.
+// AckCount is Ack, and returns how many of ids it settled: the records it
+// deleted, and those evicted while in flight (the last resort under
+// MaxBytes or MinFreeBytes) and confirmed now. Such a record was delivered
+// after all, so its eviction is taken back from Stats.Evictions: every
+// record is counted once, as delivered or as evicted. Ids acknowledged or
+// released before are not counted.
 func (q *Queue) AckCount(ids ...uint64) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -271,15 +275,21 @@ func (q *Queue) AckCount(ids ...uint64) (int, error) {
 	defer q.wmu.Unlock()
 	q.mu.Lock()
 	drop := make(map[uint64]bool, len(ids))
+	delivered := map[uint64]string{}
+	undo := map[string]uint64{}
 	for _, id := range ids {
 		if q.hasLocked(id) {
 			drop[id] = true
+		} else if reason, ok := q.gone[id]; ok {
+			delivered[id] = reason
+			undo[reason]++
 		}
 	}
 	q.mu.Unlock()
-	if len(drop) == 0 {
+	if len(drop) == 0 && len(delivered) == 0 {
 		return 0, nil
 	}
+	var totals map[string]uint64
 	err := q.update("ack", func(tx *bolt.Tx) error {
 		data, idx := tx.Bucket(bktData), tx.Bucket(bktIdx)
 		for id := range drop {
@@ -291,13 +301,19 @@ func (q *Queue) AckCount(ids ...uint64) (int, error) {
 				return err
 			}
 		}
-		return nil
+		var err error
+		totals, err = addCounters(tx.Bucket(bktState), evictKeyPrefix, undo, true)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("ack: %w", err)
 	}
 	q.mu.Lock()
 	q.removeLocked(drop)
+	for id := range delivered {
+		delete(q.gone, id)
+	}
+	maps.Copy(q.evictions, totals)
 	q.mu.Unlock()
 	q.maybeCompactLocked()
 	// The pages Next read for acknowledged records, once they add up:
@@ -307,7 +323,7 @@ func (q *Queue) AckCount(ids ...uint64) (int, error) {
 		q.unmapped.Store(0)
 		q.dropMappedLocked()
 	}
-	return len(drop), nil
+	return len(drop) + len(delivered), nil
 }
 
 // Release returns in-flight records so that Next hands them out again, for
@@ -320,6 +336,7 @@ func (q *Queue) Release(ids ...uint64) {
 	defer q.mu.Unlock()
 	for _, id := range ids {
 		delete(q.inflight, id)
+		delete(q.gone, id)
 	}
 	q.wakeLocked()
 }

@@ -96,7 +96,8 @@ type Queue struct {
 	mu           sync.Mutex // guards the fields below
 	ents         []entry    // sorted by id
 	inflight     map[uint64]struct{}
-	quar         map[uint64]int64 // quarantined id -> bytes
+	gone         map[uint64]string // in-flight records evicted, by reason, until Ack or Release
+	quar         map[uint64]int64  // quarantined id -> bytes
 	bytes        int64
 	nextID       uint64
 	evictions    map[string]uint64
@@ -134,6 +135,7 @@ func Open(dir string, opts Options) (*Queue, error) {
 		reqs:      make(chan *putReq, 256),
 		quit:      make(chan struct{}),
 		inflight:  make(map[uint64]struct{}),
+		gone:      make(map[uint64]string),
 		quar:      make(map[uint64]int64),
 		evictions: make(map[string]uint64),
 		quarBy:    make(map[string]uint64),
