@@ -2,8 +2,10 @@ package cloud
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/forestwatch/forest/internal/config"
@@ -22,6 +24,8 @@ type Config struct {
 	Consumer ConsumerConfig `yaml:"consumer"`
 	// Identity says which broker users may publish for which devices.
 	Identity IdentityConfig `yaml:"identity"`
+	// Legacy says whose legacy JSON messages are accepted.
+	Legacy LegacyConfig `yaml:"legacy"`
 	// HTTP is where /metrics, /healthz and /readyz are served.
 	HTTP HTTPConfig `yaml:"http"`
 	// Fleet configures the agents' status reports and the fleet page.
@@ -144,6 +148,17 @@ type IdentityConfig struct {
 	// Devices maps a broker user to the devices it may publish for, in
 	// addition to the device named like the user. No wildcards.
 	Devices map[string][]string `yaml:"devices"`
+}
+
+// LegacyConfig governs the legacy JSON message of old devices.
+type LegacyConfig struct {
+	// Users are the broker users whose legacy messages are accepted,
+	// matched against the message's user_id property, which RabbitMQ
+	// validates against the publishing connection's user. A legacy message
+	// names no device, so its user is all that says who sent it: one from
+	// any other user, or without a user_id, is dead-lettered with reason
+	// legacy_user. Empty (the default): no legacy message is accepted.
+	Users []string `yaml:"users"`
 }
 
 // HTTPConfig is where /metrics, /healthz and /readyz are served.
@@ -297,6 +312,21 @@ func (c *Config) Validate() error {
 		}
 		if _, err := wire.SanitiseName(p); err != nil {
 			bad(f, "not a safe key prefix: %v", err)
+		}
+	}
+	if c.Consumer.AcceptLegacy == nil || *c.Consumer.AcceptLegacy {
+		// A legacy image's key is any name the old device sends under the
+		// legacy prefix, so the two prefixes must not overlap: a legacy
+		// name could otherwise take a frame's key first.
+		if p, l := c.S3.Prefix, c.S3.LegacyPrefix; p == "" || l == "" || l == p || strings.HasPrefix(l, p+"/") {
+			bad("s3.legacy_prefix", "must not equal or sit inside s3.prefix (got %q with s3.prefix %q): a legacy image could take a frame's key", l, p)
+		} else if strings.HasPrefix(p, l+"/") {
+			bad("s3.legacy_prefix", "must not contain s3.prefix (got %q with s3.prefix %q): a legacy image could take a frame's key", l, p)
+		}
+	}
+	for i, u := range c.Legacy.Users {
+		if u == "" || strings.ContainsAny(u, "*?") {
+			bad(fmt.Sprintf("legacy.users[%d]", i), "must be a broker user name, no wildcards (got %q)", u)
 		}
 	}
 	if c.S3.Endpoint != "" {

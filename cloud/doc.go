@@ -52,9 +52,13 @@
 // server verifies it; the SigV4 signature then covers the headers only
 // (UNSIGNED-PAYLOAD) instead of hashing the body a second time.
 //
-// Legacy messages carry no device, so no identity check applies to them;
-// If-None-Match still keeps any publisher from replacing an existing
-// object.
+// Legacy messages carry no device, so their publisher is all that says who
+// sent them: one is accepted only if its user_id (validated by the broker)
+// is listed in legacy.users, and dead-lettered with reason legacy_user
+// otherwise, before its body is decoded. The legacy prefix may neither equal
+// nor contain nor sit inside the frames prefix (Validate), so a legacy name
+// can never take a frame's key; If-None-Match still keeps any publisher
+// from replacing an existing object.
 //
 // Poison messages (undecodable, failing validation, checksum mismatch,
 // oversized, unknown schema, identity mismatch, conflicting content, unsafe

@@ -47,6 +47,9 @@ const (
 	ReasonSizeMismatch   Reason = "size_mismatch"
 	ReasonDeliveryLimit  Reason = "delivery_limit"
 	ReasonBrokerRejected Reason = "broker_rejected"
+	// ReasonLegacyUser: a legacy message from a broker user not listed in
+	// legacy.users (or without a user_id).
+	ReasonLegacyUser Reason = "legacy_user"
 )
 
 // PoisonError is a message that cannot be stored, with the reason it is

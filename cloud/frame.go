@@ -90,6 +90,9 @@ func (s *Service) plan(m wire.Message, now time.Time) (*planned, error) {
 		if !*s.cfg.Consumer.AcceptLegacy {
 			return nil, poison(ReasonUnknownFormat, errors.New("legacy message and consumer.accept_legacy is false"))
 		}
+		if err := s.checkLegacyUser(m); err != nil {
+			return nil, err
+		}
 		return s.planLegacy(m)
 	}
 	f, err := wire.Decode(m)
@@ -162,15 +165,36 @@ func (s *Service) planLegacy(m wire.Message) (*planned, error) {
 	return &planned{objects: []object{newObject("legacy", key, wire.PNG, l.PNG)}, id: l.Name, legacy: true}, nil
 }
 
-// checkIdentity refuses a frame whose publisher may not speak for device.
-func (s *Service) checkIdentity(m wire.Message, device string) error {
+// publisher returns the broker user who published m: its user_id, which
+// the broker validated, or for a copy that forest-cloud itself published
+// (requeued from the dead-letter queue, or parked during an S3 outage) the
+// original user it recorded in x-forest-user-id.
+func (s *Service) publisher(m wire.Message) string {
 	user := m.UserID
 	if s.ownUser != "" && user == s.ownUser {
-		// Requeued from the dead-letter queue by forest-cloud itself.
 		if orig, ok := m.Headers[HeaderUserID].(string); ok {
 			user = orig
 		}
 	}
+	return user
+}
+
+// checkLegacyUser refuses a legacy message whose publisher is not listed in
+// legacy.users: it is checked before the body is decoded.
+func (s *Service) checkLegacyUser(m wire.Message) error {
+	user := s.publisher(m)
+	if user != "" && slices.Contains(s.cfg.Legacy.Users, user) {
+		return nil
+	}
+	if user == "" {
+		return poison(ReasonLegacyUser, errors.New("legacy message without a user_id: old devices must set the AMQP user_id property to their broker user, listed in legacy.users"))
+	}
+	return poison(ReasonLegacyUser, fmt.Errorf("legacy message from broker user %q, which legacy.users does not list", user))
+}
+
+// checkIdentity refuses a frame whose publisher may not speak for device.
+func (s *Service) checkIdentity(m wire.Message, device string) error {
+	user := s.publisher(m)
 	if user == "" {
 		if *s.cfg.Identity.RequireUserID {
 			return poison(ReasonIdentity, fmt.Errorf("frame for device %q has no user_id and identity.require_user_id is true", device))

@@ -110,6 +110,7 @@ func newEnv(t testing.TB, srv *s3test.Server, devices ...string) *env {
 		},
 		"consumer": map[string]any{"workers": 4, "shutdown_timeout": "10s", "max_message_bytes": 1 << 20, "max_pixels": 4 << 20},
 		"identity": map[string]any{"devices": map[string]any{rabbittest.AdminUser: devices}},
+		"legacy":   map[string]any{"users": []string{rabbittest.AdminUser}},
 		"log":      map[string]any{"level": "debug", "format": "text"},
 	}
 	var err error

@@ -27,8 +27,10 @@ func legacyBody(img []byte, name string) []byte {
 	return b
 }
 
+// legacyPub is a legacy message published by the test's admin user, which
+// newEnv lists in legacy.users.
 func legacyPub(id string, body []byte) amqp.Publishing {
-	return amqp.Publishing{MessageId: id, Body: body, DeliveryMode: amqp.Persistent}
+	return amqp.Publishing{MessageId: id, Body: body, DeliveryMode: amqp.Persistent, UserId: rabbittest.AdminUser}
 }
 
 // hugePNG is a valid PNG header claiming w×h pixels, with no pixel data.
@@ -97,6 +99,22 @@ func TestMalformed(t *testing.T) {
 		{"legacy name too long", legacyPub("l12", legacyBody(png8, strings.Repeat("a", 300)+".png")), cloud.ReasonUnsafeName, ""},
 		{"legacy empty name", legacyPub("l13", legacyBody(png8, "")), cloud.ReasonUnsafeName, ""},
 		{"legacy oversized", legacyPub("l14", bytes.Repeat([]byte(" "), 1<<20+1)), cloud.ReasonTooLarge, ""},
+		{"legacy without user_id", func() amqp.Publishing {
+			p := legacyPub("l15", legacyBody(png8, "no-user.png"))
+			p.UserId = ""
+			return p
+		}(), cloud.ReasonLegacyUser, ""},
+		{"legacy from a user not in legacy.users", func() amqp.Publishing {
+			p := legacyPub("l16", legacyBody(png8, "dev-x.png"))
+			p.UserId = "dev-x"
+			return p
+		}(), cloud.ReasonLegacyUser, devURL},
+		{"legacy forging the requeue header", func() amqp.Publishing {
+			p := legacyPub("l17", legacyBody(png8, "forged.png"))
+			p.UserId = "dev-x"
+			p.Headers = amqp.Table{cloud.HeaderUserID: rabbittest.AdminUser}
+			return p
+		}(), cloud.ReasonLegacyUser, devURL},
 		{"wire oversized", wf(func(f *wire.Frame, m *amqp.Publishing) {
 			m.Body = append(append([]byte{}, m.Body...), make([]byte, 1<<20)...)
 		}), cloud.ReasonTooLarge, ""},

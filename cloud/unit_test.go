@@ -31,11 +31,25 @@ func TestConfigErrorsNameFields(t *testing.T) {
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, bukket: c}":                                     "s3.bukket: unknown key",
 		"amqp: {url: 'amqp://x', password_file: f, password_env: E}\ns3: {bucket: b}":             "amqp.password_env: set either",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: '${T_UNSET_BUCKET}'}":                              "s3.bucket: environment variable T_UNSET_BUCKET is not set",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, legacy_prefix: frames}":                         "s3.legacy_prefix: must not equal or sit inside s3.prefix",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, legacy_prefix: frames/old}":                     "s3.legacy_prefix: must not equal or sit inside s3.prefix",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, prefix: data/frames, legacy_prefix: data}":      "s3.legacy_prefix: must not contain s3.prefix",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlegacy: {users: ['*']}":                         "legacy.users[0]: must be a broker user name, no wildcards",
 	}
 	for in, want := range cases {
 		_, err := cloud.ParseConfig([]byte(in))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want %q", in, err, want)
+		}
+	}
+	// Disjoint prefixes pass, as does an overlap when legacy is off.
+	for _, ok := range []string{
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, prefix: frames, legacy_prefix: frames-old}",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, prefix: data/frames, legacy_prefix: data/legacy}",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, legacy_prefix: frames}\nconsumer: {accept_legacy: false}",
+	} {
+		if _, err := cloud.ParseConfig([]byte(ok)); err != nil {
+			t.Errorf("%q: %v", ok, err)
 		}
 	}
 	_, err := cloud.ParseConfig([]byte("amqp: {url: 'amqp://x'}"))

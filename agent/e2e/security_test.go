@@ -195,7 +195,7 @@ func legacy(name string, img []byte) []byte {
 // TestLegacyNames: legacy messages with traversal names never write
 // outside their prefix, neither in S3 nor on the S3 server's disk.
 func TestLegacyNames(t *testing.T) {
-	s := newStack(t, nil, "identity:\n  devices:\n    forest-admin: [legacy]\n")
+	s := newStack(t, nil, "identity:\n  devices:\n    forest-admin: [legacy]\nlegacy:\n  users: [forest-admin]\n")
 	frames, err := LoadFrames(s.Root, 64)
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +212,7 @@ func TestLegacyNames(t *testing.T) {
 		"ok/nested/frame-1.png", "plain-frame.jpg",
 	}
 	for _, n := range names {
-		if err := p.publish("frames.legacy", amqp.Publishing{DeliveryMode: amqp.Persistent, Body: legacy(n, img)}); err != nil {
+		if err := p.publish("frames.legacy", amqp.Publishing{DeliveryMode: amqp.Persistent, UserId: rabbittest.AdminUser, Body: legacy(n, img)}); err != nil {
 			t.Fatal(err)
 		}
 	}
