@@ -34,7 +34,7 @@ func TestConfigErrorsNameFields(t *testing.T) {
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, legacy_prefix: frames}":                         "s3.legacy_prefix: must not equal or sit inside s3.prefix",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, legacy_prefix: frames/old}":                     "s3.legacy_prefix: must not equal or sit inside s3.prefix",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, prefix: data/frames, legacy_prefix: data}":      "s3.legacy_prefix: must not contain s3.prefix",
-		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlegacy: {users: ['*']}":                         "legacy.users[0]: must be a broker user name, no wildcards",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlegacy: {users: ['*']}":                        "legacy.users[0]: must be a broker user name, no wildcards",
 	}
 	for in, want := range cases {
 		_, err := cloud.ParseConfig([]byte(in))
