@@ -125,57 +125,6 @@ func TestKill9(t *testing.T) {
 	}
 }
 
-// TestS3Outage stops the S3 server for 60 seconds in the middle of a run:
-// nothing is lost, nothing is dead-lettered, and the backlog clears after
-// the server is back.
-func TestS3Outage(t *testing.T) {
-	t.Parallel() // tests with goleak checks run serially, before these
-	if testing.Short() {
-		t.Skip("-short")
-	}
-	srv := startS3(t)
-	e := newEnv(t, srv)
-	e.declare(t)
-	frames := manyFrames(t, e.cfg.S3.Prefix, 600)
-	e.publishFrames(t, frames)
-	r := e.start(t, nil)
-	waitFor(t, 30*time.Second, "some frames stored", func() bool {
-		return counter(r.reg, "forest_cloud_messages_total", "result", "stored") >= 20
-	})
-	srv.Stop(t)
-	// Counted after 5 s: results are counted when their (held) acks go out.
-	time.Sleep(5 * time.Second)
-	stoppedAt := counter(r.reg, "forest_cloud_messages_total", "result", "stored")
-	if r.svc.Ready() {
-		t.Error("ready while S3 is down")
-	}
-	time.Sleep(55 * time.Second)
-	if n := counter(r.reg, "forest_cloud_messages_total", "result", "stored"); n > stoppedAt+float64(e.cfg.Consumer.Workers) {
-		t.Errorf("%v frames stored while S3 was down", n-stoppedAt)
-	}
-	srv.Start(t)
-	t.Logf("S3 back after 60s: %v stored before, %v requeued, %v S3 errors", stoppedAt,
-		counter(r.reg, "forest_cloud_messages_total", "result", "requeued"), counter(r.reg, "forest_cloud_s3_errors_total"))
-	waitFor(t, 90*time.Second, "backlog cleared", func() bool {
-		return counter(r.reg, "forest_cloud_messages_total", "result", "stored")+
-			counter(r.reg, "forest_cloud_messages_total", "result", "duplicate") >= float64(len(frames)) &&
-			e.queueDepth(t, e.cfg.AMQP.Queue) == 0
-	})
-	if !r.svc.Ready() {
-		t.Error("not ready after S3 came back")
-	}
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
-	if n := counter(r.reg, "forest_cloud_dead_letters_total"); n != 0 {
-		t.Errorf("%v dead letters", n)
-	}
-	if d := e.queueDepth(t, e.cfg.AMQP.DeadLetterQueue); d != 0 {
-		t.Errorf("%d messages in the dead-letter queue", d)
-	}
-	e.verifyExactlyOnce(t, frames)
-}
-
 // TestReplicas runs three consumers on one queue with some messages
 // published twice: every frame is stored once, every object written once,
 // and the redeliveries are suppressed duplicates.

@@ -23,6 +23,9 @@ var (
 	ErrTooLarge = errors.New("too large")
 	// ErrConfig is matched by every configuration validation error.
 	ErrConfig = config.ErrConfig
+	// ErrOutage means an S3 write failed while S3 is out (the circuit
+	// breaker is open): not the message's own failure.
+	ErrOutage = errors.New("S3 outage")
 	// ErrStartup is matched by every failed start-up check.
 	ErrStartup = errors.New("start-up check failed")
 )
@@ -79,6 +82,9 @@ type StartupError struct {
 	Check string
 	Err   error
 	Fix   string
+	// Transient is set when the check may pass by itself (S3 did not
+	// answer): Run waits for it, not ready, instead of exiting.
+	Transient bool
 }
 
 func (e *StartupError) Error() string {

@@ -1,15 +1,13 @@
 package cloud
 
 import (
-	"sync/atomic"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // metrics are forest-cloud's Prometheus metrics, registered on the registry
 // passed in Options.
 type metrics struct {
-	messages      *prometheus.CounterVec // result: stored, duplicate, dead_lettered, requeued
+	messages      *prometheus.CounterVec // result: stored, duplicate, dead_lettered, requeued, parked
 	deadLetters   *prometheus.CounterVec // reason
 	objects       *prometheus.CounterVec // kind
 	duplicates    prometheus.Counter
@@ -18,18 +16,18 @@ type metrics struct {
 	s3Retries     prometheus.Counter
 	s3Errors      prometheus.Counter
 	s3Healthy     prometheus.Gauge
+	s3Outages     prometheus.Counter
+	s3Probes      *prometheus.CounterVec // result: ok, failed
 	connected     prometheus.Gauge
 	reconnects    prometheus.Counter
 	inflight      prometheus.Gauge
 	handleSeconds prometheus.Histogram
-
-	s3Down atomic.Bool // mirrors s3Healthy for /readyz
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "forest_cloud_messages_total", Help: "Messages handled, by result (stored, duplicate, dead_lettered, requeued).",
+			Name: "forest_cloud_messages_total", Help: "Messages handled, by result (stored, duplicate, dead_lettered, requeued, parked).",
 		}, []string{"result"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forest_cloud_dead_letters_total", Help: "Messages dead-lettered by this consumer, by reason.",
@@ -54,8 +52,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "forest_cloud_s3_errors_total", Help: "Transient S3 errors.",
 		}),
 		s3Healthy: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "forest_cloud_s3_healthy", Help: "1 if the last S3 write succeeded, else 0.",
+			Name: "forest_cloud_s3_healthy", Help: "0 while the S3 circuit breaker is open (writes and probes failing; consumption paused), else 1.",
 		}),
+		s3Outages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "forest_cloud_s3_outages_total", Help: "Times the S3 circuit breaker opened.",
+		}),
+		s3Probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "forest_cloud_s3_probes_total", Help: "S3 probes of the circuit breaker, by result (ok, failed).",
+		}, []string{"result"}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "forest_cloud_broker_connected", Help: "1 while consuming from the broker, else 0.",
 		}),
@@ -72,18 +76,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.s3Healthy.Set(1)
 	reg.MustRegister(m.messages, m.deadLetters, m.objects, m.duplicates, m.bytes, m.s3Put, m.s3Retries,
-		m.s3Errors, m.s3Healthy, m.connected, m.reconnects, m.inflight, m.handleSeconds)
+		m.s3Errors, m.s3Healthy, m.s3Outages, m.s3Probes, m.connected, m.reconnects, m.inflight, m.handleSeconds)
 	return m
-}
-
-// s3Health records the outcome of an S3 write and reports whether it
-// changed the health state.
-func (m *metrics) s3Health(ok bool) (changed bool) {
-	changed = m.s3Down.Swap(!ok) == ok
-	if ok {
-		m.s3Healthy.Set(1)
-	} else {
-		m.s3Healthy.Set(0)
-	}
-	return changed
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,23 +131,27 @@ func TestHTTPAndReconnect(t *testing.T) {
 	e.verifyExactlyOnce(t, frames)
 }
 
-// TestDeliveryLimit: a message that keeps failing transiently is returned to
-// the queue each time and never acknowledged; past amqp.delivery_limit the
-// broker dead-letters it, and dlq list shows the reason. After S3 is back,
-// requeueing stores it.
+// TestDeliveryLimit: a message whose own S3 writes keep failing (500 for
+// its keys only, while S3 answers the breaker's probes and stores other
+// frames) is returned to the queue after each retry window and never
+// acknowledged; past the delivery limit the broker dead-letters it, and
+// dlq list shows the reason. Once the fault is gone, requeueing stores it.
 func TestDeliveryLimit(t *testing.T) {
 	t.Parallel() // tests with goleak checks run serially, before these
 	srv := startS3(t)
-	e := newEnv(t, srv)
+	e := newEnv(t, srv, "dev-a", "dev-poison")
+	var fail atomic.Bool
+	fail.Store(true)
+	e.cfg.S3.Endpoint = failingS3(t, srv.Endpoint, "/frames/dev-poison/", &fail)
 	e.cfg.AMQP.DeliveryLimit = 2
 	e.cfg.S3.RetryMaxElapsed = 200 * time.Millisecond
 	e.cfg.S3.RequestTimeout = time.Second
 	e.declare(t)
 	r := e.start(t, nil)
 	waitFor(t, 30*time.Second, "ready", r.svc.Ready)
-	srv.Stop(t)
-	f := makeFrame(t, e.cfg.S3.Prefix, "dev-a", 1, "forest-admin")
-	e.publishFrames(t, []frame{f})
+	f := makeFrame(t, e.cfg.S3.Prefix, "dev-poison", 1, "forest-admin")
+	good := makeFrame(t, e.cfg.S3.Prefix, "dev-a", 2, "forest-admin")
+	e.publishFrames(t, []frame{f, good})
 	waitFor(t, 60*time.Second, "dead-lettered by the broker", func() bool {
 		return e.queueDepth(t, e.cfg.AMQP.DeadLetterQueue) == 1
 	})
@@ -156,14 +161,17 @@ func TestDeliveryLimit(t *testing.T) {
 	if n := counter(r.reg, "forest_cloud_messages_total", "result", "requeued"); n < 2 {
 		t.Errorf("requeued %v times, want >= 2", n)
 	}
-	if n := counter(r.reg, "forest_cloud_messages_total", "result", "stored") + counter(r.reg, "forest_cloud_dead_letters_total"); n != 0 {
-		t.Errorf("transient failure acknowledged: %v", n)
+	if n := counter(r.reg, "forest_cloud_messages_total", "result", "stored"); n != 1 {
+		t.Errorf("stored %v, want the good frame only", n)
+	}
+	if n := counter(r.reg, "forest_cloud_dead_letters_total") + counter(r.reg, "forest_cloud_s3_outages_total"); n != 0 {
+		t.Errorf("own failure taken for poison or an outage: %v", n)
 	}
 	dls, err := cloud.ListDeadLetters(t.Context(), e.cfg, cloud.DLQOptions{})
-	if err != nil || len(dls) != 1 || dls[0].Reason != "delivery_limit" || dls[0].User != "" || dls[0].RoutingKey != "frames.dev-a" {
+	if err != nil || len(dls) != 1 || dls[0].Reason != "delivery_limit" || dls[0].User != "" || dls[0].RoutingKey != "frames.dev-poison" {
 		t.Fatalf("dead letters %+v %v", dls, err)
 	}
-	srv.Start(t)
+	fail.Store(false)
 	if n, err := cloud.RequeueDeadLetters(t.Context(), e.cfg, cloud.DLQOptions{}); n != 1 || err != nil {
 		t.Fatalf("requeue %d %v", n, err)
 	}
@@ -171,7 +179,7 @@ func TestDeliveryLimit(t *testing.T) {
 	waitFor(t, 30*time.Second, "stored", func() bool {
 		return counter(r2.reg, "forest_cloud_messages_total", "result", "stored") == 1
 	})
-	e.verifyExactlyOnce(t, []frame{f})
+	e.verifyExactlyOnce(t, []frame{f, good})
 }
 
 // TestNoConditionalNoChecksum: for servers without If-None-Match or

@@ -61,7 +61,12 @@ type Service struct {
 	fleet   *fleet // status reports and the fleet page (fleet.go)
 	version string
 
-	ready atomic.Bool
+	brk      *breaker
+	probeKey string
+
+	ready     atomic.Bool  // consuming
+	startWait atomic.Value // string: why start-up waits ("" when not)
+	brokerWhy atomic.Value // string: why the last broker session ended
 }
 
 // New builds a Service: the S3 client from the AWS configuration and the
@@ -96,11 +101,50 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		timeout: cfg.S3.RequestTimeout, retryMin: cfg.S3.RetryMin, retryMax: cfg.S3.RetryMax,
 		retryFor: cfg.S3.RetryMaxElapsed, m: s.m, log: s.log,
 	}
+	s.brk = newBreaker(s.probe, cfg.S3.RetryMin, cfg.S3.RetryMax, s.log, func(open bool, err error) {
+		if open {
+			s.m.s3Healthy.Set(0)
+			s.m.s3Outages.Inc()
+		} else {
+			s.m.s3Healthy.Set(1)
+			s.deleteProbe()
+		}
+	})
+	s.store.brk = s.brk
 	s.ownUser = userOf(url)
+	host, _ := os.Hostname()
+	s.probeKey = fmt.Sprintf("%s/.forest-cloud-check/probe-%s-%d", cfg.S3.Prefix, host, os.Getpid())
 	if s.fleet, err = newFleet(s, reg); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// deleteProbe removes the breaker's probe object once S3 answers again.
+func (s *Service) deleteProbe() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.S3.RequestTimeout)
+	defer cancel()
+	if _, err := s.store.c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.cfg.S3.Bucket), Key: aws.String(s.probeKey)}); err != nil {
+		s.log.Warn("cannot delete the S3 probe object", "key", s.probeKey, "err", err)
+	}
+}
+
+// probe is the breaker's cheap request: a PUT of an empty object under the
+// start-up check's prefix (overwritten each time; deleted when S3 answers
+// again). A write, not a HEAD, because what must work again is writing: a
+// server that still answers HEAD while refusing writes (a full disk,
+// throttling) keeps the breaker open.
+func (s *Service) probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.S3.RequestTimeout)
+	defer cancel()
+	_, err := s.store.c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.cfg.S3.Bucket), Key: aws.String(s.probeKey),
+		Body: http.NoBody, ContentLength: aws.Int64(0)})
+	if err != nil {
+		s.m.s3Probes.WithLabelValues("failed").Inc()
+		return fmt.Errorf("probe put %s: %w", s.probeKey, err)
+	}
+	s.m.s3Probes.WithLabelValues("ok").Inc()
+	return nil
 }
 
 // Check runs the start-up checks: S3 credentials can be had, the bucket
@@ -108,6 +152,16 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 // declared. The error (matching ErrStartup) says what is missing and how to
 // fix it.
 func (s *Service) Check(ctx context.Context) error {
+	if err := s.checkS3(ctx); err != nil {
+		return err
+	}
+	return s.checkBroker(ctx)
+}
+
+// checkS3 is the S3 half of Check. A *StartupError with Transient set
+// means S3 did not answer (a network error, a timeout, a 5xx): Run then
+// waits for it instead of exiting.
+func (s *Service) checkS3(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if _, err := s.creds.Retrieve(ctx); err != nil {
@@ -125,7 +179,7 @@ func (s *Service) Check(ctx context.Context) error {
 		case http.StatusMovedPermanently:
 			fix = "set s3.region to the bucket's region"
 		}
-		return &StartupError{Check: "s3 bucket " + s.cfg.S3.Bucket, Err: err, Fix: fix}
+		return &StartupError{Check: "s3 bucket " + s.cfg.S3.Bucket, Err: err, Fix: fix, Transient: transientS3(err)}
 	}
 	host, _ := os.Hostname()
 	probe := fmt.Sprintf("%s/.forest-cloud-check/%s-%d-%08x", s.cfg.S3.Prefix, host, os.Getpid(), rand.Uint32())
@@ -143,13 +197,26 @@ func (s *Service) Check(ctx context.Context) error {
 		}
 		if st := httpStatus(err); attempt == 4 || st == http.StatusForbidden || st == http.StatusNotFound || ctx.Err() != nil {
 			return &StartupError{Check: "s3 bucket " + s.cfg.S3.Bucket + " writable", Err: err,
-				Fix: "grant s3:PutObject on " + s.cfg.S3.Bucket + "/" + s.cfg.S3.Prefix + "/* to these credentials"}
+				Fix: "grant s3:PutObject on " + s.cfg.S3.Bucket + "/" + s.cfg.S3.Prefix + "/* to these credentials", Transient: transientS3(err)}
 		}
 		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
 	}
 	if _, err := c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.cfg.S3.Bucket), Key: aws.String(probe)}); err != nil {
 		s.log.Warn("cannot delete start-up probe object", "key", probe, "err", err)
 	}
+	return nil
+}
+
+// transientS3 reports whether an S3 error may pass by itself: no HTTP
+// answer at all (refused, reset, timed out) or a 5xx or 429 one. A 4xx
+// answer (no such bucket, forbidden, wrong region) needs a person.
+func transientS3(err error) bool {
+	st := httpStatus(err)
+	return st == 0 || st >= 500 || st == http.StatusTooManyRequests
+}
+
+// checkBroker is the broker half of Check.
+func (s *Service) checkBroker(ctx context.Context) error {
 	conn, err := s.dial()
 	if err != nil {
 		return &StartupError{Check: "broker", Err: err, Fix: "check amqp.url (host, port, vhost, user, password) and that RabbitMQ is running"}
@@ -210,37 +277,55 @@ func declare(ch *amqp.Channel, a *AMQPConfig) error {
 }
 
 // Handler serves /metrics, /healthz (the process runs), /readyz (the
-// consumer is connected and S3 writes are succeeding) and the fleet page
-// under /fleet (fleetpage.go).
+// consumer is consuming and S3 answers; otherwise 503 with the reason) and
+// the fleet page under /fleet (fleetpage.go).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !s.Ready() {
-			http.Error(w, "not ready: broker not consuming or S3 failing", http.StatusServiceUnavailable)
+		ok, why := s.Readiness()
+		if !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
-		_, _ = io.WriteString(w, "ready\n")
+		_, _ = io.WriteString(w, "ready: "+why+"\n")
 	})
 	s.fleet.routes(mux)
 	return mux
 }
 
-// Ready reports whether the service is consuming and S3 writes succeed.
-func (s *Service) Ready() bool { return s.ready.Load() && !s.m.s3Down.Load() }
+// Ready reports whether the service is consuming and S3 answers.
+func (s *Service) Ready() bool { ok, _ := s.Readiness(); return ok }
 
-// Run checks the environment (Check), serves HTTP if configured, and
-// consumes until ctx is cancelled, reconnecting to the broker with jittered
-// backoff. It returns nil after a clean shutdown, or the start-up error.
+// Readiness reports whether the service is consuming and S3 answers, and
+// why not: waiting for S3 at start, S3 out (the circuit breaker open:
+// consumption paused, messages wait in the queue), or not consuming from
+// the broker.
+func (s *Service) Readiness() (bool, string) {
+	if why, _ := s.startWait.Load().(string); why != "" {
+		return false, why
+	}
+	if open, since, err := s.brk.status(); open {
+		return false, fmt.Sprintf("S3 failing since %s (last probe: %v); consumption paused, messages wait in the queue",
+			since.UTC().Format(time.RFC3339), err)
+	}
+	if !s.ready.Load() {
+		why, _ := s.brokerWhy.Load().(string)
+		if why == "" {
+			why = "connecting"
+		}
+		return false, "not consuming from the broker: " + why
+	}
+	return true, "consuming from " + s.cfg.AMQP.Queue
+}
+
+// Run serves HTTP if configured, checks the environment (Check; while S3
+// does not answer it waits, not ready, instead of exiting), and consumes
+// until ctx is cancelled, reconnecting to the broker with jittered backoff.
+// It returns nil after a clean shutdown, or the start-up error.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.hc.CloseIdleConnections()
-	if err := s.Check(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped during start-up
-		}
-		return err
-	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if s.cfg.HTTP.Listen != "" {
@@ -260,6 +345,24 @@ func (s *Service) Run(ctx context.Context) error {
 		}()
 		s.log.Info("serving http", "addr", l.Addr().String())
 	}
+	if err := s.waitS3(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped during start-up
+		}
+		return err
+	}
+	if err := s.checkBroker(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	// The breaker's prober outlives the sessions (stopped after them).
+	bctx, stopBreaker := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBreaker()
+	wg.Add(1)
+	go func() { defer wg.Done(); s.brk.run(bctx) }()
+
 	wg.Add(1)
 	go func() { defer wg.Done(); s.fleet.run(ctx) }()
 	s.log.Info("consuming", "queue", s.cfg.AMQP.Queue, "bucket", s.cfg.S3.Bucket, "workers", s.cfg.Consumer.Workers, "prefetch", s.cfg.AMQP.Prefetch, "version", s.version)
@@ -274,6 +377,7 @@ func (s *Service) Run(ctx context.Context) error {
 			s.log.Info("stopped")
 			return nil
 		}
+		s.brokerWhy.Store(err.Error())
 		if time.Since(start) > time.Minute {
 			delay = s.cfg.AMQP.ReconnectMin
 		}
@@ -288,7 +392,41 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
+// waitS3 runs the S3 start-up checks until they pass, retrying with jittered
+// backoff (s3.retry_min to s3.retry_max) while S3 does not answer; /readyz
+// says so meanwhile. A check that needs a person (no bucket, forbidden)
+// returns its error at once.
+func (s *Service) waitS3(ctx context.Context) error {
+	defer s.startWait.Store("")
+	delay := s.cfg.S3.RetryMin
+	for attempt := 0; ; attempt++ {
+		err := s.checkS3(ctx)
+		var se *StartupError
+		if err == nil || ctx.Err() != nil || !errors.As(err, &se) || !se.Transient {
+			if err == nil && attempt > 0 {
+				s.log.Info("S3 answers; starting", "waited_probes", attempt)
+			}
+			return err
+		}
+		s.startWait.Store(fmt.Sprintf("starting: S3 does not answer (%v); waiting for it", se.Err))
+		if attempt == 0 {
+			s.log.Error("S3 does not answer at start; waiting for it before consuming", "check", se.Check, "err", se.Err)
+		}
+		d := delay/2 + rand.N(delay/2+1)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+		delay = min(delay*2, s.cfg.S3.RetryMax)
+	}
+}
+
 // session runs one broker connection until it fails or ctx is cancelled.
+// It consumes in rounds: while the S3 circuit breaker is open it takes
+// nothing; when the breaker opens during a round, the consumer is
+// cancelled, the deliveries already sent are parked (see park), and the
+// next round starts once S3 answers.
 func (s *Service) session(ctx context.Context) error {
 	conn, err := s.dial()
 	if err != nil {
@@ -315,68 +453,56 @@ func (s *Service) session(ctx context.Context) error {
 	if err := pub.Confirm(false); err != nil {
 		return fmt.Errorf("enable confirms: %w", err)
 	}
-	deliveries, err := ch.Consume(s.cfg.AMQP.Queue, "", false, false, false, false, nil)
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", s.cfg.AMQP.Queue, err)
-	}
-	s.ready.Store(true)
 	s.m.connected.Set(1)
 	defer func() { s.ready.Store(false); s.m.connected.Set(0) }()
+	// lost receives the first failure of the connection or its channels.
+	lost := make(chan error, 1)
+	watchDone := make(chan struct{})
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		var err error
+		select {
+		case e := <-connClosed:
+			err = fmt.Errorf("connection closed: %w", amqpErr(e))
+		case e := <-chClosed:
+			err = fmt.Errorf("channel closed: %w", amqpErr(e))
+		case e := <-pubClosed:
+			err = fmt.Errorf("publish channel closed: %w", amqpErr(e))
+		case <-watchDone:
+			return
+		}
+		lost <- err
+	})
+	defer watch.Wait()
+	defer close(watchDone)
 
 	// work is cancelled shutdown_timeout after ctx, bounding in-flight work.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	acks := newAcker(ch, ackBatch(s.cfg.AMQP.Prefetch, s.cfg.Consumer.Workers), ackDelay, s.log)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range s.cfg.Consumer.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				case d, ok := <-deliveries:
-					if !ok {
-						return
-					}
-					acks.begin(d.DeliveryTag)
-					s.handle(work, pub, acks, &d)
-				}
-			}
-		}()
-	}
-	workersDone := make(chan struct{})
-	go func() { wg.Wait(); close(workersDone) }()
+	host, _ := os.Hostname()
 	var cause error
-	select {
-	case <-workersDone:
-		// The delivery channel closed: the broker cancelled the consumer
-		// (queue deleted, node shutting down) or the channel died.
-		cause = errors.New("consumer cancelled by the broker")
-	case <-ctx.Done():
-	case e := <-connClosed:
-		cause = fmt.Errorf("connection closed: %w", amqpErr(e))
-	case e := <-chClosed:
-		cause = fmt.Errorf("channel closed: %w", amqpErr(e))
-	case e := <-pubClosed:
-		cause = fmt.Errorf("publish channel closed: %w", amqpErr(e))
-	}
-	close(stop)
-	done := workersDone
-	if cause == nil {
-		s.log.Info("shutting down: finishing in-flight messages", "timeout", s.cfg.Consumer.ShutdownTimeout)
-		select {
-		case <-done:
-		case <-time.After(s.cfg.Consumer.ShutdownTimeout):
-			s.log.Warn("shutdown timeout: returning in-flight messages to the queue")
-			cancelWork()
-			<-done
+	for round := 1; cause == nil && ctx.Err() == nil; round++ {
+		open, changed := s.brk.state()
+		if open {
+			s.ready.Store(false)
+			select {
+			case <-changed:
+			case <-ctx.Done():
+			case cause = <-lost:
+			}
+			continue
 		}
-	} else {
-		cancelWork()
-		<-done
+		tag := fmt.Sprintf("forest-cloud-%s-%d-%d", host, os.Getpid(), round)
+		deliveries, err := ch.Consume(s.cfg.AMQP.Queue, tag, false, false, false, false, nil)
+		if err != nil {
+			cause = fmt.Errorf("consume %s: %w", s.cfg.AMQP.Queue, err)
+			break
+		}
+		s.ready.Store(true)
+		s.brokerWhy.Store("")
+		cause = s.consume(ctx, work, cancelWork, ch, pub, acks, tag, deliveries, changed, lost)
+		s.ready.Store(false)
 	}
 	// Send the held acks; closing the channel then returns every
 	// unacknowledged delivery to the queue.
@@ -389,6 +515,81 @@ func (s *Service) session(ctx context.Context) error {
 	return cause
 }
 
+// consume runs one round: the workers handle deliveries until ctx ends, the
+// connection fails (lost), the broker cancels the consumer, or the breaker
+// opens (breakerChanged): then the consumer is cancelled and the workers
+// park what was already delivered. It returns nil when the round ended
+// because of the breaker or ctx.
+func (s *Service) consume(ctx, work context.Context, cancelWork func(), ch, pub *amqp.Channel, acks *acker, tag string,
+	deliveries <-chan amqp.Delivery, breakerChanged <-chan struct{}, lost <-chan error) error {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range s.cfg.Consumer.Workers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case d, ok := <-deliveries:
+					if !ok {
+						return
+					}
+					acks.begin(d.DeliveryTag)
+					s.handle(work, pub, acks, &d)
+				}
+			}
+		})
+	}
+	workersDone := make(chan struct{})
+	go func() { wg.Wait(); close(workersDone) }()
+	abandon := func(err error) error {
+		close(stop)
+		cancelWork()
+		<-workersDone
+		return err
+	}
+	select {
+	case <-workersDone:
+		// The delivery channel closed: the broker cancelled the consumer
+		// (queue deleted, node shutting down) or the channel died.
+		select {
+		case err := <-lost:
+			return err
+		case <-time.After(100 * time.Millisecond):
+			return errors.New("consumer cancelled by the broker")
+		}
+	case err := <-lost:
+		return abandon(err)
+	case <-breakerChanged:
+		// S3 is out: take nothing more. The deliveries already sent still
+		// arrive (the client library drains its buffer before it closes
+		// the delivery channel) and are parked; then the round ends.
+		s.log.Warn("S3 out: cancelling the consumer; parking the messages it holds")
+		if err := ch.Cancel(tag, false); err != nil {
+			return abandon(fmt.Errorf("cancel consumer: %w", err))
+		}
+		select {
+		case <-workersDone:
+			return nil
+		case err := <-lost:
+			cancelWork()
+			<-workersDone
+			return err
+		}
+	case <-ctx.Done():
+	}
+	close(stop)
+	s.log.Info("shutting down: finishing in-flight messages", "timeout", s.cfg.Consumer.ShutdownTimeout)
+	select {
+	case <-workersDone:
+	case <-time.After(s.cfg.Consumer.ShutdownTimeout):
+		s.log.Warn("shutdown timeout: returning in-flight messages to the queue")
+		cancelWork()
+		<-workersDone
+	}
+	return nil
+}
+
 func amqpErr(e *amqp.Error) error {
 	if e == nil {
 		return amqp.ErrClosed
@@ -397,13 +598,13 @@ func amqpErr(e *amqp.Error) error {
 }
 
 // handle processes one delivery and settles it: ack when stored, dead
-// letter when poison, nack with requeue otherwise. The result is counted
-// once the ack is sent (see acker).
+// letter when poison, park when S3 is out, nack with requeue when the
+// failure is the message's own. The result is counted once the ack is sent
+// (see acker).
 func (s *Service) handle(ctx context.Context, pub *amqp.Channel, acks *acker, d *amqp.Delivery) {
 	t0 := time.Now()
 	s.m.inflight.Inc()
 	defer func() { s.m.inflight.Dec(); s.m.handleSeconds.Observe(time.Since(t0).Seconds()) }()
-	m := toMessage(d)
 	log := s.log.With("delivery_tag", d.DeliveryTag, "message_id", d.MessageId, "routing_key", d.RoutingKey)
 	requeue := func() {
 		if err := acks.nack(d.DeliveryTag); err != nil {
@@ -411,10 +612,41 @@ func (s *Service) handle(ctx context.Context, pub *amqp.Channel, acks *acker, d 
 		}
 		s.m.messages.WithLabelValues("requeued").Inc()
 	}
+	m := toMessage(d)
 	p, err := s.plan(m, t0)
 	dups := 0
-	if err == nil {
-		dups, err = s.storeAll(ctx, p)
+	for attempt := 0; ; attempt++ {
+		// While S3 is out nothing is attempted: the message is parked,
+		// or held until S3 answers where it cannot be parked.
+		if err == nil {
+			if open, _ := s.brk.state(); open {
+				err = ErrOutage
+			} else {
+				dups, err = s.storeAll(ctx, p)
+			}
+		}
+		if !errors.Is(err, ErrOutage) || ctx.Err() != nil {
+			break
+		}
+		if s.ownUser != "" {
+			if perr := s.park(ctx, pub, d); perr != nil {
+				log.Warn("parking failed; returning the message", "err", perr)
+				requeue()
+				return
+			}
+			acks.ack(d.DeliveryTag, func() {
+				s.m.messages.WithLabelValues("parked").Inc()
+				log.Debug("parked while S3 is out")
+			})
+			return
+		}
+		// Without a known broker user (EXTERNAL authentication) a copy
+		// could not carry its publisher: hold the message instead.
+		if werr := s.brk.wait(ctx); werr != nil {
+			err = werr
+			break
+		}
+		err = nil
 	}
 	var pe *PoisonError
 	switch {
@@ -446,17 +678,15 @@ func (s *Service) handle(ctx context.Context, pub *amqp.Channel, acks *acker, d 
 	}
 }
 
-// deadLetter republishes d to the dead-letter exchange with the reason and
-// waits for the broker's confirm.
-func (s *Service) deadLetter(ctx context.Context, pub *amqp.Channel, d *amqp.Delivery, pe *PoisonError) error {
+// copyOf is the publishing that carries d onward as forest-cloud's own
+// message: its properties and headers, its original routing key and, in
+// x-forest-user-id, the user who published it (trusted by forest-cloud
+// only on messages published by its own user, which the broker validates).
+func (s *Service) copyOf(d *amqp.Delivery) amqp.Publishing {
 	h := amqp.Table{}
 	for k, v := range d.Headers {
 		h[k] = v
 	}
-	h[HeaderReason] = string(pe.Reason)
-	h[HeaderReasonDetail] = truncate(pe.Err.Error(), 1000)
-	h[HeaderRoutingKey] = d.RoutingKey
-	h[HeaderDeadLetteredAt] = time.Now().UTC().Format(time.RFC3339Nano)
 	// Only a copy published by this user carries a trusted original user:
 	// drop a header the device may have forged, record the real one.
 	if s.ownUser == "" || d.UserId != s.ownUser {
@@ -464,25 +694,61 @@ func (s *Service) deadLetter(ctx context.Context, pub *amqp.Channel, d *amqp.Del
 		if d.UserId != "" {
 			h[HeaderUserID] = d.UserId
 		}
+		h[HeaderRoutingKey] = d.RoutingKey
+	} else if _, ok := h[HeaderRoutingKey]; !ok {
+		h[HeaderRoutingKey] = d.RoutingKey
 	}
+	delete(h, "x-delivery-count")
 	p := amqp.Publishing{
 		Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
 		DeliveryMode: amqp.Persistent, CorrelationId: d.CorrelationId, MessageId: d.MessageId,
 		Timestamp: d.Timestamp, Type: d.Type, AppId: d.AppId, Body: d.Body,
 	}
 	p.UserId = s.ownUser // validated by the broker: marks the copy as ours ("" if unknown)
+	return p
+}
+
+// deadLetter republishes d to the dead-letter exchange with the reason and
+// waits for the broker's confirm.
+func (s *Service) deadLetter(ctx context.Context, pub *amqp.Channel, d *amqp.Delivery, pe *PoisonError) error {
+	p := s.copyOf(d)
+	p.Headers[HeaderReason] = string(pe.Reason)
+	p.Headers[HeaderReasonDetail] = truncate(pe.Err.Error(), 1000)
+	p.Headers[HeaderDeadLetteredAt] = time.Now().UTC().Format(time.RFC3339Nano)
+	if err := s.publishConfirmed(ctx, pub, s.cfg.AMQP.DeadLetterExchange, d.RoutingKey, p); err != nil {
+		return fmt.Errorf("dead letter: %w", err)
+	}
+	return nil
+}
+
+// park puts a copy of d back at the tail of the queue (through the default
+// exchange) and, once the broker confirmed it, the caller acks d. The copy
+// is a new message to the broker, so its delivery count starts again: an
+// S3 outage, however long, is never counted against a message. Its
+// publisher is kept in x-forest-user-id (see copyOf), so the identity
+// checks still apply to it when it comes back.
+func (s *Service) park(ctx context.Context, pub *amqp.Channel, d *amqp.Delivery) error {
+	p := s.copyOf(d)
+	if err := s.publishConfirmed(ctx, pub, "", s.cfg.AMQP.Queue, p); err != nil {
+		return fmt.Errorf("park: %w", err)
+	}
+	return nil
+}
+
+// publishConfirmed publishes p and waits for the broker's confirm.
+func (s *Service) publishConfirmed(ctx context.Context, pub *amqp.Channel, exchange, key string, p amqp.Publishing) error {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.AMQP.ConfirmTimeout)
 	defer cancel()
-	dc, err := pub.PublishWithDeferredConfirmWithContext(cctx, s.cfg.AMQP.DeadLetterExchange, d.RoutingKey, false, false, p)
+	dc, err := pub.PublishWithDeferredConfirmWithContext(cctx, exchange, key, false, false, p)
 	if err != nil {
-		return fmt.Errorf("publish dead letter: %w", err)
+		return fmt.Errorf("publish: %w", err)
 	}
 	ok, err := dc.WaitContext(cctx)
 	if err != nil {
-		return fmt.Errorf("confirm dead letter: %w", err)
+		return fmt.Errorf("confirm: %w", err)
 	}
 	if !ok {
-		return errors.New("broker nacked the dead letter")
+		return errors.New("broker nacked the message")
 	}
 	return nil
 }

@@ -61,6 +61,7 @@ type store struct {
 	retryMin    time.Duration
 	retryMax    time.Duration
 	retryFor    time.Duration
+	brk         *breaker
 	m           *metrics
 	log         *slog.Logger
 }
@@ -132,28 +133,34 @@ func (t *transports) CloseIdleConnections() {
 }
 
 // put writes o and reports whether it was already there (a suppressed
-// duplicate). Transient errors are retried with jittered exponential backoff
-// for retryFor; then the last error is returned. A conflict returns an error
+// duplicate). A transient error is reported to the breaker, which probes
+// S3: if S3 is out, put returns at once with an error matching ErrOutage
+// (the failure is not the message's own); if S3 answers, the failure is
+// the message's own and put retries with jittered exponential backoff for
+// retryFor, then returns the last error. A conflict returns an error
 // matching ErrConflict, which is never retried.
 func (s *store) put(ctx context.Context, o object) (dup bool, err error) {
-	start := time.Now()
+	var own time.Duration // time spent on the message's own failures
 	delay := s.retryMin
 	for attempt := 0; ; attempt++ {
+		t0 := time.Now()
 		dup, err = s.putOnce(ctx, o)
 		if err == nil || errors.Is(err, ErrConflict) || ctx.Err() != nil {
-			if (err == nil || errors.Is(err, ErrConflict)) && s.m.s3Health(true) {
-				s.log.Info("S3 writes succeed again")
-			}
 			return dup, err
 		}
 		s.m.s3Errors.Inc()
-		if s.m.s3Health(false) {
-			// Logged once per outage; per-message outcomes are at Warn.
-			s.log.Error("S3 writes failing; retrying, messages stay in the queue", "bucket", s.bucket, "err", err)
+		outage, werr := s.brk.failed(ctx)
+		if werr != nil {
+			return false, fmt.Errorf("put %s: %w", o.key, werr)
 		}
-		if time.Since(start)+delay > s.retryFor {
-			return false, fmt.Errorf("put %s: gave up after %d attempts in %s: %w", o.key, attempt+1, time.Since(start).Round(time.Millisecond), err)
+		if outage {
+			return false, fmt.Errorf("put %s: %w: %w", o.key, ErrOutage, err)
 		}
+		own += time.Since(t0)
+		if own+delay > s.retryFor {
+			return false, fmt.Errorf("put %s: gave up after %d attempts (%s of failures while S3 answered probes): %w", o.key, attempt+1, own.Round(time.Millisecond), err)
+		}
+		s.log.Debug("S3 write failed while S3 answers probes; retrying", "key", o.key, "err", err)
 		s.m.s3Retries.Inc()
 		// Full jitter between delay/2 and delay.
 		d := delay/2 + rand.N(delay/2+1)
@@ -162,6 +169,7 @@ func (s *store) put(ctx context.Context, o object) (dup bool, err error) {
 			return false, fmt.Errorf("put %s: %w", o.key, ctx.Err())
 		case <-time.After(d):
 		}
+		own += d
 		delay = min(delay*2, s.retryMax)
 	}
 }

@@ -262,6 +262,34 @@ func (s *Server) Stop(t testing.TB) {
 	s.stop()
 }
 
+// Pause stops the server with SIGSTOP: it keeps its port and its
+// connections but answers nothing, as a hung server does. Resume undoes it.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	s.signal(t, syscall.SIGSTOP)
+}
+
+// Resume continues a paused server (SIGCONT).
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	s.signal(t, syscall.SIGCONT)
+}
+
+func (s *Server) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	if s.external {
+		t.Skip("S3 server attached through FOREST_S3_ENDPOINT cannot be paused by the test")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		t.Fatal("s3test: server not running")
+	}
+	if err := syscall.Kill(-s.cmd.Process.Pid, sig); err != nil {
+		t.Fatalf("s3test: signal %v: %v", sig, err)
+	}
+}
+
 // Start starts a stopped server again on the same address with the same data.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
