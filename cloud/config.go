@@ -59,8 +59,23 @@ type AMQPConfig struct {
 	// DeadLetterQueue is the quorum queue of dead letters (default
 	// forest.cloud.frames.dlq).
 	DeadLetterQueue string `yaml:"dead_letter_queue"`
-	// DeliveryLimit is the queue's x-delivery-limit (default 20).
+	// DeliveryLimit is the policy's delivery-limit (default 20): deliveries
+	// of one message before the broker dead-letters it.
 	DeliveryLimit int `yaml:"delivery_limit"`
+	// DeadLetterStrategy is the policy's dead-letter-strategy:
+	// at-least-once (the default; the broker keeps a dead letter until
+	// the dead-letter queue confirmed it) or at-most-once.
+	DeadLetterStrategy string `yaml:"dead_letter_strategy"`
+	// MaxLength and MaxLengthBytes are the policy's max-length and
+	// max-length-bytes of the frames queue (0, the default: no limit).
+	// Past them the broker refuses new frames (overflow reject-publish),
+	// which then wait in the devices' spools.
+	MaxLength      int   `yaml:"max_length"`
+	MaxLengthBytes int64 `yaml:"max_length_bytes"`
+	// PolicyName and PolicyPriority name the policy that carries these
+	// settings (defaults forest-cloud-frames and 10); see Policy.
+	PolicyName     string `yaml:"policy_name"`
+	PolicyPriority int    `yaml:"policy_priority"`
 	// Prefetch bounds unacknowledged messages per consumer (default 32).
 	// Acks are held for up to half of what the workers leave free of it
 	// (see the package comment).
@@ -219,6 +234,9 @@ func (c *Config) Defaults() {
 	def(&a.DeadLetterExchange, "forest.cloud.dlx")
 	def(&a.DeadLetterQueue, "forest.cloud.frames.dlq")
 	def(&a.DeliveryLimit, 20)
+	def(&a.DeadLetterStrategy, "at-least-once")
+	def(&a.PolicyName, "forest-cloud-frames")
+	def(&a.PolicyPriority, 10)
 	def(&a.Prefetch, 32)
 	def(&a.Heartbeat, 10*time.Second)
 	def(&a.ReconnectMin, 500*time.Millisecond)
@@ -288,6 +306,18 @@ func (c *Config) Validate() error {
 	}
 	if c.AMQP.DeliveryLimit < 1 {
 		bad("amqp.delivery_limit", "must be >= 1 (got %d)", c.AMQP.DeliveryLimit)
+	}
+	if s := c.AMQP.DeadLetterStrategy; s != "at-least-once" && s != "at-most-once" {
+		bad("amqp.dead_letter_strategy", "must be at-least-once or at-most-once (got %q)", s)
+	}
+	if c.AMQP.MaxLength < 0 {
+		bad("amqp.max_length", "must be >= 0 (got %d)", c.AMQP.MaxLength)
+	}
+	if c.AMQP.MaxLengthBytes < 0 {
+		bad("amqp.max_length_bytes", "must be >= 0 (got %d)", c.AMQP.MaxLengthBytes)
+	}
+	if c.AMQP.PolicyName == "" || strings.ContainsAny(c.AMQP.PolicyName, "\x00\n") {
+		bad("amqp.policy_name", "must be a policy name (got %q)", c.AMQP.PolicyName)
 	}
 	if c.AMQP.Prefetch < 1 || c.AMQP.Prefetch > 65535 {
 		bad("amqp.prefetch", "must be within 1..65535 (got %d)", c.AMQP.Prefetch)

@@ -104,14 +104,14 @@ func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(ch *amqp
 		return fmt.Errorf("dial broker: %w", err)
 	}
 	defer conn.Close()
+	if _, err := declare(conn, &cfg.AMQP); err != nil {
+		return err
+	}
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
-	if err := declare(ch, &cfg.AMQP); err != nil {
-		return err
-	}
 	if err := ch.Confirm(false); err != nil {
 		return fmt.Errorf("enable confirms: %w", err)
 	}

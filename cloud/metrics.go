@@ -19,6 +19,7 @@ type metrics struct {
 	s3Outages     prometheus.Counter
 	s3Probes      *prometheus.CounterVec // result: ok, failed
 	connected     prometheus.Gauge
+	legacyArgs    prometheus.Gauge
 	reconnects    prometheus.Counter
 	inflight      prometheus.Gauge
 	handleSeconds prometheus.Histogram
@@ -60,6 +61,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		s3Probes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forest_cloud_s3_probes_total", Help: "S3 probes of the circuit breaker, by result (ok, failed).",
 		}, []string{"result"}),
+		legacyArgs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "forest_cloud_queue_legacy_arguments", Help: "1 if the frames queue was declared with arguments by an earlier version (they override the policy; see forest-cloud queue migrate).",
+		}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "forest_cloud_broker_connected", Help: "1 while consuming from the broker, else 0.",
 		}),
@@ -76,6 +80,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.s3Healthy.Set(1)
 	reg.MustRegister(m.messages, m.deadLetters, m.objects, m.duplicates, m.bytes, m.s3Put, m.s3Retries,
-		m.s3Errors, m.s3Healthy, m.s3Outages, m.s3Probes, m.connected, m.reconnects, m.inflight, m.handleSeconds)
+		m.s3Errors, m.s3Healthy, m.s3Outages, m.s3Probes, m.legacyArgs, m.connected, m.reconnects, m.inflight, m.handleSeconds)
 	return m
 }

@@ -64,7 +64,8 @@ type Service struct {
 	brk      *breaker
 	probeKey string
 
-	ready     atomic.Bool  // consuming
+	ready      atomic.Bool // consuming
+	warnedArgs atomic.Bool
 	startWait atomic.Value // string: why start-up waits ("" when not)
 	brokerWhy atomic.Value // string: why the last broker session ended
 }
@@ -207,6 +208,19 @@ func (s *Service) checkS3(ctx context.Context) error {
 	return nil
 }
 
+// noteLegacyArgs records whether the frames queue carries arguments of an
+// earlier version, and warns once when it does.
+func (s *Service) noteLegacyArgs(legacy bool) {
+	if legacy {
+		s.m.legacyArgs.Set(1)
+		if !s.warnedArgs.Swap(true) {
+			s.log.Warn(legacyArgsWarning(&s.cfg.AMQP))
+		}
+	} else {
+		s.m.legacyArgs.Set(0)
+	}
+}
+
 // transientS3 reports whether an S3 error may pass by itself: no HTTP
 // answer at all (refused, reset, timed out) or a 5xx or 429 one. A 4xx
 // answer (no such bucket, forbidden, wrong region) needs a person.
@@ -222,15 +236,12 @@ func (s *Service) checkBroker(ctx context.Context) error {
 		return &StartupError{Check: "broker", Err: err, Fix: "check amqp.url (host, port, vhost, user, password) and that RabbitMQ is running"}
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
+	legacy, err := declare(conn, &s.cfg.AMQP)
 	if err != nil {
-		return &StartupError{Check: "broker channel", Err: err, Fix: "check the broker's channel limits"}
-	}
-	defer ch.Close()
-	if err := declare(ch, &s.cfg.AMQP); err != nil {
 		return &StartupError{Check: "broker topology", Err: err,
-			Fix: "grant this user configure/write/read on the queues and exchanges, or delete queues declared with other arguments"}
+			Fix: "grant this user configure/write/read on the queues and exchanges"}
 	}
+	s.noteLegacyArgs(legacy)
 	return nil
 }
 
@@ -245,35 +256,40 @@ func (s *Service) dial() (*amqp.Connection, error) {
 	})
 }
 
-// declare declares the exchange, the quorum queue with its dead-letter
-// exchange and delivery limit, the dead-letter exchange and queue, and the
-// bindings.
-func declare(ch *amqp.Channel, a *AMQPConfig) error {
-	if err := ch.ExchangeDeclare(a.Exchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", a.Exchange, err)
+// declare declares the exchange, the dead-letter exchange and queue, the
+// frames quorum queue (with no argument but its type: its settings come
+// from the policy, see Policy) and the bindings, each on a channel of its
+// own. legacy reports a frames queue declared with arguments by an
+// earlier version, which is used as it is.
+func declare(conn *amqp.Connection, a *AMQPConfig) (legacy bool, err error) {
+	err = withChannel(conn, func(ch *amqp.Channel) error {
+		if err := ch.ExchangeDeclare(a.Exchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare exchange %s: %w", a.Exchange, err)
+		}
+		if err := ch.ExchangeDeclare(a.DeadLetterExchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare exchange %s: %w", a.DeadLetterExchange, err)
+		}
+		if _, err := ch.QueueDeclare(a.DeadLetterQueue, true, false, false, false, queueArgs); err != nil {
+			return fmt.Errorf("declare queue %s: %w", a.DeadLetterQueue, err)
+		}
+		if err := ch.QueueBind(a.DeadLetterQueue, "", a.DeadLetterExchange, false, nil); err != nil {
+			return fmt.Errorf("bind queue %s: %w", a.DeadLetterQueue, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
 	}
-	if err := ch.ExchangeDeclare(a.DeadLetterExchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", a.DeadLetterExchange, err)
+	if legacy, err = declareQueue(conn, a.Queue); err != nil {
+		return false, fmt.Errorf("declare queue %s: %w", a.Queue, err)
 	}
-	if _, err := ch.QueueDeclare(a.DeadLetterQueue, true, false, false, false, amqp.Table{
-		amqp.QueueTypeArg: amqp.QueueTypeQuorum,
-	}); err != nil {
-		return fmt.Errorf("declare queue %s: %w", a.DeadLetterQueue, err)
-	}
-	if err := ch.QueueBind(a.DeadLetterQueue, "", a.DeadLetterExchange, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s: %w", a.DeadLetterQueue, err)
-	}
-	if _, err := ch.QueueDeclare(a.Queue, true, false, false, false, amqp.Table{
-		amqp.QueueTypeArg:        amqp.QueueTypeQuorum,
-		"x-dead-letter-exchange": a.DeadLetterExchange,
-		"x-delivery-limit":       int64(a.DeliveryLimit),
-	}); err != nil {
-		return fmt.Errorf("declare queue %s: %w", a.Queue, err)
-	}
-	if err := ch.QueueBind(a.Queue, a.BindingKey, a.Exchange, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s: %w", a.Queue, err)
-	}
-	return nil
+	err = withChannel(conn, func(ch *amqp.Channel) error {
+		if err := ch.QueueBind(a.Queue, a.BindingKey, a.Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind queue %s: %w", a.Queue, err)
+		}
+		return nil
+	})
+	return legacy, err
 }
 
 // Handler serves /metrics, /healthz (the process runs), /readyz (the
@@ -434,14 +450,16 @@ func (s *Service) session(ctx context.Context) error {
 	}
 	defer conn.Close()
 	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	legacy, err := declare(conn, &s.cfg.AMQP)
+	if err != nil {
+		return err
+	}
+	s.noteLegacyArgs(legacy)
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
 	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	if err := declare(ch, &s.cfg.AMQP); err != nil {
-		return err
-	}
 	if err := ch.Qos(s.cfg.AMQP.Prefetch, 0, false); err != nil {
 		return fmt.Errorf("set prefetch: %w", err)
 	}
@@ -679,17 +697,22 @@ func (s *Service) handle(ctx context.Context, pub *amqp.Channel, acks *acker, d 
 }
 
 // copyOf is the publishing that carries d onward as forest-cloud's own
-// message: its properties and headers, its original routing key and, in
-// x-forest-user-id, the user who published it (trusted by forest-cloud
-// only on messages published by its own user, which the broker validates).
-func (s *Service) copyOf(d *amqp.Delivery) amqp.Publishing {
+// message (see the package function copyOf).
+func (s *Service) copyOf(d *amqp.Delivery) amqp.Publishing { return copyOf(d, s.ownUser) }
+
+// copyOf is the publishing that carries d onward as a message of the
+// broker user own: its properties and headers, its original routing key
+// and, in x-forest-user-id, the user who published it (trusted by
+// forest-cloud only on messages published by its own user, which the
+// broker validates).
+func copyOf(d *amqp.Delivery, own string) amqp.Publishing {
 	h := amqp.Table{}
 	for k, v := range d.Headers {
 		h[k] = v
 	}
 	// Only a copy published by this user carries a trusted original user:
 	// drop a header the device may have forged, record the real one.
-	if s.ownUser == "" || d.UserId != s.ownUser {
+	if own == "" || d.UserId != own {
 		delete(h, HeaderUserID)
 		if d.UserId != "" {
 			h[HeaderUserID] = d.UserId
@@ -699,13 +722,12 @@ func (s *Service) copyOf(d *amqp.Delivery) amqp.Publishing {
 		h[HeaderRoutingKey] = d.RoutingKey
 	}
 	delete(h, "x-delivery-count")
-	p := amqp.Publishing{
+	return amqp.Publishing{
 		Headers: h, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
 		DeliveryMode: amqp.Persistent, CorrelationId: d.CorrelationId, MessageId: d.MessageId,
 		Timestamp: d.Timestamp, Type: d.Type, AppId: d.AppId, Body: d.Body,
+		UserId: own, // validated by the broker: marks the copy as ours ("" if unknown)
 	}
-	p.UserId = s.ownUser // validated by the broker: marks the copy as ours ("" if unknown)
-	return p
 }
 
 // deadLetter republishes d to the dead-letter exchange with the reason and

@@ -15,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
+	"github.com/forestwatch/forest/cloud"
 	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
@@ -115,19 +116,16 @@ func TestDefinitionsImport(t *testing.T) {
 	consumer := b.URLFor("forest-cloud", consumerPassword, defsVhost)
 
 	t.Run("consumer declares the topology forest-cloud declares", func(t *testing.T) {
-		// The same arguments as cloud.declare: any difference is a
-		// PRECONDITION_FAILED and forest-cloud would not start.
+		// The same arguments as cloud.declare (the type only: the rest is
+		// the policy's): a difference would make forest-cloud report a
+		// queue of an earlier version.
 		ch := channel(t, consumer)
 		must(t, ch.ExchangeDeclare(exchange, amqp.ExchangeTopic, true, false, false, false, nil))
 		must(t, ch.ExchangeDeclare(dlx, amqp.ExchangeFanout, true, false, false, false, nil))
 		_, err := ch.QueueDeclare(dlq, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
 		must(t, err)
 		must(t, ch.QueueBind(dlq, "", dlx, false, nil))
-		_, err = ch.QueueDeclare(queue, true, false, false, false, amqp.Table{
-			amqp.QueueTypeArg:        amqp.QueueTypeQuorum,
-			"x-dead-letter-exchange": dlx,
-			"x-delivery-limit":       int64(deliveryLimit),
-		})
+		_, err = ch.QueueDeclare(queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
 		must(t, err)
 		must(t, ch.QueueBind(queue, "frames.#", exchange, false, nil))
 	})
@@ -211,7 +209,8 @@ func TestDefinitionsImport(t *testing.T) {
 	})
 	t.Run("a message that keeps failing is dead-lettered", func(t *testing.T) {
 		// Publish as dev-a, reject it deliveryLimit+1 times as forest-cloud:
-		// the quorum queue then moves it to the dead-letter queue.
+		// the policy's delivery limit and dead-letter exchange then move it
+		// to the dead-letter queue.
 		pub := channel(t, device)
 		must(t, pub.Confirm(false))
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -274,5 +273,35 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDefinitionsPolicy: the policy in definitions.json is the one
+// forest-cloud prints for its default settings (`forest-cloud policy`), so
+// the two never drift apart.
+func TestDefinitionsPolicy(t *testing.T) {
+	raw, err := os.ReadFile("rabbitmq/definitions.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var defs struct {
+		Policies []cloud.Policy `json:"policies"`
+	}
+	if err := json.Unmarshal(raw, &defs); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := cloud.ParseConfig([]byte("amqp: {url: 'amqp://broker/" + defsVhost + "'}\ns3: {bucket: b}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := cloud.PolicyFor(cfg)
+	if len(defs.Policies) != 1 {
+		t.Fatalf("%d policies in definitions.json, want 1", len(defs.Policies))
+	}
+	got := defs.Policies[0]
+	gotDef, _ := json.Marshal(got.Definition)
+	if got.Name != want.Name || got.Vhost != want.Vhost || got.Pattern != want.Pattern || got.ApplyTo != want.ApplyTo ||
+		got.Priority != want.Priority || string(gotDef) != want.DefinitionJSON() {
+		t.Errorf("definitions.json policy\n %+v %s\nforest-cloud's\n %+v %s", got, gotDef, want, want.DefinitionJSON())
 	}
 }
