@@ -314,4 +314,3 @@ func legacyArgsWarning(a *AMQPConfig) string {
 		"x-dead-letter-exchange override the policy (a policy may lower the delivery limit, never raise it or change " +
 		"the exchange); stop the replicas and run `forest-cloud queue migrate` (see README, Queue settings)"
 }
-

@@ -66,8 +66,8 @@ type Service struct {
 
 	ready      atomic.Bool // consuming
 	warnedArgs atomic.Bool
-	startWait atomic.Value // string: why start-up waits ("" when not)
-	brokerWhy atomic.Value // string: why the last broker session ended
+	startWait  atomic.Value // string: why start-up waits ("" when not)
+	brokerWhy  atomic.Value // string: why the last broker session ended
 }
 
 // New builds a Service: the S3 client from the AWS configuration and the
