@@ -2,39 +2,74 @@ package cloud
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/forestwatch/forest/wire"
 )
 
 // DeadLetter describes one message in the dead-letter queue.
 type DeadLetter struct {
-	MessageID   string
-	RoutingKey  string
-	ContentType string
-	Type        string
+	MessageID   string `json:"message_id"`
+	RoutingKey  string `json:"routing_key"`
+	ContentType string `json:"content_type"`
+	Type        string `json:"type"`
 	// User is the original publisher's user_id, if known.
-	User string
+	User string `json:"user"`
 	// Reason is the x-forest-reason code, or for a message dead-lettered by
 	// the broker itself the x-death reason (e.g. "delivery_limit").
-	Reason string
+	Reason string `json:"reason"`
 	// Detail is the error text recorded with the reason.
-	Detail         string
-	DeadLetteredAt string
-	Bytes          int
+	Detail string `json:"detail"`
+	// DeadLetteredAt is the RFC 3339 time it was dead-lettered.
+	DeadLetteredAt string `json:"dead_lettered_at"`
+	Bytes          int    `json:"bytes"`
 }
 
 // DLQOptions select dead letters.
 type DLQOptions struct {
-	// Limit bounds how many messages are looked at (0: all present when
+	// Limit bounds how many messages are selected (0: all present when
 	// the operation starts).
 	Limit int
 	// Reason, if set, selects only dead letters with this reason code.
 	Reason string
+	// OlderThan, if set, selects only dead letters dead-lettered at least
+	// this long ago (by x-forest-dead-lettered-at, or the broker's x-death
+	// time); one whose time is unknown is not selected.
+	OlderThan time.Duration
+	// DryRun makes PurgeDeadLetters and ExportDeadLetters count (and
+	// export) without removing anything.
+	DryRun bool
+	// Now is the time OlderThan counts from (zero: time.Now()).
+	Now time.Time
+}
+
+// selects reports whether opts select dl.
+func (opts DLQOptions) selects(dl DeadLetter) bool {
+	if opts.Reason != "" && dl.Reason != opts.Reason {
+		return false
+	}
+	if opts.OlderThan > 0 {
+		at, err := time.Parse(time.RFC3339Nano, dl.DeadLetteredAt)
+		now := opts.Now
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if err != nil || now.Sub(at) < opts.OlderThan {
+			return false
+		}
+	}
+	return true
 }
 
 // ListDeadLetters returns the dead letters without removing them: they are
@@ -90,6 +125,124 @@ func RequeueDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions) (int,
 		return nil
 	})
 	return n, err
+}
+
+// PurgeDeadLetters removes the selected dead letters for good and returns
+// how many it removed (with DryRun: how many it would remove, removing
+// none).
+func PurgeDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions) (int, error) {
+	n := 0
+	err := walkDLQ(ctx, cfg, opts, func(_ *amqp.Channel, d *amqp.Delivery, _ string) error {
+		if !opts.DryRun {
+			if err := d.Ack(false); err != nil {
+				return fmt.Errorf("remove %s: %w", d.MessageId, err)
+			}
+		}
+		n++
+		return nil
+	})
+	return n, err
+}
+
+// Export is the metadata file ExportDeadLetters writes beside each body.
+type Export struct {
+	DeadLetter
+	// SHA256 is the hex SHA-256 of the body file.
+	SHA256 string `json:"sha256"`
+	// Body is the body file's name (in the same directory).
+	Body string `json:"body"`
+	// Properties are the AMQP properties of the dead letter.
+	Properties map[string]any `json:"properties"`
+	// Headers are its AMQP headers as received.
+	Headers map[string]any `json:"headers"`
+}
+
+// ExportDeadLetters writes each selected dead letter into dir (made if
+// missing) as two files, NAME.body (the body as received) and NAME.json
+// (an Export: reason, properties and headers), where NAME is the message
+// id (made safe for a file name) and the start of the body's SHA-256, and
+// returns how many it wrote. Unless DryRun is set, a dead letter is then
+// removed from the queue, but only after both files and the directory were
+// synced to disk: an interruption leaves a message exported twice, never
+// lost. Exporting the same dead letter again rewrites the same files.
+func ExportDeadLetters(ctx context.Context, cfg *Config, opts DLQOptions, dir string) (int, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return 0, fmt.Errorf("export: %w", err)
+	}
+	n := 0
+	err := walkDLQ(ctx, cfg, opts, func(_ *amqp.Channel, d *amqp.Delivery, own string) error {
+		sum := sha256.Sum256(d.Body)
+		hexSum := hex.EncodeToString(sum[:])
+		id := strings.ReplaceAll(wire.CleanName(d.MessageId), "/", "_")
+		if id == "" {
+			id = "message"
+		}
+		name := id + "-" + hexSum[:16]
+		meta := Export{DeadLetter: describe(d, own), SHA256: hexSum, Body: name + ".body", Headers: d.Headers,
+			Properties: map[string]any{
+				"content_type": d.ContentType, "content_encoding": d.ContentEncoding, "delivery_mode": d.DeliveryMode,
+				"priority": d.Priority, "correlation_id": d.CorrelationId, "reply_to": d.ReplyTo, "expiration": d.Expiration,
+				"message_id": d.MessageId, "timestamp": d.Timestamp, "type": d.Type, "user_id": d.UserId, "app_id": d.AppId,
+				"exchange": d.Exchange, "routing_key": d.RoutingKey,
+			}}
+		mb, err := json.MarshalIndent(meta, "", "  ")
+		if err != nil {
+			return fmt.Errorf("export %s: %w", d.MessageId, err)
+		}
+		if err := writeSynced(filepath.Join(dir, name+".body"), d.Body); err != nil {
+			return err
+		}
+		if err := writeSynced(filepath.Join(dir, name+".json"), append(mb, '\n')); err != nil {
+			return err
+		}
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+		if !opts.DryRun {
+			if err := d.Ack(false); err != nil {
+				return fmt.Errorf("remove %s: %w", d.MessageId, err)
+			}
+		}
+		n++
+		return nil
+	})
+	return n, err
+}
+
+// writeSynced writes b to path through a synced temporary file and a
+// rename, so that path holds all of b or what it held before.
+func writeSynced(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".export-*")
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return fmt.Errorf("export %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("export: sync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // walkDLQ calls fn with each dead letter and the broker user of cfg.
@@ -156,7 +309,7 @@ func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(ch *amqp
 			break
 		}
 		last = d.DeliveryTag
-		if opts.Reason != "" && describe(&d, own).Reason != opts.Reason {
+		if !opts.selects(describe(&d, own)) {
 			continue // left unacknowledged: returned on close
 		}
 		limit--

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,8 +13,12 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -29,8 +34,12 @@ const usage = `forest-cloud stores forest frames from RabbitMQ in S3.
 Usage:
   forest-cloud run --config FILE             consume until SIGTERM
   forest-cloud config check FILE             validate a config file and exit
-  forest-cloud dlq list --config FILE [--limit N] [--reason CODE]
-  forest-cloud dlq requeue --config FILE [--limit N] [--reason CODE]
+  forest-cloud dlq list --config FILE [--limit N] [--reason CODE] [--older-than AGE]
+  forest-cloud dlq requeue --config FILE [--limit N] [--reason CODE] [--older-than AGE]
+  forest-cloud dlq purge --config FILE (--reason CODE | --older-than AGE | --all) [--dry-run]
+  forest-cloud dlq export --config FILE --dir DIR [--reason CODE] [--older-than AGE] [--keep]
+  forest-cloud policy --config FILE          print the queue policy to apply
+  forest-cloud queue migrate --config FILE   re-create a queue of an earlier version
   forest-cloud version
 
 Examples:
@@ -38,6 +47,8 @@ Examples:
   AMQP_PASSWORD=... forest-cloud run --config /etc/forest/cloud.yaml
   forest-cloud dlq list --config /etc/forest/cloud.yaml --limit 20
   forest-cloud dlq requeue --config /etc/forest/cloud.yaml --reason conflict
+  forest-cloud dlq export --config /etc/forest/cloud.yaml --dir /var/tmp/dlq --older-than 7d
+  forest-cloud policy --config /etc/forest/cloud.yaml
 
 The config file is YAML with ${ENV} and ${ENV:-default} expansion; see
 cloud.yaml beside this command's source for every key. S3 credentials and
@@ -88,6 +99,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "dlq":
 		return cmdDLQ(args[1:], stdout, stderr)
+	case "policy":
+		return cmdPolicy(args[1:], stdout, stderr)
+	case "queue":
+		return cmdQueue(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "forest-cloud: unknown command %q\n\n%s", args[0], usage)
 	return 2
@@ -114,18 +129,123 @@ field; prints "FILE: ok" or the problem, naming the field.
 Example:
   forest-cloud config check /etc/forest/cloud.yaml
 `
-	dlqHelp = `Usage: forest-cloud dlq list --config FILE [--limit N] [--reason CODE]
-       forest-cloud dlq requeue --config FILE [--limit N] [--reason CODE]
+	dlqHelp = `Usage: forest-cloud dlq list --config FILE [--limit N] [--reason CODE] [--older-than AGE]
+       forest-cloud dlq requeue --config FILE [--limit N] [--reason CODE] [--older-than AGE]
+       forest-cloud dlq purge --config FILE (--reason CODE | --older-than AGE | --all) [--limit N] [--dry-run]
+       forest-cloud dlq export --config FILE --dir DIR [--reason CODE] [--older-than AGE] [--limit N] [--keep]
 
 list prints the dead letters with their reason and detail; requeue moves
-them back to the frames queue (after the cause is fixed), optionally only
-those with one reason.
+them back to the frames queue (after the cause is fixed); purge deletes
+them for good (--dry-run only counts); export writes each one's body and
+its properties, headers and reason to DIR (NAME.body and NAME.json), then
+removes it from the queue once both files are on disk (--keep leaves it).
+--reason selects one reason code, --older-than those dead-lettered at
+least AGE ago (a Go duration, or days: 7d).
 
 Examples:
   forest-cloud dlq list --config /etc/forest/cloud.yaml --limit 20
   forest-cloud dlq requeue --config /etc/forest/cloud.yaml --reason conflict
+  forest-cloud dlq purge --config /etc/forest/cloud.yaml --reason bad_json --older-than 30d --dry-run
+  forest-cloud dlq export --config /etc/forest/cloud.yaml --dir /var/tmp/dlq-2026-06 --older-than 7d
+`
+	policyHelp = `Usage: forest-cloud policy --config FILE
+
+Prints the RabbitMQ policy that carries the frames queue's settings
+(amqp.delivery_limit, dead_letter_exchange, dead_letter_strategy,
+max_length, max_length_bytes) as a rabbitmqctl command and as an entry for
+a definitions file. Apply it once, and again after changing those keys:
+a policy changes a running queue. forest-cloud declares the queue with
+its type only and cannot set policies itself (AMQP has no way to).
+
+Example:
+  forest-cloud policy --config /etc/forest/cloud.yaml
+`
+	queueHelp = `Usage: forest-cloud queue migrate --config FILE
+
+Re-creates the frames queue without the arguments (x-delivery-limit,
+x-dead-letter-exchange) that versions before the policy declared it with,
+which override the policy. Stop every forest-cloud replica first; devices
+may keep publishing. Messages move through a temporary queue with
+publisher confirms; run it again if it is interrupted.
+
+Example:
+  forest-cloud queue migrate --config /etc/forest/cloud.yaml
 `
 )
+
+// parseAge parses a Go duration or a number of days ("7d").
+func parseAge(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("bad age %q (want a duration such as 36h or days such as 7d)", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("bad age %q (want a duration such as 36h or days such as 7d)", s)
+	}
+	return v, nil
+}
+
+// ageFlag is a flag.Value for --older-than.
+type ageFlag struct{ d *time.Duration }
+
+func (a ageFlag) String() string {
+	if a.d == nil || *a.d == 0 {
+		return ""
+	}
+	return a.d.String()
+}
+
+func (a ageFlag) Set(s string) error {
+	v, err := parseAge(s)
+	if err != nil {
+		return err
+	}
+	*a.d = v
+	return nil
+}
+
+func cmdPolicy(args []string, stdout, stderr io.Writer) int {
+	cfg, code := loadFlags("policy", policyHelp, args, stdout, stderr, nil)
+	if cfg == nil {
+		return code
+	}
+	p := cloud.PolicyFor(cfg)
+	entry, _ := json.MarshalIndent(p, "  ", "  ")
+	fmt.Fprintf(stdout, `# The settings of queue %s, as RabbitMQ policy %q. Apply with:
+%s
+
+# or add to the "policies" of a definitions file:
+  %s
+`, cfg.AMQP.Queue, p.Name, p.Command(), entry)
+	return 0
+}
+
+func cmdQueue(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprint(stdout, queueHelp)
+		return 0
+	}
+	if len(args) == 0 || args[0] != "migrate" {
+		fmt.Fprint(stderr, queueHelp)
+		return 2
+	}
+	cfg, code := loadFlags("queue migrate", queueHelp, args[1:], stdout, stderr, nil)
+	if cfg == nil {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	n, err := cloud.MigrateQueue(ctx, cfg, func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) })
+	if err != nil {
+		fmt.Fprintf(stderr, "forest-cloud queue migrate: %v (after moving %d message(s); run it again)\n", err, n)
+		return 1
+	}
+	return 0
+}
 
 // isHelp reports whether a is one of the flags that ask for help.
 func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
@@ -218,25 +338,71 @@ func cmdDLQ(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, dlqHelp)
 		return 0
 	}
-	if len(args) == 0 || (args[0] != "list" && args[0] != "requeue") {
+	if len(args) == 0 || !slices.Contains([]string{"list", "requeue", "purge", "export"}, args[0]) {
 		fmt.Fprint(stderr, dlqHelp)
 		return 2
 	}
+	sub := args[0]
 	var opts cloud.DLQOptions
-	cfg, code := loadFlags("dlq "+args[0], dlqHelp, args[1:], stdout, stderr, func(fs *flag.FlagSet) {
-		fs.IntVar(&opts.Limit, "limit", 0, "look at most `N` messages (0: all)")
+	var dir string
+	var all, keep bool
+	cfg, code := loadFlags("dlq "+sub, dlqHelp, args[1:], stdout, stderr, func(fs *flag.FlagSet) {
+		fs.IntVar(&opts.Limit, "limit", 0, "select at most `N` messages (0: all)")
 		fs.StringVar(&opts.Reason, "reason", "", "only dead letters with this reason `CODE`")
+		fs.Var(ageFlag{&opts.OlderThan}, "older-than", "only dead letters dead-lettered at least `AGE` ago (36h, 7d)")
+		switch sub {
+		case "purge":
+			fs.BoolVar(&opts.DryRun, "dry-run", false, "count what would be purged, purge nothing")
+			fs.BoolVar(&all, "all", false, "purge every dead letter (required when neither --reason nor --older-than is given)")
+		case "export":
+			fs.StringVar(&dir, "dir", "", "write the dead letters into `DIR` (made if missing)")
+			fs.BoolVar(&keep, "keep", false, "leave the exported dead letters in the queue")
+		}
 	})
 	if cfg == nil {
 		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if args[0] == "requeue" {
+	switch sub {
+	case "requeue":
 		n, err := cloud.RequeueDeadLetters(ctx, cfg, opts)
 		fmt.Fprintf(stdout, "requeued %d message(s) to %s\n", n, cfg.AMQP.Queue)
 		if err != nil {
 			fmt.Fprintf(stderr, "forest-cloud dlq requeue: %v\n", err)
+			return 1
+		}
+		return 0
+	case "purge":
+		if !all && opts.Reason == "" && opts.OlderThan == 0 {
+			fmt.Fprintln(stderr, "forest-cloud dlq purge: give --reason, --older-than or --all (see forest-cloud dlq --help)")
+			return 2
+		}
+		n, err := cloud.PurgeDeadLetters(ctx, cfg, opts)
+		verb := "purged"
+		if opts.DryRun {
+			verb = "would purge (dry run)"
+		}
+		fmt.Fprintf(stdout, "%s %d dead letter(s) from %s\n", verb, n, cfg.AMQP.DeadLetterQueue)
+		if err != nil {
+			fmt.Fprintf(stderr, "forest-cloud dlq purge: %v\n", err)
+			return 1
+		}
+		return 0
+	case "export":
+		if dir == "" {
+			fmt.Fprintln(stderr, "forest-cloud dlq export: --dir DIR is required (see forest-cloud dlq --help)")
+			return 2
+		}
+		opts.DryRun = keep
+		n, err := cloud.ExportDeadLetters(ctx, cfg, opts, dir)
+		verb := "exported and removed"
+		if keep {
+			verb = "exported (kept in the queue)"
+		}
+		fmt.Fprintf(stdout, "%s %d dead letter(s) to %s\n", verb, n, dir)
+		if err != nil {
+			fmt.Fprintf(stderr, "forest-cloud dlq export: %v\n", err)
 			return 1
 		}
 		return 0

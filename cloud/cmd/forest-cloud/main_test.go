@@ -26,7 +26,8 @@ func TestHelpAndVersion(t *testing.T) {
 		t.Fatalf("unknown command: %d", code)
 	}
 	// Every subcommand's help: on stdout, exit 0, with an example.
-	for _, args := range [][]string{{"run", "--help"}, {"dlq", "--help"}, {"dlq", "list", "--help"}, {"dlq", "requeue", "-h"}, {"config", "check", "--help"}} {
+	for _, args := range [][]string{{"run", "--help"}, {"dlq", "--help"}, {"dlq", "list", "--help"}, {"dlq", "requeue", "-h"}, {"dlq", "purge", "--help"},
+		{"dlq", "export", "--help"}, {"config", "check", "--help"}, {"policy", "--help"}, {"queue", "--help"}, {"queue", "migrate", "--help"}} {
 		out.Reset()
 		if code := run(args, &out, &errb); code != 0 || !strings.Contains(out.String(), "Usage: forest-cloud "+args[0]) ||
 			!strings.Contains(out.String(), "Example") {
