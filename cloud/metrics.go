@@ -1,6 +1,9 @@
 package cloud
 
 import (
+	"sync/atomic"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -23,7 +26,14 @@ type metrics struct {
 	reconnects    prometheus.Counter
 	inflight      prometheus.Gauge
 	handleSeconds prometheus.Histogram
+
+	// progress is the time (Unix ns) of the last sign of progress, for
+	// the systemd watchdog (see Service.healthy).
+	progress atomic.Int64
 }
+
+// tick records progress.
+func (m *metrics) tick() { m.progress.Store(time.Now().UnixNano()) }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
@@ -79,6 +89,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	m.s3Healthy.Set(1)
+	m.tick()
 	reg.MustRegister(m.messages, m.deadLetters, m.objects, m.duplicates, m.bytes, m.s3Put, m.s3Retries,
 		m.s3Errors, m.s3Healthy, m.s3Outages, m.s3Probes, m.legacyArgs, m.connected, m.reconnects, m.inflight, m.handleSeconds)
 	return m

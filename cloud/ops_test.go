@@ -26,6 +26,7 @@ func TestStartupChecks(t *testing.T) {
 
 	cfg := *e.cfg
 	cfg.S3.Bucket = "no-such-bucket-forest"
+	cfg.HTTP.Listen = fmt.Sprintf("127.0.0.1:%d", freePort(t)) // stopped on the way out
 	svc, err := cloud.New(ctx, cloud.Options{Config: &cfg})
 	if err != nil {
 		t.Fatal(err)

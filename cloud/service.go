@@ -64,7 +64,8 @@ type Service struct {
 	brk      *breaker
 	probeKey string
 
-	ready      atomic.Bool // consuming
+	ready      atomic.Bool  // consuming
+	busy       atomic.Int64 // messages in workers' hands
 	warnedArgs atomic.Bool
 	startWait  atomic.Value // string: why start-up waits ("" when not)
 	brokerWhy  atomic.Value // string: why the last broker session ended
@@ -140,6 +141,7 @@ func (s *Service) probe(ctx context.Context) error {
 	defer cancel()
 	_, err := s.store.c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.cfg.S3.Bucket), Key: aws.String(s.probeKey),
 		Body: http.NoBody, ContentLength: aws.Int64(0)})
+	s.m.tick()
 	if err != nil {
 		s.m.s3Probes.WithLabelValues("failed").Inc()
 		return fmt.Errorf("probe put %s: %w", s.probeKey, err)
@@ -344,6 +346,10 @@ func (s *Service) Run(ctx context.Context) error {
 	defer s.hc.CloseIdleConnections()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// The HTTP server and the systemd notifier stop when Run returns,
+	// also with a start-up error.
+	helpers, stopHelpers := context.WithCancel(ctx)
+	defer stopHelpers()
 	if s.cfg.HTTP.Listen != "" {
 		l, err := net.Listen("tcp", s.cfg.HTTP.Listen)
 		if err != nil {
@@ -354,13 +360,14 @@ func (s *Service) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); _ = srv.Serve(l) }()
 		go func() {
 			defer wg.Done()
-			<-ctx.Done()
+			<-helpers.Done()
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			_ = srv.Shutdown(sctx)
 		}()
 		s.log.Info("serving http", "addr", l.Addr().String())
 	}
+	wg.Go(func() { s.notify(helpers) })
 	if err := s.waitS3(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped during start-up
@@ -389,6 +396,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		start := time.Now()
 		err := s.session(ctx)
+		s.m.tick()
 		if ctx.Err() != nil {
 			s.log.Info("stopped")
 			return nil
@@ -417,6 +425,7 @@ func (s *Service) waitS3(ctx context.Context) error {
 	delay := s.cfg.S3.RetryMin
 	for attempt := 0; ; attempt++ {
 		err := s.checkS3(ctx)
+		s.m.tick()
 		var se *StartupError
 		if err == nil || ctx.Err() != nil || !errors.As(err, &se) || !se.Transient {
 			if err == nil && attempt > 0 {
@@ -622,7 +631,13 @@ func amqpErr(e *amqp.Error) error {
 func (s *Service) handle(ctx context.Context, pub *amqp.Channel, acks *acker, d *amqp.Delivery) {
 	t0 := time.Now()
 	s.m.inflight.Inc()
-	defer func() { s.m.inflight.Dec(); s.m.handleSeconds.Observe(time.Since(t0).Seconds()) }()
+	s.busy.Add(1)
+	defer func() {
+		s.busy.Add(-1)
+		s.m.tick()
+		s.m.inflight.Dec()
+		s.m.handleSeconds.Observe(time.Since(t0).Seconds())
+	}()
 	log := s.log.With("delivery_tag", d.DeliveryTag, "message_id", d.MessageId, "routing_key", d.RoutingKey)
 	requeue := func() {
 		if err := acks.nack(d.DeliveryTag); err != nil {

@@ -210,6 +210,7 @@ func (s *store) putOnce(ctx context.Context, o object) (bool, error) {
 	t0 := time.Now()
 	_, err := s.c.PutObject(rctx, in, optFns...)
 	s.m.s3Put.Observe(time.Since(t0).Seconds())
+	s.m.tick()
 	if err == nil {
 		return false, nil
 	}
@@ -243,6 +244,7 @@ func (s *store) get(ctx context.Context, key string) ([]byte, bool, error) {
 	rctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	out, err := s.c.GetObject(rctx, &s3.GetObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)})
+	s.m.tick()
 	if err != nil {
 		var nk *types.NoSuchKey
 		if errors.As(err, &nk) || httpStatus(err) == http.StatusNotFound {

@@ -218,6 +218,7 @@ func (s *Server) boot() error {
 		"--region", s.Region, "--keep-alive", "--quiet",
 		"posix", filepath.Join(s.dir, "data"))
 	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env = serverEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start versitygw: %w", err)
@@ -240,6 +241,18 @@ func (s *Server) boot() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return errors.New("versitygw did not listen within 30s")
+}
+
+// serverEnv is the test's environment without systemd's notify and
+// watchdog variables, which a test may set for the service it runs.
+func serverEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k != "NOTIFY_SOCKET" && k != "WATCHDOG_USEC" && k != "WATCHDOG_PID" {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 func (s *Server) stop() {
