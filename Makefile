@@ -50,8 +50,9 @@ soak-device: deps ## a month of one unattended device, time-compressed (SOAK_DEV
 	. .ci/env.sh; FOREST_SOAK_DEVICE_FRAMES=$(SOAK_DEVICE_FRAMES) FOREST_SOAK_DEVICE_HOUR=$(SOAK_DEVICE_HOUR) \
 		$(GO) test -count=1 -run 'TestDeviceSoak' -timeout 120m -v ./agent/e2e | grep -E '^(---|ok|FAIL|PASS)|TALLY|soak_test'
 
-package: deps ## .deb packages of forest-agent for amd64 and arm64 into dist/
+package: deps ## .deb packages of forest-agent and forest-cloud for amd64 and arm64 into dist/
 	bash firmware/package.sh all
+	bash cloud/packaging/package.sh all
 
 package-check: package ## run the arm64 package under qemu-user-static against amd64
 	bash firmware/qemu-check.sh
