@@ -13,6 +13,9 @@
 #   RabbitMQ      apt-get install rabbitmq-server (not started: the test
 #                 harness starts its own broker on 127.0.0.1)
 #   versitygw     go install at a pinned version into .cache/bin
+#   MinIO         go install at a pinned version into .cache/bin: the second S3
+#                 server the cloud tests run against (test-only; AGPL, never
+#                 linked or shipped)
 #   ONNX Runtime  libonnxruntime.so.1 for linux-x64 and linux-arm64, from the
 #                 npm package onnxruntime-node, checked against .ci/onnxruntime.sha256
 #   staticcheck   go install at a pinned version into .cache/bin
@@ -23,6 +26,9 @@ cache=$root/.cache
 mkdir -p "$cache/bin"
 
 VERSITYGW_VERSION=v1.8.0
+# MinIO tags releases as RELEASE.<date>, which the module proxy does not
+# resolve; this is the pseudo-version of the newest commit it serves.
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 STATICCHECK_VERSION=v0.8.2
 ORT_NPM=onnxruntime-node@1.24.1
 
@@ -86,6 +92,7 @@ go_ok || { say "Go 1.26 or later is needed on the PATH (found: $(go env GOVERSIO
 
 apt_install rabbitmq-server ca-certificates chromium gcc libc6-dev binutils systemd prometheus
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
+go_tool minio github.com/minio/minio "$MINIO_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 onnxruntime
-say "ok in ${SECONDS}s (.cache/bin: versitygw $VERSITYGW_VERSION, staticcheck $STATICCHECK_VERSION; .cache/onnxruntime: $ORT_NPM)"
+say "ok in ${SECONDS}s (.cache/bin: versitygw $VERSITYGW_VERSION, minio $MINIO_VERSION, staticcheck $STATICCHECK_VERSION; .cache/onnxruntime: $ORT_NPM)"

@@ -3,6 +3,7 @@
 arch=$( [[ $(uname -m) == aarch64 || $(uname -m) == arm64 ]] && echo arm64 || echo x64 )
 export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.cache/onnxruntime/linux-$arch/libonnxruntime.so.1}
 export FOREST_VERSITYGW=${FOREST_VERSITYGW:-$PWD/.cache/bin/versitygw}
+export FOREST_MINIO=${FOREST_MINIO:-$PWD/.cache/bin/minio}
 
 # FOREST_RUN tags every process this run starts: they inherit it. leftovers
 # kills the ones still running at exit (servers of a test binary that died

@@ -1,6 +1,9 @@
-// Package s3test starts a private S3 server (versitygw, built by
-// `make deps` into .cache/bin) for tests, or attaches to the one named by
-// FOREST_S3_ENDPOINT.
+// Package s3test starts a private S3 server for tests, or attaches to the
+// one named by FOREST_S3_ENDPOINT. Two implementations are supported, both
+// built by `make deps` into .cache/bin: versitygw (the default) and MinIO,
+// chosen by FOREST_S3_SERVER (versitygw or minio) or by StartKind, so that
+// the S3 behaviour forest-cloud relies on is proven on more than one
+// server.
 //
 // The server listens on 127.0.0.1 on a free port with its data in a
 // temporary directory and known test credentials. Tests share one server per
@@ -12,9 +15,9 @@ package s3test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,8 +40,28 @@ const (
 	Region    = "us-east-1"
 )
 
+// Kind names an S3 server implementation.
+type Kind string
+
+// The implementations the harness can start.
+const (
+	VersityGW Kind = "versitygw"
+	MinIO     Kind = "minio"
+)
+
+// DefaultKind is the implementation Shared and Start use:
+// $FOREST_S3_SERVER, or versitygw.
+func DefaultKind() Kind {
+	if k := Kind(os.Getenv("FOREST_S3_SERVER")); k != "" {
+		return k
+	}
+	return VersityGW
+}
+
 // Server is an S3 server for tests.
 type Server struct {
+	// Kind is the implementation ("" for an attached server).
+	Kind Kind
 	// Endpoint is the server's base URL, e.g. http://127.0.0.1:41234.
 	Endpoint  string
 	AccessKey string
@@ -46,6 +69,7 @@ type Server struct {
 	Region    string
 
 	addr     string
+	console  string
 	dir      string
 	bin      string
 	external bool
@@ -81,7 +105,7 @@ func StopShared() {
 
 // Launch starts a private server outside a test, for tools such as the demo.
 // The caller must Close it.
-func Launch() (*Server, error) { return start() }
+func Launch() (*Server, error) { return start(DefaultKind()) }
 
 // Close stops a launched server and removes its data.
 func (s *Server) Close() error {
@@ -117,7 +141,7 @@ func Shared(t testing.TB) *Server {
 				external:  true,
 			}
 		} else {
-			shared, sharedErr = start()
+			shared, sharedErr = start(DefaultKind())
 		}
 	}
 	if sharedErr != nil {
@@ -126,10 +150,18 @@ func Shared(t testing.TB) *Server {
 	return shared
 }
 
-// Start starts a private server for this test, stopped on cleanup.
+// Start starts a private server of the default kind for this test, stopped
+// on cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s, err := start()
+	return StartKind(t, DefaultKind())
+}
+
+// StartKind starts a private server of kind k for this test, stopped on
+// cleanup.
+func StartKind(t testing.TB, k Kind) *Server {
+	t.Helper()
+	s, err := start(k)
 	if err != nil {
 		Unavailable(t, "s3 server: %v", err)
 	}
@@ -149,13 +181,22 @@ func envOr(k, def string) string {
 
 // Binary finds versitygw: $FOREST_VERSITYGW, .cache/bin/versitygw above the
 // working directory, or $PATH.
-func Binary() (string, error) {
-	if p := os.Getenv("FOREST_VERSITYGW"); p != "" {
+func Binary() (string, error) { return BinaryOf(VersityGW) }
+
+// BinaryOf finds the server of kind k: $FOREST_VERSITYGW or $FOREST_MINIO,
+// .cache/bin/<kind> above the working directory, or $PATH.
+func BinaryOf(k Kind) (string, error) {
+	env := map[Kind]string{VersityGW: "FOREST_VERSITYGW", MinIO: "FOREST_MINIO"}[k]
+	if env == "" {
+		return "", fmt.Errorf("unknown S3 server kind %q (FOREST_S3_SERVER: versitygw or minio)", k)
+	}
+	if p := os.Getenv(env); p != "" {
 		return p, nil
 	}
+	name := string(k)
 	if dir, err := os.Getwd(); err == nil {
 		for {
-			p := filepath.Join(dir, ".cache", "bin", "versitygw")
+			p := filepath.Join(dir, ".cache", "bin", name)
 			if _, err := os.Stat(p); err == nil {
 				return p, nil
 			}
@@ -166,14 +207,26 @@ func Binary() (string, error) {
 			dir = parent
 		}
 	}
-	if p, err := exec.LookPath("versitygw"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	return "", errors.New("versitygw not found in $FOREST_VERSITYGW, .cache/bin or $PATH (run `make deps`)")
+	return "", fmt.Errorf("%s not found in $%s, .cache/bin or $PATH (run `make deps`)", name, env)
 }
 
-func start() (*Server, error) {
-	bin, err := Binary()
+func start(k Kind) (*Server, error) {
+	s, err := newServer(k)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.boot(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer prepares a server: its binary, directory and free ports.
+func newServer(k Kind) (*Server, error) {
+	bin, err := BinaryOf(k)
 	if err != nil {
 		return nil, err
 	}
@@ -184,13 +237,20 @@ func start() (*Server, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
+	// The S3 port, and MinIO's console port.
+	var addrs []string
+	for range 2 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		addrs = append(addrs, l.Addr().String())
+		defer l.Close()
 	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := addrs[0]
 	s := &Server{
+		Kind:      k,
+		console:   addrs[1],
 		Endpoint:  "http://" + addr,
 		AccessKey: AccessKey,
 		SecretKey: SecretKey,
@@ -198,9 +258,6 @@ func start() (*Server, error) {
 		addr:      addr,
 		dir:       dir,
 		bin:       bin,
-	}
-	if err := s.boot(); err != nil {
-		return nil, err
 	}
 	return s, nil
 }
@@ -213,15 +270,24 @@ func (s *Server) boot() error {
 		return err
 	}
 	defer log.Close()
-	cmd := exec.Command(s.bin,
-		"--port", s.addr, "--access", s.AccessKey, "--secret", s.SecretKey,
-		"--region", s.Region, "--keep-alive", "--quiet",
-		"posix", filepath.Join(s.dir, "data"))
+	var cmd *exec.Cmd
+	switch s.Kind {
+	case MinIO:
+		cmd = exec.Command(s.bin, "server", "--quiet", "--address", s.addr, "--console-address", s.console,
+			filepath.Join(s.dir, "data"))
+		cmd.Env = append(serverEnv(), "MINIO_ROOT_USER="+s.AccessKey, "MINIO_ROOT_PASSWORD="+s.SecretKey,
+			"MINIO_REGION="+s.Region, "MINIO_BROWSER=off", "MINIO_UPDATE=off", "HOME="+s.dir)
+	default:
+		cmd = exec.Command(s.bin,
+			"--port", s.addr, "--access", s.AccessKey, "--secret", s.SecretKey,
+			"--region", s.Region, "--keep-alive", "--quiet",
+			"posix", filepath.Join(s.dir, "data"))
+		cmd.Env = serverEnv()
+	}
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.Env = serverEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start versitygw: %w", err)
+		return fmt.Errorf("start %s: %w", s.Kind, err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -231,16 +297,36 @@ func (s *Server) boot() error {
 		select {
 		case <-done:
 			out, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
-			return fmt.Errorf("versitygw exited during start-up: %s", strings.TrimSpace(string(out)))
+			return fmt.Errorf("%s exited during start-up: %s", s.Kind, strings.TrimSpace(string(out)))
 		default:
 		}
-		if c, err := net.DialTimeout("tcp", s.addr, 200*time.Millisecond); err == nil {
-			c.Close()
+		if s.ready() {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return errors.New("versitygw did not listen within 30s")
+	return fmt.Errorf("%s did not become ready within 30s", s.Kind)
+}
+
+// ready reports whether the server answers: versitygw once it listens,
+// MinIO once its readiness endpoint says so (it listens before it serves).
+func (s *Server) ready() bool {
+	c, err := net.DialTimeout("tcp", s.addr, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	if s.Kind != MinIO {
+		return true
+	}
+	hc := http.Client{Timeout: time.Second}
+	resp, err := hc.Get(s.Endpoint + "/minio/health/ready")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	hc.CloseIdleConnections()
+	return resp.StatusCode == http.StatusOK
 }
 
 // serverEnv is the test's environment without systemd's notify and
