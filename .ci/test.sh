@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: installs what is missing (.ci/deps.sh), runs every Go test
 # (the test harnesses start private RabbitMQ and versitygw servers on
-# 127.0.0.1 and stop them), runs each fuzz target briefly, and makes sure no
-# server is left behind.
+# 127.0.0.1 and stop them), the cloud tests again against MinIO, runs each
+# fuzz target briefly, and makes sure no server is left behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/deps.sh
@@ -18,6 +18,13 @@ go test -count=1 -timeout 45m ${GOTESTFLAGS:-} ./...
 if [ -s "$FOREST_E2E_TALLY" ]; then
 	cat "$FOREST_E2E_TALLY"
 fi
+
+# The cloud tests of what forest-cloud relies on from S3 (conditional
+# writes, checksums, duplicates, outages, kills) again against MinIO, so that
+# none of it is one server's quirk (internal/s3test runs both servers itself).
+echo "cloud tests against MinIO"
+FOREST_S3_SERVER=minio go test -count=1 -timeout 20m ${GOTESTFLAGS:-} \
+	-run '^(TestStoreFrames|TestReplicas|TestNoConditionalNoChecksum|TestMalformed|TestKill9|TestS3Outage|TestStartWhileS3Down|TestDeliveryLimit|TestGolden)$' ./cloud/
 
 # Each fuzz target for a bounded number of inputs: the seed corpus ran
 # above already. A count, not a duration: Go 1.26's fuzz coordinator can

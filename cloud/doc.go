@@ -72,9 +72,26 @@
 // user_id property against the publishing user, the dead-lettered copy
 // carries the original user_id in x-forest-user-id instead.
 //
-// Transient S3 errors (anything except the conditional-write outcome) are
-// retried with jittered exponential backoff for s3.retry_max_elapsed; then the
-// delivery is returned to the queue (nack, requeue) and never acknowledged.
+// A transient S3 error (anything except the conditional-write outcome) is
+// reported to a circuit breaker (breaker.go), which probes S3 with an empty
+// PUT. If S3 answers, the failure is the message's own: it is retried with
+// jittered exponential backoff for s3.retry_max_elapsed, then the delivery
+// is returned to the queue (nack, requeue) and never acknowledged, so its
+// delivery count grows. If S3 does not answer, the breaker opens: the
+// session cancels its consumer, every message it holds is parked (a copy
+// published to the queue by forest-cloud's own user, with its publisher in
+// x-forest-user-id, confirmed, then the original acked: the copy's delivery
+// count starts at zero), and the breaker probes under backoff until S3
+// answers; then consumption resumes. An S3 outage of any length thus costs
+// no message a delivery.
+//
+// # Queue settings
+//
+// The frames queue is declared with its type only; its delivery limit,
+// dead-letter exchange and strategy and length limits are a RabbitMQ
+// policy (Policy, PolicyFor), which an operator applies and may change on a
+// running queue. A queue an earlier version declared with those as
+// arguments is used as it is and reported; MigrateQueue re-creates it.
 //
 // # Identity
 //
@@ -93,14 +110,20 @@
 // forest_cloud_dead_letters_total{reason}, forest_cloud_objects_stored_total{kind},
 // forest_cloud_duplicates_suppressed_total, forest_cloud_stored_bytes_total,
 // forest_cloud_s3_put_seconds, forest_cloud_s3_retries_total,
-// forest_cloud_s3_errors_total, forest_cloud_s3_healthy,
+// forest_cloud_s3_errors_total, forest_cloud_s3_healthy (0 while the
+// breaker is open), forest_cloud_s3_outages_total,
+// forest_cloud_s3_probes_total{result}, forest_cloud_queue_legacy_arguments,
 // forest_cloud_broker_connected, forest_cloud_broker_reconnects_total,
 // forest_cloud_inflight_messages and forest_cloud_handle_seconds.
-// /readyz is 503 unless the consumer is consuming and the last S3 write
-// succeeded. Run first runs Check: S3 credentials, bucket present and
-// writable (a probe object under {prefix}/.forest-cloud-check/ is written
-// and deleted), broker reachable and topology declarable; a failure is a
-// *StartupError naming what is missing and how to fix it.
+// /readyz is 503 unless the consumer is consuming and the breaker is
+// closed, with the reason in the body (Readiness). Run first runs Check: S3
+// credentials, bucket present and writable (a probe object under
+// {prefix}/.forest-cloud-check/ is written and deleted), broker reachable
+// and topology declarable; a failure is a *StartupError naming what is
+// missing and how to fix it, except that an S3 that does not answer (no
+// response, 5xx) is waited for, not ready. Under systemd (Type=notify) Run
+// sends READY=1 once it runs, STATUS= with the readiness reason, and
+// WATCHDOG=1 only while idle or making progress (notify.go).
 //
 // # Status reports and the fleet page
 //
@@ -138,8 +161,10 @@
 // Service.Run owns every goroutine it starts: the fleet's status consumer,
 // refresh loop and dead-letter scans (stopped with it), one session per
 // broker connection, a pool of consumer.workers goroutines reading the delivery
-// channel (prefetch amqp.prefetch bounds the messages held), and the HTTP
-// server for /metrics, /healthz and /readyz. On connection loss the workers
+// channel (prefetch amqp.prefetch bounds the messages held), the breaker's
+// prober, the systemd notifier, and the HTTP server for /metrics, /healthz
+// and /readyz. A session consumes in rounds: a round ends when the breaker
+// opens, and the next starts when it closes. On connection loss the workers
 // finish, the session is torn down (unacknowledged deliveries return to the
 // queue) and a new one is made after a jittered backoff, with fresh
 // notification channels. On cancellation, consumption stops, in-flight
