@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -267,10 +268,17 @@ func publishing(m wire.Message) amqp.Publishing {
 	}
 }
 
-// declare declares the consumer's topology so messages can be published
-// before a consumer runs.
+// declare applies the queue policy for e.cfg as an operator would
+// (rabbitmqctl set_policy, on a harness broker) and declares the
+// consumer's topology, so messages can be published before a consumer
+// runs.
 func (e *env) declare(t testing.TB) {
 	t.Helper()
+	p := cloud.PolicyFor(e.cfg)
+	if out, err := e.broker.CtlErr("set_policy", "-p", p.Vhost, "--apply-to", p.ApplyTo, "--priority", strconv.Itoa(p.Priority),
+		p.Name, p.Pattern, p.DefinitionJSON()); err != nil && !strings.Contains(err.Error(), "external broker") {
+		t.Fatalf("set_policy: %v: %s", err, out)
+	}
 	svc, err := cloud.New(context.Background(), cloud.Options{Config: e.cfg})
 	if err != nil {
 		t.Fatal(err)
