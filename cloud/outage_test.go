@@ -59,9 +59,9 @@ func TestS3Outage(t *testing.T) {
 			for i, f := range live {
 				e.publishFrames(t, []frame{f})
 				time.Sleep(time.Until(start.Add(time.Duration(i+1) * (outage - 5*time.Second) / time.Duration(len(live)))))
-				if i == 10 {
-					// Held acks go out within 50 ms; give the breaker
-					// a request timeout and a probe to open.
+				if i == len(live)/2 {
+					// Half-way through the outage the breaker is open
+					// (a request timeout and a probe after it began).
 					if ok, why := r.svc.Readiness(); ok || !strings.Contains(why, "S3 failing") {
 						t.Errorf("readiness during the outage: %v %q", ok, why)
 					}
