@@ -309,7 +309,8 @@ func (s *Server) boot() error {
 }
 
 // ready reports whether the server answers: versitygw once it listens,
-// MinIO once its readiness endpoint says so (it listens before it serves).
+// MinIO once its cluster health endpoint says it has write quorum (it
+// listens, and even reports ready, before its object layer serves).
 func (s *Server) ready() bool {
 	c, err := net.DialTimeout("tcp", s.addr, 200*time.Millisecond)
 	if err != nil {
@@ -320,7 +321,7 @@ func (s *Server) ready() bool {
 		return true
 	}
 	hc := http.Client{Timeout: time.Second}
-	resp, err := hc.Get(s.Endpoint + "/minio/health/ready")
+	resp, err := hc.Get(s.Endpoint + "/minio/health/cluster")
 	if err != nil {
 		return false
 	}
@@ -387,6 +388,38 @@ func (s *Server) signal(t testing.TB, sig syscall.Signal) {
 	if err := syscall.Kill(-s.cmd.Process.Pid, sig); err != nil {
 		t.Fatalf("s3test: signal %v: %v", sig, err)
 	}
+	// kill returns before the kernel has stopped every thread: wait until
+	// each is stopped (or running again), so that the server answers
+	// nothing (or everything) from here on.
+	want := sig == syscall.SIGSTOP
+	deadline := time.Now().Add(10 * time.Second)
+	for stopped(s.cmd.Process.Pid) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("s3test: %s not %s within 10s of %v", s.Kind, map[bool]string{true: "stopped", false: "running"}[want], sig)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stopped reports whether every thread of process pid is stopped (state T
+// in /proc/pid/task/*/stat).
+func stopped(pid int) bool {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return false
+		}
+		// pid (comm) state ...: the state follows the last ')'.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // Start starts a stopped server again on the same address with the same data.
