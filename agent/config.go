@@ -79,6 +79,10 @@ type EncodeConfig struct {
 	MinSSIM float64 `yaml:"min_ssim"`
 	// Quality is the fixed quality of a re-encode when MinSSIM is 0 (1-100).
 	Quality int `yaml:"quality"`
+	// WebPMaxPixels: in mode auto, frames with more pixels are re-encoded
+	// as JPEG, not WebP (WebP's encoder costs about ten times JPEG's CPU).
+	// 0: always WebP.
+	WebPMaxPixels int `yaml:"webp_max_pixels"`
 	// MaxDimension scales frames down so the longer side is at most this
 	// many pixels (forces a re-encode); 0 keeps the size.
 	MaxDimension int `yaml:"max_dimension"`
@@ -175,7 +179,7 @@ func Default() Config {
 			ThinEvery:        10,
 			OverlayKeepBytes: 64 << 20,
 		},
-		Encode: EncodeConfig{Mode: "auto", MinSSIM: 0.95, Quality: 85},
+		Encode: EncodeConfig{Mode: "auto", MinSSIM: 0.95, Quality: 85, WebPMaxPixels: 4_000_000},
 		Spool: SpoolConfig{
 			Dir: "/var/lib/forest-agent/spool", MaxBytes: 2 << 30, MinFreeBytes: 256 << 20,
 			Policy: "drop-oldest", Order: "oldest-first",
@@ -317,6 +321,9 @@ func (c *Config) Validate() error {
 	}
 	if e.Quality < 1 || e.Quality > 100 {
 		return bad("encode.quality", "must be within 1..100 (got %d)", e.Quality)
+	}
+	if e.WebPMaxPixels < 0 {
+		return bad("encode.webp_max_pixels", "must be >= 0 (got %d)", e.WebPMaxPixels)
 	}
 	if e.MaxDimension < 0 {
 		return bad("encode.max_dimension", "must be >= 0 (got %d)", e.MaxDimension)

@@ -37,26 +37,46 @@ type encoded struct {
 // frame usually needs the quality of the last), so one pipeline uses one
 // encoder; it is not safe for concurrent use.
 type encoder struct {
-	cfg    EncodeConfig
-	search *encode.Searcher // nil without min_ssim
+	cfg EncodeConfig
+	// search holds a Searcher per format (nil without min_ssim), each
+	// with its own memory of the last quality.
+	search map[encode.Format]*encode.Searcher
 }
+
+// searchSample is the size above which a frame's quality is searched on a
+// sample of it (encode.Options.SampleMaxPixels): above the 1-4 MP frames
+// of the cameras the bandwidth bar was measured on, up to 12-48 MP drone
+// frames.
+const searchSample = 4_000_000
 
 // newEncoder returns the encoder for a validated cfg. progress, when set,
 // is called after each trial of a quality search.
 func newEncoder(cfg EncodeConfig, progress func()) (*encoder, error) {
 	e := &encoder{cfg: cfg}
 	if cfg.MinSSIM > 0 {
-		f := encode.WebP
-		if cfg.Mode == "jpeg" || cfg.Mode == "keep" {
-			f = encode.JPEG
+		e.search = map[encode.Format]*encode.Searcher{}
+		for _, f := range []encode.Format{encode.WebP, encode.JPEG} {
+			s, err := encode.NewSearcher(encode.Options{Format: f, MinSSIM: cfg.MinSSIM, Progress: progress, SampleMaxPixels: searchSample})
+			if err != nil {
+				return nil, fmt.Errorf("%w: encode: %w", ErrConfig, err)
+			}
+			e.search[f] = s
 		}
-		s, err := encode.NewSearcher(encode.Options{Format: f, MinSSIM: cfg.MinSSIM, Progress: progress})
-		if err != nil {
-			return nil, fmt.Errorf("%w: encode: %w", ErrConfig, err)
-		}
-		e.search = s
 	}
 	return e, nil
+}
+
+// format is the format of a re-encode of a frame of the given size: JPEG
+// in modes jpeg and keep, WebP in mode webp, and in mode auto WebP up to
+// webp_max_pixels and JPEG beyond (WebP costs about ten times JPEG's CPU).
+func (e *encoder) format(pixels int) encode.Format {
+	switch {
+	case e.cfg.Mode == "jpeg" || e.cfg.Mode == "keep":
+		return encode.JPEG
+	case e.cfg.Mode == "auto" && e.cfg.WebPMaxPixels > 0 && pixels > e.cfg.WebPMaxPixels:
+		return encode.JPEG
+	}
+	return encode.WebP
 }
 
 // encodeFrame is a fresh encoder's frame, for tests.
@@ -104,10 +124,11 @@ func (e *encoder) frame(raw []byte, f *segment.Frame, mask *image.Gray) (*encode
 	out := &encoded{Width: b.Dx(), Height: b.Dy(), Upright: img, MaskImg: mask}
 	upright := f.EXIF == nil || f.EXIF.Orientation <= 1
 	camera := upright && (cfg.Mode == "keep" || (cfg.Mode == "auto" && img == f.Image))
+	format := e.format(b.Dx() * b.Dy())
 	switch {
 	case cfg.Mode == "keep" && upright:
 	case e.search != nil:
-		r, err := e.search.Encode(img)
+		r, err := e.search[format].Encode(img)
 		if err != nil {
 			return nil, err
 		}
@@ -115,7 +136,7 @@ func (e *encoder) frame(raw []byte, f *segment.Frame, mask *image.Gray) (*encode
 	default:
 		var buf bytes.Buffer
 		var err error
-		if cfg.Mode == "jpeg" || cfg.Mode == "keep" {
+		if format == encode.JPEG {
 			err = jpeg.Encode(&buf, encode.Opaque(img), &jpeg.Options{Quality: cfg.Quality})
 			out.ContentType = wire.JPEG
 		} else {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/draw"
 	"math"
 )
 
@@ -21,6 +22,12 @@ type Options struct {
 	// watching for hung work (the agent's systemd watchdog) sees a long
 	// search advance.
 	Progress func()
+	// SampleMaxPixels bounds what a trial encodes: an image with more
+	// pixels is searched on a sample of it (a grid of 256×256 crops spread
+	// over the whole image, about half this many pixels in all, with a
+	// target sampleMargin above MinSSIM), and only the chosen quality is
+	// encoded at full size. 0 searches on the whole image.
+	SampleMaxPixels int
 }
 
 // Result is one frame's encoding.
@@ -37,6 +44,10 @@ type Result struct {
 	Met bool
 	// Trials is how many qualities were encoded and measured.
 	Trials int
+	// Sampled reports that the search ran on a sample of the image
+	// (Options.SampleMaxPixels): SSIM is the sample's, an estimate of the
+	// image's.
+	Sampled bool
 }
 
 // Searcher encodes frames at the lowest quality whose SSIM reaches a
@@ -79,8 +90,11 @@ func NewSearcher(opts Options) (*Searcher, error) {
 // (or q is MinQuality), found by bracketing from the last frame's
 // quality. Each trial encodes, decodes and measures the whole image.
 func (s *Searcher) Encode(img image.Image) (*Result, error) {
-	lumaInto(&s.ref, img)
 	o := s.opts
+	if b := img.Bounds(); o.SampleMaxPixels > 0 && b.Dx()*b.Dy() > o.SampleMaxPixels {
+		return s.encodeSampled(img)
+	}
+	lumaInto(&s.ref, img)
 	if s.ref.W < ssimWindow || s.ref.H < ssimWindow {
 		// Smaller than one SSIM window: nothing to measure; send it at the
 		// top quality.
@@ -160,4 +174,61 @@ func (s *Searcher) next(fail, pass int, failS, passS float64, step *int) int {
 		return max(pass-*step, lo)
 	}
 	return min(fail+*step, hi) // only failures: step up
+}
+
+// sampleSide is the side of the crops a sample is made of: a multiple of
+// 16, so that crops line up with JPEG's and VP8's macroblocks.
+const sampleSide = 256
+
+// sampleMargin is added to the target when the search runs on a sample:
+// a sample's SSIM estimates the frame's to within about this on aerial
+// frames (TestSampledSearch).
+const sampleMargin = 0.003
+
+// encodeSampled searches the quality on a sample of img and encodes img at
+// it: a search costs a few encodes of about SampleMaxPixels, not of the
+// whole frame (12 MP frames: a second instead of several).
+func (s *Searcher) encodeSampled(img image.Image) (*Result, error) {
+	sample := Sample(img, s.opts.SampleMaxPixels/2)
+	o := s.opts
+	o.SampleMaxPixels = 0
+	o.MinSSIM = min(o.MinSSIM+sampleMargin, 0.999)
+	sub := Searcher{opts: o, hint: s.hint, ref: s.ref, trial: s.trial}
+	r, err := sub.Encode(sample)
+	s.hint, s.ref, s.trial = sub.hint, sub.ref, sub.trial
+	if err != nil {
+		return nil, err
+	}
+	data, err := encodeAt(o.Format, img, r.Quality)
+	if err != nil {
+		return nil, err
+	}
+	r.Data, r.Sampled = data, true
+	return r, nil
+}
+
+// Sample returns a mosaic of 256×256 crops of img taken on an even grid
+// over all of it, about maxPixels in all (at least one crop; img itself
+// when it is no larger). Frames of one scene have the same texture
+// everywhere; the grid catches what differs from corner to corner.
+func Sample(img image.Image, maxPixels int) image.Image {
+	b := img.Bounds()
+	if b.Dx()*b.Dy() <= maxPixels || b.Dx() < sampleSide || b.Dy() < sampleSide {
+		return img
+	}
+	n := max(1, maxPixels/(sampleSide*sampleSide))
+	// cols × rows ≈ n, in the image's aspect.
+	cols := max(1, int(math.Round(math.Sqrt(float64(n)*float64(b.Dx())/float64(b.Dy())))))
+	rows := max(1, n/cols)
+	out := image.NewNRGBA(image.Rect(0, 0, cols*sampleSide, rows*sampleSide))
+	for r := range rows {
+		for c := range cols {
+			// The crop's corner, on a 16-pixel grid, spread evenly.
+			x := b.Min.X + (b.Dx()-sampleSide)*(2*c+1)/(2*cols)/16*16
+			y := b.Min.Y + (b.Dy()-sampleSide)*(2*r+1)/(2*rows)/16*16
+			dst := image.Rect(c*sampleSide, r*sampleSide, (c+1)*sampleSide, (r+1)*sampleSide)
+			draw.Draw(out, dst, img, image.Pt(x, y), draw.Src)
+		}
+	}
+	return out
 }

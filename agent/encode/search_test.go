@@ -3,7 +3,11 @@ package encode
 import (
 	"errors"
 	"image"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/disintegration/imaging"
 )
 
 // TestSearchLowestPassing proves the search's result: its own bytes
@@ -112,5 +116,57 @@ func TestSearchProgress(t *testing.T) {
 	}
 	if calls != r.Trials || calls < 2 {
 		t.Errorf("%d progress calls for %d trials", calls, r.Trials)
+	}
+}
+
+// TestSampledSearch: a 12-MP aerial frame (OAM-TCD tiles of
+// ../shared/data, 30 cm per pixel, laid side by side, each scaled a little
+// differently so that the sample cannot be the whole) is searched on a
+// 2-MP sample; its full-frame SSIM still reaches the target, and the
+// quality is within a step or two of what a full search finds.
+func TestSampledSearch(t *testing.T) {
+	tiles, _ := filepath.Glob("../../../shared/data/aerial-trees/oam-tcd-640/images/*.jpg")
+	if len(tiles) < 12 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("../shared/data/aerial-trees missing")
+		}
+		t.Skip("../shared/data/aerial-trees missing")
+	}
+	frame := image.NewNRGBA(image.Rect(0, 0, 4000, 3000))
+	k := 0
+	for y := 0; y < 3000; y += 640 {
+		for x := 0; x < 4000; x += 640 {
+			src, err := imaging.Open(tiles[k%len(tiles)])
+			if err != nil {
+				t.Fatal(err)
+			}
+			src = imaging.Resize(src, 640+k%3*8, 0, imaging.Lanczos)
+			frame = imaging.Paste(frame, src, image.Pt(x, y))
+			k++
+		}
+	}
+	for _, f := range []Format{JPEG} {
+		sampled, err := NewSearcher(Options{Format: f, MinSSIM: 0.95, SampleMaxPixels: 4_000_000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := sampled.Encode(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		full, err := Measure(frame, r.Data, r.ContentType)
+		if err != nil {
+			t.Fatal(err)
+		}
+		whole, _ := NewSearcher(Options{Format: f, MinSSIM: 0.95})
+		ref, err := whole.Encode(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%v: sampled search q%d (sample SSIM %.4f, frame %.4f, %d trials), full search q%d (%.4f)",
+			f, r.Quality, r.SSIM, full, r.Trials, ref.Quality, ref.SSIM)
+		if !r.Sampled || full < 0.95 || r.Quality > ref.Quality+3 {
+			t.Errorf("%v: sampled %v, frame SSIM %.4f at q%d; want sampled, ≥ 0.95, at most 3 above the full search's q%d", f, r.Sampled, full, r.Quality, ref.Quality)
+		}
 	}
 }
