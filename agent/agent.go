@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/forestwatch/forest/agent/encode"
 	"github.com/forestwatch/forest/agent/source"
 	"github.com/forestwatch/forest/agent/status"
 	"github.com/forestwatch/forest/internal/sdnotify"
@@ -160,9 +159,6 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	})
 	if err != nil {
 		return a, fmt.Errorf("load model: %w", err)
-	}
-	if m := cfg.Encode.Mode; m == "auto" || m == "webp" {
-		encode.Warm() // before READY=1, not inside the first frame
 	}
 	info := a.model.Info()
 	a.modelID = info.ID + "/" + info.Version

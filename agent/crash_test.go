@@ -33,8 +33,8 @@ func TestDirCrashRestart(t *testing.T) {
 	samples := sampleFrames(t)[:4] // the 256×256 tiles
 	model, _ := filepath.Abs(modelPath)
 	// A fixed-quality JPEG encode: lives of 150-850 ms must get frames
-	// through, and the default WebP search (its WebAssembly compile at
-	// start and a few trial encodes per frame) is not what this test is
+	// through, and the default WebP search (its WebAssembly compile in
+	// the first frame and a few trial encodes per frame) is not what this test is
 	// about.
 	cfg := filepath.Join(dir, "agent.yaml")
 	// The kills here hit whatever frame is in flight, several times the

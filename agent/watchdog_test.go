@@ -18,8 +18,9 @@ import (
 // TestPoisonFileUnderWatchdog runs the real binary under a stand-in for
 // systemd: a notify socket and a 500 ms watchdog, and a SIGABRT and a
 // restart when the keep-alives stop, as Restart=always with WatchdogSec
-// does. Between two ordinary frames sits one that hangs the agent past its
-// watchdog: a 36-MP PNG that takes seconds to decode and segment. Without
+// does. Between two ordinary frames (256² tiles, tens of milliseconds
+// each) sits one that hangs the agent past its 200 ms watchdog: a 36-MP
+// PNG that takes a second or more to decode alone. Without
 // attempt counting the agent would take it first after every restart and
 // never get past it. With source.max_attempts 2 it is killed twice, then
 // refused: moved to failed/ with a reason file, and capture goes on.
@@ -58,6 +59,7 @@ func TestPoisonFileUnderWatchdog(t *testing.T) {
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`device: {id: wd-1, state_dir: %[1]s/state}
 source: {type: dir, max_attempts: 2, dir: {path: %[2]s, settle: 20ms, after: move}}
 segment: {model: %[3]s, threads: 1}
+encode: {mode: jpeg, min_ssim: 0}
 spool: {dir: %[1]s/spool, min_free_bytes: 0}
 http: {listen: ""}
 log: {level: warn}
@@ -70,7 +72,11 @@ log: {level: warn}
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	const watchdog = 500 * time.Millisecond
+	// The agent withholds WATCHDOG=1 once a frame is busy for longer than
+	// the timeout, so the poison is killed about 300 ms into it. JPEG at a
+	// fixed quality keeps the ordinary frames far below that (the default
+	// WebP search compiles its encoder in the first frame).
+	const watchdog = 200 * time.Millisecond
 	kills := 0
 	for life := 0; ; life++ {
 		_, errA := os.Stat(filepath.Join(in, "done", "a.png"))
@@ -80,7 +86,8 @@ log: {level: warn}
 			break
 		}
 		if life > 6 {
-			t.Fatalf("after %d lives and %d watchdog kills: a %v, z %v, poison %v", life, kills, errA, errZ, errP)
+			_, errD := os.Stat(filepath.Join(in, "done", "poison.png"))
+			t.Fatalf("after %d lives and %d watchdog kills: a %v, z %v, poison %v (in done/: %v)", life, kills, errA, errZ, errP, errD == nil)
 		}
 		cmd := exec.Command(bin, "run", "--config", cfg)
 		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, fmt.Sprintf("WATCHDOG_USEC=%d", watchdog.Microseconds()), "WATCHDOG_PID=")

@@ -56,11 +56,6 @@ func (f Format) ContentType() string {
 	return "image/webp"
 }
 
-// Warm prepares the WebP encoder (compiles the WebAssembly module, about
-// a second of CPU), so that the first frame does not pay for it. It does
-// nothing when a system libwebp is used.
-func Warm() { webp.Init() }
-
 // webpMethod is libwebp's effort (0 fast … 6 slow); 4 is its default.
 const webpMethod = 4
 
