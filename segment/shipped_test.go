@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -214,8 +215,13 @@ func (c *confusion) accuracy() float64 {
 	return float64(c.tp+c.tn) / float64(max(1, c.tp+c.fp+c.fn+c.tn))
 }
 
-// sharedAmazon is the Sentinel-2 data set in ../shared beside the checkout (CI has it too).
-const sharedAmazon = "../../shared/data/amazon-forest-rgb"
+// sharedData holds the data sets in ../shared beside the checkout (CI has it too), or where
+// FOREST_SHARED_DATA points (a checkout elsewhere, such as a git worktree); sharedAmazon is the
+// Sentinel-2 one.
+var (
+	sharedData   = cmp.Or(os.Getenv("FOREST_SHARED_DATA"), "../../shared/data")
+	sharedAmazon = sharedData + "/amazon-forest-rgb"
+)
 
 // foldMetrics is what train.py records of a model's validation split.
 type foldMetrics struct {
@@ -226,7 +232,13 @@ type foldMetrics struct {
 // needSharedData skips (or, in CI, fails) a test when ../shared is not beside the checkout.
 func needSharedData(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(sharedAmazon); err != nil {
+	needFile(t, sharedAmazon)
+}
+
+// needFile skips (or, in CI, fails) a test when a file of the shared data is missing.
+func needFile(t testing.TB, path string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("CI needs the shared data beside the checkout: %v", err)
 		}
