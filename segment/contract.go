@@ -28,6 +28,7 @@ const (
 	KeyForestClass  = "forest.forest_channel" // optional: output channel of the forest class (default: class named "forest")
 	KeyThreshold    = "forest.threshold"      // optional: default forest probability threshold (default 0.5)
 	KeyLicense      = "forest.license"        // optional: licence and attribution text
+	KeyPixelSize    = "forest.pixel_size_m"   // optional: "min,max" ground metres per pixel the model was trained for
 )
 
 var requiredKeys = []string{KeyModelID, KeyVersion, KeyInputName, KeyOutputName, KeyLayout,
@@ -64,6 +65,9 @@ type Info struct {
 	Output string
 	// Threshold is the forest probability above which a pixel is forest.
 	Threshold float64
+	// PixelSizeMin and PixelSizeMax are the ground pixel sizes in metres the model was
+	// trained for (forest.pixel_size_m); 0 when the model does not say.
+	PixelSizeMin, PixelSizeMax float64
 	// License is the licence and attribution text, if the model carries one.
 	License string
 	// Metadata holds every custom metadata property of the model.
@@ -177,6 +181,18 @@ func parseContract(path string, md map[string]string) (Info, error) {
 			merr.Invalid[KeyThreshold] = fmt.Sprintf("%q: want a number in (0,1)", v)
 		} else {
 			in.Threshold = f
+		}
+	}
+	if v := md[KeyPixelSize]; v != "" {
+		parts := strings.Split(v, ",")
+		if len(parts) == 1 {
+			parts = append(parts, parts[0])
+		}
+		f, err := parseFloats(strings.Join(parts, ","), 2)
+		if err != nil || f[0] <= 0 || f[1] < f[0] {
+			merr.Invalid[KeyPixelSize] = fmt.Sprintf("%q: want min,max metres with 0 < min <= max", v)
+		} else {
+			in.PixelSizeMin, in.PixelSizeMax = f[0], f[1]
 		}
 	}
 	if len(merr.Missing) > 0 || len(merr.Invalid) > 0 {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	"image/jpeg"
 	"image/png"
 	"math"
@@ -23,12 +24,16 @@ const DefaultMaxPixels = 40_000_000
 type Frame struct {
 	// Image is the decoded image, already rotated/flipped upright per its EXIF orientation.
 	Image image.Image
-	// Format is "jpeg", "png" or "webp".
+	// Format is "jpeg", "png", "webp" or "tiff".
 	Format string
 	// Width and Height are the upright image's size.
 	Width, Height int
-	// EXIF holds the metadata found in a JPEG's APP1 segment, or nil.
+	// EXIF holds the metadata found in a JPEG's APP1 segment or a TIFF's tags, or nil. For a
+	// GeoTIFF in a supported CRS (see Decode) EXIF.GPS is the centre of the image.
 	EXIF *EXIF
+	// PixelSize is the ground size of a pixel in metres when the file says it (a GeoTIFF in
+	// metres or degrees), else 0. Model.SegmentFrame uses it.
+	PixelSize float64
 }
 
 // EXIF is the subset of EXIF metadata the agent forwards with a frame.
@@ -57,15 +62,23 @@ type GPS struct {
 	HasAltitude bool
 }
 
-// Decode checks data's header with image.DecodeConfig, refuses it with ErrTooLarge when
-// it declares more than maxPixels pixels (0 means DefaultMaxPixels, negative means no
-// limit) before any pixel data is decoded, then decodes it, parses EXIF (JPEG) and applies
-// the EXIF orientation. Data that is not a JPEG, PNG or WebP image gives ErrNotImage.
+// Decode checks data's header, refuses it with ErrTooLarge when it declares more than
+// maxPixels pixels (0 means DefaultMaxPixels, negative means no limit) before any pixel data
+// is decoded, then decodes it, parses EXIF (JPEG, TIFF) and applies the EXIF orientation.
+// Data that is not a JPEG, PNG, WebP or TIFF image gives ErrNotImage.
+//
+// TIFF: the first image of a baseline or BigTIFF file, 8 bits per sample, RGB (with or
+// without an alpha sample), grey, or YCbCr JPEG; in strips or tiles, chunky or planar;
+// uncompressed, LZW, Deflate, PackBits or JPEG compressed, with or without the horizontal
+// predictor. A GeoTIFF's georeferencing gives Frame.PixelSize and, where its CRS is
+// geographic (WGS84, NAD83, ETRS89, GDA), UTM on those datums, or the Dutch RD New, the
+// WGS84 position of the image centre as EXIF.GPS (unless the file has EXIF GPS tags).
 func Decode(data []byte, maxPixels int) (*Frame, error) {
 	if maxPixels == 0 {
 		maxPixels = DefaultMaxPixels
 	}
-	cfg, format, err := decodeConfig(data)
+	var tf *tiffFile
+	cfg, format, err := decodeConfig(data, &tf)
 	if err != nil {
 		return nil, fmt.Errorf("decode image header: %w: %w", ErrNotImage, err)
 	}
@@ -83,13 +96,18 @@ func Decode(data []byte, maxPixels int) (*Frame, error) {
 		img, err = png.Decode(bytes.NewReader(data))
 	case "webp":
 		img, err = webp.Decode(bytes.NewReader(data))
+	case "tiff":
+		img, err = tf.decode()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w: %w", format, ErrNotImage, err)
 	}
 	f := &Frame{Image: img, Format: format}
-	if format == "jpeg" {
+	switch format {
+	case "jpeg":
 		f.EXIF = jpegEXIF(data)
+	case "tiff":
+		f.EXIF, f.PixelSize = tiffEXIF(tf)
 	}
 	if f.EXIF != nil {
 		f.Image = orient(img, f.EXIF.Orientation)
@@ -99,7 +117,8 @@ func Decode(data []byte, maxPixels int) (*Frame, error) {
 	return f, nil
 }
 
-func decodeConfig(data []byte) (image.Config, string, error) {
+// decodeConfig reads the image's header; for a TIFF it also returns the parsed file in *tf.
+func decodeConfig(data []byte, tf **tiffFile) (image.Config, string, error) {
 	switch {
 	case bytes.HasPrefix(data, []byte("\xff\xd8")):
 		c, err := jpeg.DecodeConfig(bytes.NewReader(data))
@@ -110,8 +129,33 @@ func decodeConfig(data []byte) (image.Config, string, error) {
 	case len(data) >= 12 && string(data[:4]) == "RIFF" && string(data[8:12]) == "WEBP":
 		c, err := webp.DecodeConfig(bytes.NewReader(data))
 		return c, "webp", err
+	case isTIFF(data):
+		t, err := parseTIFF(data)
+		if err != nil {
+			return image.Config{}, "tiff", err
+		}
+		*tf = t
+		return image.Config{Width: t.w, Height: t.h, ColorModel: color.NRGBAModel}, "tiff", nil
 	}
-	return image.Config{}, "", errors.New("unknown format (want jpeg, png or webp)")
+	return image.Config{}, "", errors.New("unknown format (want jpeg, png, webp or tiff)")
+}
+
+// tiffEXIF returns the EXIF-style metadata of a TIFF (its IFD0 and EXIF/GPS sub-IFDs, as a
+// camera writes them) with the GeoTIFF position as GPS when the file has no GPS tags, and the
+// GeoTIFF's pixel size. EXIF is nil when the file carries none of it.
+func tiffEXIF(t *tiffFile) (*EXIF, float64) {
+	e, err := parseEXIF(t.data)
+	if err != nil {
+		e = &EXIF{}
+	}
+	g := t.geo()
+	if e.GPS == nil && g.ok {
+		e.GPS = &GPS{Latitude: g.lat, Longitude: g.lon}
+	}
+	if *e == (EXIF{}) {
+		e = nil
+	}
+	return e, g.pixel
 }
 
 // orient returns img transformed so that it displays upright for EXIF orientation o.

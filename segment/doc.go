@@ -13,17 +13,22 @@
 //	m, err := segment.Load("segment/models/forest-unet-v1.onnx", segment.Options{Threads: 2})
 //	...
 //	defer m.Close()
-//	f, err := segment.Decode(jpegBytes, 0) // refuses decompression bombs, honours EXIF orientation
+//	f, err := segment.Decode(data, 0) // JPEG, PNG, WebP or TIFF; refuses decompression bombs, honours EXIF orientation
 //	...
-//	res, err := m.Segment(f.Image)
+//	res, err := m.SegmentFrame(f) // or m.Segment(img)
 //	png, err := segment.MaskPNG(res.Mask)
 //
-// Frames of any size are accepted. By default (Resize) the frame is resampled to the
-// model's input size (area averaging when shrinking, bilinear when enlarging), the model
-// runs once and its scores are resampled bilinearly back to the frame's size before
-// thresholding. With Options.Tiling = Tile, frames larger than the model input are cut
-// into overlapping model-sized windows at full resolution, and each output pixel is taken
-// from the window whose centre is nearest.
+// Frames of any size are accepted. By default (Auto) the model runs at its own scale: a
+// frame larger than the model input is cut into overlapping model-sized windows at full
+// resolution and their scores are blended across each overlap (so crowns keep the size the
+// model was trained on and no seams show); a frame smaller than the input is mirror-padded.
+// Windows run one after another and their scores are summed into one band of rows across
+// the frame, which is thresholded into the mask as it completes: no score map of the whole
+// frame is held. Only when the frame's ground pixel size is known (Options.PixelSize, or a
+// GeoTIFF's through SegmentFrame) and falls outside the range the model was trained for
+// (forest.pixel_size_m) is the frame resampled first. Resize scales the whole frame to the
+// model input instead (one inference per frame); Tile is Auto without resampling. Pixels
+// that are no data (pure black or white, or transparent) are never forest.
 //
 // Concurrency: a Model owns one pre-allocated input tensor, one output tensor and scratch
 // buffers, all reused across calls. Segment and Close are safe for concurrent use; Segment
@@ -33,6 +38,6 @@
 // process must use the same library.
 //
 // Guarantees: the returned mask always has the input's size and holds only 0 and 255;
-// Coverage equals the fraction of 255 pixels; Decode never decodes pixel data of an image
-// whose header declares more pixels than allowed.
+// Coverage equals the fraction of 255 pixels; no-data pixels are 0; Decode never decodes
+// pixel data of an image whose header declares more pixels than allowed.
 package segment

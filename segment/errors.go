@@ -7,7 +7,8 @@ import (
 
 // Sentinel errors returned (wrapped) by this package. Test for them with errors.Is.
 var (
-	// ErrNotImage reports bytes that are not a decodable JPEG, PNG or WebP image.
+	// ErrNotImage reports bytes that are not a decodable JPEG, PNG, WebP or TIFF image (or
+	// a TIFF in a layout Decode does not read; the message says which).
 	ErrNotImage = errors.New("not a supported image")
 	// ErrTooLarge reports an image whose header declares more pixels than allowed.
 	// It is returned before any pixel data is decoded.

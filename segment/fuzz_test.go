@@ -5,6 +5,7 @@ import (
 	"errors"
 	"image"
 	"image/color"
+	"os"
 	"testing"
 
 	"github.com/forestwatch/forest/internal/exiftest"
@@ -20,6 +21,12 @@ func FuzzDecode(f *testing.F) {
 	f.Add(exiftest.JPEG(f, img, exiftest.Block(binary.LittleEndian, exiftest.Options{Orientation: 8})))
 	f.Add(bombPNG(f, 5000, 5000))
 	f.Add([]byte("RIFF\x00\x00\x00\x00WEBPVP8 "))
+	f.Add(tiffHeader(binary.LittleEndian, 4, 4))
+	for _, name := range []string{"tile-jpeg-ycbcr-nad83.tif", "tile-lzw-pred-4326.tif", "bigtiff-deflate-rd.tif", "strip-packbits-rgba-nogeo.tif"} {
+		if data, err := os.ReadFile("testdata/tiff/" + name); err == nil {
+			f.Add(data)
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		const limit = 1 << 20
 		fr, err := Decode(data, limit)

@@ -21,21 +21,27 @@ import (
 type Tiling int
 
 const (
+	// Auto, the default, runs the model at the model's own scale: a frame larger than the
+	// model input is cut into overlapping model-sized windows at full resolution whose
+	// scores are blended (linear ramps across each overlap, so no seams show), and a frame
+	// smaller than the input on a side is mirror-padded rather than stretched. When the
+	// frame's ground pixel size is known (Options.PixelSize, or Frame.PixelSize through
+	// SegmentFrame) and lies outside the range the model was trained for
+	// (forest.pixel_size_m), the frame is first resampled to the nearest end of that range.
+	Auto Tiling = iota
 	// Resize scales the whole frame to the model's input size, runs the model once and
-	// scales the mask back. Cost is one inference per frame whatever its size. This is
-	// the default.
-	Resize Tiling = iota
-	// Tile runs the model on overlapping model-sized windows of the frame at full
-	// resolution and stitches the masks, each pixel taken from the window whose centre is
-	// nearest. Use it when frames are larger than the model input at the ground resolution
-	// the model was trained for. Frames smaller than the model input on either side are
-	// resized instead.
+	// scales the scores back. Cost is one inference per frame whatever its size; crowns
+	// shrink with the frame.
+	Resize
+	// Tile is Auto without resampling by pixel size: windows always at the frame's scale.
 	Tile
 )
 
-// String returns "resize" or "tile".
+// String returns "auto", "resize" or "tile".
 func (t Tiling) String() string {
 	switch t {
+	case Auto:
+		return "auto"
 	case Resize:
 		return "resize"
 	case Tile:
@@ -44,15 +50,17 @@ func (t Tiling) String() string {
 	return fmt.Sprintf("tiling(%d)", int(t))
 }
 
-// ParseTiling parses "resize" or "tile" (empty means Resize).
+// ParseTiling parses "auto", "resize" or "tile" (empty means Auto).
 func ParseTiling(s string) (Tiling, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "", "resize":
+	case "", "auto":
+		return Auto, nil
+	case "resize":
 		return Resize, nil
 	case "tile":
 		return Tile, nil
 	}
-	return Resize, fmt.Errorf("tiling %q: want resize or tile", s)
+	return Auto, fmt.Errorf("tiling %q: want auto, resize or tile", s)
 }
 
 // Options configure Load. The zero value is usable.
@@ -65,11 +73,16 @@ type Options struct {
 	// Threshold is the forest probability above which a pixel is forest; 0 means the
 	// model's forest.threshold metadata, else 0.5.
 	Threshold float64
-	// Tiling selects Resize (default) or Tile for frames not at the model's input size.
+	// Tiling selects Auto (default), Resize or Tile for frames not at the model's input size.
 	Tiling Tiling
-	// TileOverlap is the overlap between neighbouring windows in Tile mode, in pixels;
-	// 0 means one eighth of the model's input side.
+	// TileOverlap is the least overlap between neighbouring windows in Auto and Tile mode,
+	// in pixels, over which their scores are blended; 0 means one eighth of the model's
+	// input side.
 	TileOverlap int
+	// PixelSize is the ground size of a frame pixel in metres, when known (a camera at a
+	// fixed height); 0 means unknown. In Auto mode a pixel size outside the model's range
+	// makes Segment resample the frame first. SegmentFrame prefers the frame's own.
+	PixelSize float64
 	// Logger receives load and per-frame debug events; nil discards them.
 	Logger *slog.Logger
 }
@@ -84,7 +97,7 @@ type Timings struct {
 	Postprocess time.Duration
 	// Total is the wall time of the Segment call.
 	Total time.Duration
-	// Runs is the number of inferences (1 in Resize mode, the window count in Tile mode).
+	// Runs is the number of inferences (1 in Resize mode, the window count otherwise).
 	Runs int
 }
 
@@ -94,6 +107,10 @@ type Result struct {
 	Mask *image.Gray
 	// Coverage is the fraction of mask pixels that are forest, in [0,1].
 	Coverage float64
+	// Scale is the factor the frame was resampled by before tiling because of its pixel
+	// size (0.25: a quarter of its width and height); 1 when it ran at its own scale, 0 in
+	// Resize mode.
+	Scale float64
 	// Timings break down the call's duration.
 	Timings
 }
@@ -128,6 +145,7 @@ type Model struct {
 	side   []byte
 	kx, ky kernelCache // frame -> model
 	mx, my kernelCache // model -> frame
+	tiles  tiler       // Auto and Tile mode state
 }
 
 // Load opens an ONNX model, reads its contract from the metadata properties (see the
@@ -148,6 +166,12 @@ func Load(modelPath string, opts Options) (*Model, error) {
 	}
 	if opts.TileOverlap < 0 {
 		return nil, fmt.Errorf("load %s: tile overlap %d: must be >= 0", modelPath, opts.TileOverlap)
+	}
+	if opts.PixelSize < 0 || math.IsNaN(opts.PixelSize) || math.IsInf(opts.PixelSize, 0) {
+		return nil, fmt.Errorf("load %s: pixel size %v: must be >= 0", modelPath, opts.PixelSize)
+	}
+	if opts.Tiling < Auto || opts.Tiling > Tile {
+		return nil, fmt.Errorf("load %s: %v: want auto, resize or tile", modelPath, opts.Tiling)
 	}
 	data, err := os.ReadFile(modelPath)
 	if err != nil {
@@ -363,8 +387,27 @@ func (m *Model) destroy() error {
 }
 
 // Segment classifies every pixel of img as forest or not. The mask has img's size. See
-// Options.Tiling for how frames of other sizes than the model's input are handled.
+// Options.Tiling for how frames of other sizes than the model's input are handled; the
+// frame's pixel size is Options.PixelSize. Pixels that are no data — transparent, or pure
+// black or white (every sample <= 2 or >= 253) — are never forest, whatever the model says.
 func (m *Model) Segment(img image.Image) (*Result, error) {
+	return m.segment(img, m.opts.PixelSize)
+}
+
+// SegmentFrame is Segment for a decoded frame, using the frame's own pixel size (a
+// GeoTIFF's) when it has one, else Options.PixelSize.
+func (m *Model) SegmentFrame(f *Frame) (*Result, error) {
+	if f == nil {
+		return nil, ErrEmptyImage
+	}
+	px := m.opts.PixelSize
+	if f.PixelSize > 0 {
+		px = f.PixelSize
+	}
+	return m.segment(f.Image, px)
+}
+
+func (m *Model) segment(img image.Image, pixelSize float64) (*Result, error) {
 	if img == nil || img.Bounds().Empty() {
 		return nil, ErrEmptyImage
 	}
@@ -380,13 +423,21 @@ func (m *Model) Segment(img image.Image) (*Result, error) {
 	res := &Result{Mask: image.NewGray(image.Rect(0, 0, fw, fh))}
 	src := m.pixels(img)
 	count := 0
-	if m.opts.Tiling == Tile && (fw > mw || fh > mh) && fw >= mw && fh >= mh {
+	scale := 1.0
+	if m.opts.Tiling == Auto {
+		scale = m.scaleFor(pixelSize, fw, fh)
+	}
+	if m.opts.Tiling != Resize && !(fw == mw && fh == mh && scale == 1) {
+		res.Scale = scale
 		var err error
-		count, err = m.segmentTiles(src, fw, fh, res)
+		count, err = m.segmentTiles(src, fw, fh, scale, res)
 		if err != nil {
 			return nil, err
 		}
 	} else {
+		if fw == mw && fh == mh {
+			res.Scale = 1
+		}
 		switch {
 		case fw == mw && fh == mh:
 			copyRGB(src, 0, 0, mw, mh, m.planes, m.ch, &m.lut)
@@ -408,13 +459,36 @@ func (m *Model) Segment(img image.Image) (*Result, error) {
 			m.mx.get(mw, fw), m.my.get(mh, fh), m.side)
 		res.Postprocess = time.Since(t2)
 	}
+	t3 := time.Now()
+	count -= clearNoData(src, fw, fh, res.Mask)
+	res.Postprocess += time.Since(t3)
 	res.Coverage = float64(count) / float64(fw*fh)
 	res.Total = time.Since(t0)
 	if m.log.Enabled(context.Background(), slog.LevelDebug) {
 		m.log.Debug("frame segmented", "width", fw, "height", fh, "coverage", res.Coverage,
-			"runs", res.Runs, "ms", float64(res.Total.Microseconds())/1000)
+			"runs", res.Runs, "scale", res.Scale, "ms", float64(res.Total.Microseconds())/1000)
 	}
 	return res, nil
+}
+
+// scaleFor returns the factor a frame of pixel size px (metres, 0: unknown) is resampled by
+// so that its pixel size falls within the model's range: 1 when unknown, when the model
+// has no range, or when within 5 % of the range. Enlarging is capped so that the resampled
+// frame has at most max(its own pixel count, 16 megapixels).
+func (m *Model) scaleFor(px float64, fw, fh int) float64 {
+	lo, hi := m.info.PixelSizeMin, m.info.PixelSizeMax
+	if px <= 0 || lo <= 0 {
+		return 1
+	}
+	s := px / min(max(px, lo), hi)
+	if s > 1/1.05 && s < 1.05 {
+		return 1
+	}
+	if s > 1 {
+		limit := math.Sqrt(max(float64(fw)*float64(fh), 16e6) / (float64(fw) * float64(fh)))
+		s = min(s, limit)
+	}
+	return s
 }
 
 // pixels returns img's pixels for reading: RGBA and NRGBA images directly from their Pix
@@ -464,71 +538,4 @@ func (m *Model) scorePlane() []float32 {
 		s[i] = fo[i] - mx - float32(math.Log(sum))
 	}
 	return s
-}
-
-// tilePositions returns window origins covering length l with windows of size t
-// overlapping by at least o, and the ownership boundaries between consecutive windows.
-func tilePositions(l, t, o int) (pos, cut []int) {
-	if l <= t {
-		return []int{0}, []int{l}
-	}
-	if o >= t {
-		o = t - 1
-	}
-	n := (l - o + (t - o) - 1) / (t - o)
-	if n < 2 {
-		n = 2
-	}
-	pos = make([]int, n)
-	for i := range pos {
-		pos[i] = int(math.Round(float64(i) * float64(l-t) / float64(n-1)))
-	}
-	cut = make([]int, n)
-	for i := 0; i < n-1; i++ {
-		cut[i] = (pos[i+1] + pos[i] + t) / 2
-	}
-	cut[n-1] = l
-	return pos, cut
-}
-
-func (m *Model) segmentTiles(src pixels, fw, fh int, res *Result) (int, error) {
-	mw, mh := m.info.Width, m.info.Height
-	ov := m.opts.TileOverlap
-	if ov == 0 {
-		ov = min(mw, mh) / 8
-	}
-	xs, xcut := tilePositions(fw, mw, ov)
-	ys, ycut := tilePositions(fh, mh, ov)
-	count := 0
-	for j, y0 := range ys {
-		oy0 := 0
-		if j > 0 {
-			oy0 = ycut[j-1]
-		}
-		for i, x0 := range xs {
-			ox0 := 0
-			if i > 0 {
-				ox0 = xcut[i-1]
-			}
-			t0 := time.Now()
-			copyRGB(src, x0, y0, mw, mh, m.planes, m.ch, &m.lut)
-			t1 := time.Now()
-			if err := m.sess.Run(); err != nil {
-				return 0, fmt.Errorf("segment: run model on window %d,%d: %w", x0, y0, err)
-			}
-			t2 := time.Now()
-			score := m.scorePlane()
-			// The window's owned region in window coordinates.
-			wx0, wy0 := ox0-x0, oy0-y0
-			w, h := xcut[i]-ox0, ycut[j]-oy0
-			dst := res.Mask.Pix[oy0*res.Mask.Stride+ox0:]
-			count += thresholdRect(score[wy0*mw+wx0:], mw, m.tau, dst, res.Mask.Stride, w, h)
-			t3 := time.Now()
-			res.Preprocess += t1.Sub(t0)
-			res.Inference += t2.Sub(t1)
-			res.Postprocess += t3.Sub(t2)
-			res.Runs++
-		}
-	}
-	return count, nil
 }

@@ -106,33 +106,84 @@ func TestMaskFromScoreGolden(t *testing.T) {
 
 func TestTilePositions(t *testing.T) {
 	for _, c := range []struct {
-		l, t, o   int
-		pos, cuts []int
+		l, t, o int
+		pos     []int
 	}{
-		{256, 256, 32, []int{0}, []int{256}},
-		{512, 256, 32, []int{0, 128, 256}, []int{192, 320, 512}},
-		{480, 256, 32, []int{0, 224}, []int{240, 480}},
-		{300, 256, 0, []int{0, 44}, []int{150, 300}},
+		{256, 256, 32, []int{0}},
+		{100, 256, 32, []int{0}},
+		{512, 256, 32, []int{0, 128, 256}},
+		{480, 256, 32, []int{0, 224}},
+		{300, 256, 0, []int{0, 44}},
 	} {
-		pos, cut := tilePositions(c.l, c.t, c.o)
-		if !slices.Equal(pos, c.pos) || !slices.Equal(cut, c.cuts) {
-			t.Errorf("tilePositions(%d,%d,%d) = %v %v, want %v %v", c.l, c.t, c.o, pos, cut, c.pos, c.cuts)
+		if pos := tilePositions(c.l, c.t, c.o); !slices.Equal(pos, c.pos) {
+			t.Errorf("tilePositions(%d,%d,%d) = %v, want %v", c.l, c.t, c.o, pos, c.pos)
 		}
 	}
-	// Invariants over many sizes: windows inside the frame, overlap ≥ o, each window owns
-	// a non-empty region inside itself, regions tile the axis.
+	// Invariants over many sizes: windows inside the axis and in order, overlap >= o, the
+	// axis covered.
 	for l := 33; l < 700; l += 17 {
-		pos, cut := tilePositions(l, 32, 4)
-		prev := 0
+		pos := tilePositions(l, 32, 4)
 		for i, p := range pos {
-			if p < 0 || p+32 > l || (i > 0 && pos[i-1]+32-p < 4) || cut[i] <= prev || prev < p || cut[i] > p+32 {
-				t.Fatalf("l=%d: pos %v cut %v", l, pos, cut)
+			if p < 0 || p+32 > l || (i > 0 && (p <= pos[i-1] || pos[i-1]+32-p < 4)) {
+				t.Fatalf("l=%d: pos %v", l, pos)
 			}
-			prev = cut[i]
 		}
-		if prev != l {
-			t.Fatalf("l=%d: cuts end at %d", l, prev)
+		if pos[0] != 0 || pos[len(pos)-1]+32 != l {
+			t.Fatalf("l=%d: pos %v do not cover the axis", l, pos)
 		}
+	}
+}
+
+// TestAxisWeights checks the blending weights: they sum to 1 at every position, are 1 where
+// a single window covers, ramp monotonically across each overlap, and give a window's edge
+// pixel that it shares with a neighbour at most 1/(2o) of the weight before normalising.
+func TestAxisWeights(t *testing.T) {
+	for _, c := range []struct{ l, t, o int }{{512, 256, 32}, {257, 32, 7}, {33, 32, 4}, {700, 32, 4}, {300, 256, 32}, {4000, 256, 32}} {
+		pos := tilePositions(c.l, c.t, c.o)
+		w := axisWeights(pos, c.t, c.o)
+		sum := make([]float64, c.l)
+		cover := make([]int, c.l)
+		for i, p := range pos {
+			for x, v := range w[i] {
+				if v < 0 || v > 1 {
+					t.Fatalf("%+v: window %d weight %v at %d", c, i, v, x)
+				}
+				sum[p+x] += float64(v)
+				cover[p+x]++
+			}
+		}
+		for x, s := range sum {
+			if math.Abs(s-1) > 1e-6 {
+				t.Fatalf("%+v: weights sum to %v at %d", c, s, x)
+			}
+			if cover[x] == 1 {
+				continue
+			}
+			// Inside an overlap the later window's weight rises with x.
+			for i := 1; i < len(pos); i++ {
+				p := pos[i]
+				if x > p && x < pos[i-1]+c.t && w[i][x-p] < w[i][x-p-1]-1e-6 {
+					t.Fatalf("%+v: window %d weight falls at %d", c, i, x)
+				}
+			}
+		}
+		if len(pos) > 1 && w[1][0] > float32(1/float64(c.o))+1e-6 {
+			t.Errorf("%+v: shared edge pixel weighs %v", c, w[1][0])
+		}
+	}
+}
+
+// TestMirror checks the padding reflection, including pads longer than the frame.
+func TestMirror(t *testing.T) {
+	var got []int
+	for c := 0; c < 9; c++ {
+		got = append(got, mirror(c, 3))
+	}
+	if want := []int{0, 1, 2, 2, 1, 0, 0, 1, 2}; !slices.Equal(got, want) {
+		t.Fatalf("mirror(0..8, 3) = %v, want %v", got, want)
+	}
+	if mirror(5, 1) != 0 {
+		t.Fatal("mirror of a 1-pixel axis")
 	}
 }
 

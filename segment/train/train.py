@@ -40,9 +40,12 @@ def load_scenes(data):
 
 
 def split(scenes, fold=0):
-    """Scenes shuffled with SPLIT_SEED and cut into folds of VAL_FRACTION of them; fold 0 is
-    the validation split of the shipped model, folds 1.. the others (for cross-validation)."""
+    """Scenes shuffled with SPLIT_SEED and cut into folds of VAL_FRACTION of them; folds 0..4
+    partition the scenes (for cross-validation). Fold -1 trains on every scene and holds out
+    none: that is the shipped model, whose quality figure is the cross-validation's."""
     keys = sorted(scenes)
+    if fold < 0:
+        return keys, []
     rng = random.Random(SPLIT_SEED)
     rng.shuffle(keys)
     nval = max(1, round(len(keys) * VAL_FRACTION))
@@ -284,7 +287,9 @@ def main():
     ap.add_argument("--stem-stride", type=int, default=1, help="1: network works at full resolution (shipped); 2: half, 4x cheaper")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--haze", type=float, default=0.0, help="probability of a haze veil in augmentation")
-    ap.add_argument("--fold", type=int, default=0, help="validation fold (0: the shipped split; 1-4: the other scenes, for cross-validation)")
+    ap.add_argument("--fold", type=int, default=-1,
+                    help="validation fold 0-4 (cross-validation; see cv.sh); -1 (default, the shipped model): train on all scenes")
+    ap.add_argument("--version", default="1.2.0", help="forest.version written into the model")
     ap.add_argument("--tta", choices=["none", "flip4", "d8"], default="none",
                     help="test-time augmentation built into the exported graph (runs the network 4 or 8 times)")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
@@ -350,7 +355,7 @@ def main():
         if step % 25 == 0:
             el = time.time() - t0
             print(f"step {step} loss {loss.item():.4f} bce {bce.item():.4f} {el:.0f}s ({el / step:.2f}s/step)", flush=True)
-        if not args.time_steps and (step % args.eval_every == 0 or step == args.steps):
+        if not args.time_steps and val_keys and (step % args.eval_every == 0 or step == args.steps):
             ev = evaluate(ema, scenes, val_keys, mean, std)
             ev["step"] = step
             history.append({k: v for k, v in ev.items() if k != "scenes"})
@@ -360,19 +365,24 @@ def main():
         return
 
     net = ema  # evaluate and export the averaged weights
+    torch.save(net.state_dict(), args.out + ".pt")
     model = TTA(net, args.tta) if args.tta != "none" else net
-    plain = evaluate(net, scenes, val_keys, mean, std)
-    final = evaluate(model, scenes, val_keys, mean, std) if model is not net else plain
-    print(f"val iou without test-time augmentation {plain['iou']:.4f} acc {plain['accuracy']:.4f}", flush=True)
     train_ev = evaluate(model, scenes, train_keys, mean, std)
-    base = baseline(scenes, val_keys)
     elapsed = time.time() - t0
-    print(f"final val iou {final['iou']:.4f} acc {final['accuracy']:.4f}; baseline iou {base['iou']:.4f} acc {base['accuracy']:.4f}; {elapsed / 60:.1f} min", flush=True)
+    plain = final = base = None
+    if val_keys:
+        plain = evaluate(net, scenes, val_keys, mean, std)
+        final = evaluate(model, scenes, val_keys, mean, std) if model is not net else plain
+        print(f"val iou without test-time augmentation {plain['iou']:.4f} acc {plain['accuracy']:.4f}", flush=True)
+        base = baseline(scenes, val_keys)
+        print(f"final val iou {final['iou']:.4f} acc {final['accuracy']:.4f}; baseline iou {base['iou']:.4f} acc {base['accuracy']:.4f}; {elapsed / 60:.1f} min", flush=True)
+    else:
+        print(f"no validation scenes; training scenes iou {train_ev['iou']:.4f} acc {train_ev['accuracy']:.4f}; {elapsed / 60:.1f} min", flush=True)
 
     props = {
         "forest.model_id": "forest-unet",
         "forest.name": "forest-unet-v1 (Sentinel-2 RGB forest/non-forest)",
-        "forest.version": "1.1.0",
+        "forest.version": args.version,
         "forest.input_name": "image",
         "forest.output_name": "logits",
         "forest.layout": "NCHW",
@@ -387,10 +397,12 @@ def main():
         "forest.forest_channel": "0",
         "forest.classes": "forest",
         "forest.threshold": "0.5",
+        "forest.pixel_size_m": "10,10",
         "forest.license": "model: same as repository; training data CC BY 4.0 Bragagnolo et al. doi:10.5281/zenodo.3233081, contains modified Copernicus Sentinel-2 data",
-        "forest.val_iou": f"{final['iou']:.4f}",
-        "forest.val_accuracy": f"{final['accuracy']:.4f}",
     }
+    if final:
+        props["forest.val_iou"] = f"{final['iou']:.4f}"
+        props["forest.val_accuracy"] = f"{final['accuracy']:.4f}"
     export(model, args.out, mean, std, props)
     metrics = {"params": nparams, "val_scenes": val_keys, "train_scenes": train_keys, "val": final, "val_no_tta": plain,
                "train": train_ev, "baseline_exg_otsu_val": base, "history": history,
