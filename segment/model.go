@@ -138,7 +138,7 @@ type Model struct {
 	a, b [3]float32
 	tau  float32
 
-	rgb    []byte
+	rowc   rowCache // rows of frames that are not 8-bit RGBA, converted on demand
 	tmp    []float32
 	acc    []float32
 	score  []float32
@@ -422,6 +422,7 @@ func (m *Model) segment(img image.Image, pixelSize float64) (*Result, error) {
 	mw, mh := m.info.Width, m.info.Height
 	res := &Result{Mask: image.NewGray(image.Rect(0, 0, fw, fh))}
 	src := m.pixels(img)
+	defer func() { m.rowc.img = nil }() // the cache must not keep the frame alive
 	count := 0
 	scale := 1.0
 	if m.opts.Tiling == Auto {
@@ -501,8 +502,10 @@ func (m *Model) pixels(img image.Image) pixels {
 	case *image.NRGBA:
 		return pixels{pix: p.Pix, off: p.PixOffset(b.Min.X, b.Min.Y), stride: p.Stride, bpp: 4}
 	}
-	m.rgb = toRGB(img, m.rgb)
-	return pixels{pix: m.rgb, stride: b.Dx() * 3, bpp: 3}
+	// n rows: a band of windows, a box of boxDownscale, or a resampling kernel's taps.
+	n := max(m.info.Height, b.Dy()/m.info.Height+1) + 2
+	m.rowc.reset(img, n)
+	return pixels{bpp: 3, rows: &m.rowc}
 }
 
 // scorePlane returns one value per output pixel that is compared against m.tau: the

@@ -5,6 +5,46 @@ import (
 	"image/color"
 )
 
+// rowCache converts the rows of a frame that is not stored as 8-bit RGBA (a JPEG's YCbCr,
+// grey, paletted, 16-bit) to packed RGB on demand and keeps the last few: row y in slot
+// y%n. Tiled segmentation reads a band of rows at a time and resizing reads rows in
+// order, so each row is converted about once, and a frame costs n rows instead of a full
+// RGB copy (36 MB for a 12-MP frame).
+type rowCache struct {
+	img  image.Image
+	b    image.Rectangle
+	buf  []byte
+	tags []int
+}
+
+// reset points the cache at img with n slots (more than any caller holds at once).
+func (c *rowCache) reset(img image.Image, n int) {
+	c.img, c.b = img, img.Bounds()
+	w := c.b.Dx() * 3
+	if cap(c.buf) < n*w {
+		c.buf = make([]byte, n*w)
+	}
+	c.buf = c.buf[:n*w]
+	if cap(c.tags) < n {
+		c.tags = make([]int, n)
+	}
+	c.tags = c.tags[:n]
+	for i := range c.tags {
+		c.tags[i] = -1
+	}
+}
+
+func (c *rowCache) get(y int) []byte {
+	w := c.b.Dx() * 3
+	slot := y % len(c.tags)
+	row := c.buf[slot*w : (slot+1)*w]
+	if c.tags[slot] != y {
+		toRGBRect(c.img, image.Rect(c.b.Min.X, c.b.Min.Y+y, c.b.Max.X, c.b.Min.Y+y+1), row)
+		c.tags[slot] = y
+	}
+	return row
+}
+
 // toRGB writes img as packed 8-bit RGB (3 bytes per pixel, row-major, origin at the
 // image's Min) into buf, growing it if needed, and returns the slice. Common decoder
 // output types are read straight from their Pix slices; anything else goes through
@@ -12,7 +52,11 @@ import (
 // (NRGBA) colours are used as stored, premultiplied (RGBA) colours as stored.
 // 16-bit samples keep their high byte.
 func toRGB(img image.Image, buf []byte) []byte {
-	b := img.Bounds()
+	return toRGBRect(img, img.Bounds(), buf)
+}
+
+// toRGBRect is toRGB for the part b of img's bounds.
+func toRGBRect(img image.Image, b image.Rectangle, buf []byte) []byte {
 	w, h := b.Dx(), b.Dy()
 	n := w * h * 3
 	if cap(buf) < n {

@@ -81,18 +81,34 @@ func (c *kernelCache) get(src, dst int) *kernel {
 }
 
 // pixels is a read-only view of 8-bit RGB pixels: pixel (x,y) has its red, green and
-// blue samples at pix[off+y*stride+x*bpp:], with bpp 3 (packed RGB) or 4 (RGBA/NRGBA).
+// blue samples at row(y)[x*bpp:], with bpp 3 (packed RGB) or 4 (RGBA/NRGBA). Rows are
+// either slices of pix (row y at pix[off+y*stride:]) or, when rows is set, converted on
+// demand into a few cached rows (see rowCache).
 type pixels struct {
 	pix              []byte
 	off, stride, bpp int
+	rows             *rowCache
+}
+
+// row returns row y. With a row cache the slice holds that row only until another row
+// lands in its slot: callers hold no more rows at once than the cache has slots.
+func (p pixels) row(y int) []byte {
+	if p.rows != nil {
+		return p.rows.get(y)
+	}
+	return p.pix[p.off+y*p.stride:]
 }
 
 // resampleRGB resamples src (kx.src×ky.src) to kx.dst×ky.dst and writes normalised
-// planes into planes (plane p reads RGB channel ch[p], value v*a[p]+b[p]). tmp and acc are
-// scratch space, grown as needed and returned.
+// planes into planes (plane p reads RGB channel ch[p], value v*a[p]+b[p]). It filters
+// source rows horizontally as the output rows need them and keeps only the ky.k rows of
+// one output row's taps (row j in slot j%k: the taps are consecutive rows), so its
+// scratch space is a few rows, not a frame. tmp and acc are that scratch space, grown as
+// needed and returned.
 func resampleRGB(src pixels, kx, ky *kernel, planes [3][]float32, ch [3]int, a, b [3]float32, tmp, acc []float32) ([]float32, []float32) {
 	dw, dh := kx.dst, ky.dst
-	n := ky.src * dw * 3
+	k := ky.k
+	n := k * dw * 3
 	if cap(tmp) < n {
 		tmp = make([]float32, n)
 	}
@@ -101,46 +117,22 @@ func resampleRGB(src pixels, kx, ky *kernel, planes [3][]float32, ch [3]int, a, 
 		acc = make([]float32, dw*3)
 	}
 	acc = acc[:dw*3]
-	bpp := src.bpp
-	k := kx.k
-	// Horizontal pass: every source row to dw interleaved RGB floats.
-	for y := 0; y < ky.src; y++ {
-		row := src.pix[src.off+y*src.stride:]
-		dst := tmp[y*dw*3 : (y+1)*dw*3]
-		if k == 2 {
-			for x := 0; x < dw; x++ {
-				j0, j1 := int(kx.idx[2*x])*bpp, int(kx.idx[2*x+1])*bpp
-				w0, w1 := kx.w[2*x], kx.w[2*x+1]
-				s0, s1 := row[j0:j0+3], row[j1:j1+3]
-				d := dst[3*x : 3*x+3]
-				d[0] = w0*float32(s0[0]) + w1*float32(s1[0])
-				d[1] = w0*float32(s0[1]) + w1*float32(s1[1])
-				d[2] = w0*float32(s0[2]) + w1*float32(s1[2])
-			}
-			continue
-		}
-		for x := 0; x < dw; x++ {
-			var r, g, bb float32
-			idx := kx.idx[x*k : x*k+k]
-			w := kx.w[x*k : x*k+k]
-			for t, j := range idx {
-				s := row[int(j)*bpp : int(j)*bpp+3]
-				wt := w[t]
-				r += wt * float32(s[0])
-				g += wt * float32(s[1])
-				bb += wt * float32(s[2])
-			}
-			d := dst[3*x : 3*x+3]
-			d[0], d[1], d[2] = r, g, bb
-		}
+	tags := make([]int, k)
+	for i := range tags {
+		tags[i] = -1
 	}
-	// Vertical pass: weighted sum of whole tmp rows, then de-interleave and normalise.
-	k = ky.k
 	c0, c1, c2 := ch[0], ch[1], ch[2]
 	for y := 0; y < dh; y++ {
 		idx := ky.idx[y*k : y*k+k]
 		w := ky.w[y*k : y*k+k]
-		r0 := tmp[int(idx[0])*dw*3:][:dw*3]
+		for _, j := range idx {
+			if slot := int(j) % k; tags[slot] != int(j) {
+				tags[slot] = int(j)
+				filterRow(src.row(int(j)), src.bpp, kx, tmp[slot*dw*3:(slot+1)*dw*3])
+			}
+		}
+		// Weighted sum of the filtered rows, then de-interleave and normalise.
+		r0 := tmp[(int(idx[0])%k)*dw*3:][:dw*3]
 		w0 := w[0]
 		for i, v := range r0 {
 			acc[i] = w0 * v
@@ -149,7 +141,7 @@ func resampleRGB(src pixels, kx, ky *kernel, planes [3][]float32, ch [3]int, a, 
 			if w[t] == 0 {
 				continue
 			}
-			r := tmp[int(idx[t])*dw*3:][:dw*3]
+			r := tmp[(int(idx[t])%k)*dw*3:][:dw*3]
 			wt := w[t]
 			for i, v := range r {
 				acc[i] += wt * v
@@ -167,6 +159,38 @@ func resampleRGB(src pixels, kx, ky *kernel, planes [3][]float32, ch [3]int, a, 
 	return tmp, acc
 }
 
+// filterRow resamples one source row (bpp bytes per pixel) horizontally with kx into dw
+// interleaved RGB floats.
+func filterRow(row []byte, bpp int, kx *kernel, dst []float32) {
+	dw, k := kx.dst, kx.k
+	if k == 2 {
+		for x := 0; x < dw; x++ {
+			j0, j1 := int(kx.idx[2*x])*bpp, int(kx.idx[2*x+1])*bpp
+			w0, w1 := kx.w[2*x], kx.w[2*x+1]
+			s0, s1 := row[j0:j0+3], row[j1:j1+3]
+			d := dst[3*x : 3*x+3]
+			d[0] = w0*float32(s0[0]) + w1*float32(s1[0])
+			d[1] = w0*float32(s0[1]) + w1*float32(s1[1])
+			d[2] = w0*float32(s0[2]) + w1*float32(s1[2])
+		}
+		return
+	}
+	for x := 0; x < dw; x++ {
+		var r, g, bb float32
+		idx := kx.idx[x*k : x*k+k]
+		w := kx.w[x*k : x*k+k]
+		for t, j := range idx {
+			s := row[int(j)*bpp : int(j)*bpp+3]
+			wt := w[t]
+			r += wt * float32(s[0])
+			g += wt * float32(s[1])
+			bb += wt * float32(s[2])
+		}
+		d := dst[3*x : 3*x+3]
+		d[0], d[1], d[2] = r, g, bb
+	}
+}
+
 // copyRGB normalises a w×h window at (x0,y0) of src into planes through per-plane lookup
 // tables.
 func copyRGB(src pixels, x0, y0, w, h int, planes [3][]float32, ch [3]int, lut *[3][256]float32) {
@@ -174,7 +198,7 @@ func copyRGB(src pixels, x0, y0, w, h int, planes [3][]float32, ch [3]int, lut *
 	c0, c1, c2 := ch[0], ch[1], ch[2]
 	bpp := src.bpp
 	for y := 0; y < h; y++ {
-		row := src.pix[src.off+(y0+y)*src.stride+x0*bpp:][:w*bpp]
+		row := src.row(y0 + y)[x0*bpp:][:w*bpp]
 		o := y * w
 		d0, d1, d2 := planes[0][o:o+w], planes[1][o:o+w], planes[2][o:o+w]
 		for x := range d0 {
@@ -350,10 +374,9 @@ func boxDownscale(src pixels, fx, fy, dw, dh int, planes [3][]float32, ch [3]int
 	for y := 0; y < dh; y++ {
 		o := y * dw
 		p0, p1, p2 := planes[0][o:o+dw], planes[1][o:o+dw], planes[2][o:o+dw]
-		base := src.off + y*fy*src.stride
 		if fx == 2 && fy == 2 {
-			r0 := src.pix[base:][:dw*2*bpp]
-			r1 := src.pix[base+src.stride:][:dw*2*bpp]
+			r0 := src.row(2 * y)[:dw*2*bpp]
+			r1 := src.row(2*y + 1)[:dw*2*bpp]
 			for x := range p0 {
 				i := x * 2 * bpp
 				j := i + bpp
@@ -370,7 +393,7 @@ func boxDownscale(src pixels, fx, fy, dw, dh int, planes [3][]float32, ch [3]int
 		for x := range p0 {
 			var s [3]uint32
 			for yy := 0; yy < fy; yy++ {
-				row := src.pix[base+yy*src.stride+x*fx*bpp:][:fx*bpp]
+				row := src.row(y*fy + yy)[x*fx*bpp:][:fx*bpp]
 				for i := 0; i < len(row); i += bpp {
 					s[0] += uint32(row[i])
 					s[1] += uint32(row[i+1])

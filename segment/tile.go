@@ -217,7 +217,7 @@ func (t *tiler) copyMirrored(src pixels, sw, sh, x0, y0, w, h int, planes [3][]f
 	l0, l1, l2 := &lut[0], &lut[1], &lut[2]
 	c0, c1, c2 := ch[0], ch[1], ch[2]
 	for y := 0; y < h; y++ {
-		row := src.pix[src.off+mirror(y0+y, sh)*src.stride:]
+		row := src.row(mirror(y0+y, sh))
 		o := y * w
 		d0, d1, d2 := planes[0][o:o+w], planes[1][o:o+w], planes[2][o:o+w]
 		for x, c := range cols {
@@ -263,7 +263,7 @@ func (t *tiler) resample(src pixels, kx, ky *kernel, dst []byte) []byte {
 			}
 			tags[slot] = int(j)
 			hrow := rows[slot*dw*3 : (slot+1)*dw*3]
-			srow := src.pix[src.off+int(j)*src.stride:]
+			srow := src.row(int(j))
 			for x := 0; x < dw; x++ {
 				var r, g, b float32
 				for u := 0; u < kx.k; u++ {
@@ -325,7 +325,7 @@ func clearNoData(src pixels, fw, fh int, mask *image.Gray) int {
 	n := 0
 	for y := 0; y < fh; y++ {
 		mrow := mask.Pix[y*mask.Stride : y*mask.Stride+fw]
-		srow := src.pix[src.off+y*src.stride:]
+		srow := src.row(y)
 		for x, v := range mrow {
 			if v != 0 && noData(srow[x*src.bpp:], src.bpp) {
 				mrow[x] = 0

@@ -1,8 +1,10 @@
 package segment
 
 import (
+	"bytes"
 	"image"
 	"image/color"
+	"image/jpeg"
 	"math"
 	"runtime"
 	"testing"
@@ -213,4 +215,71 @@ func TestTilingStreams(t *testing.T) {
 	if bad := maskDiff(res.Mask, 16, 0); bad != 0 {
 		t.Errorf("%d pixels wrong", bad)
 	}
+}
+
+// TestConvertedRows: a frame that is not 8-bit RGBA (a JPEG's YCbCr, a sub-image of one,
+// grey) is read through the row cache, a band of rows at a time; its masks must equal those
+// of the same pixels as NRGBA in every mode: tiles at the frame's scale, tiles after
+// resampling by pixel size, and resizing (separable kernel, 2×2 and larger boxes).
+func TestConvertedRows(t *testing.T) {
+	props := tinyProps()
+	props[KeyPixelSize] = "0.1,0.3"
+	model := withMetadata(t, "testdata/tiny-nometa.onnx", props)
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, checker(330, 301, 9), &jpeg.Options{Quality: 90}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Decode(buf.Bytes(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ycc, ok := f.Image.(*image.YCbCr)
+	if !ok {
+		t.Fatalf("decoded %T, want *image.YCbCr", f.Image)
+	}
+	frames := map[string]image.Image{
+		"ycbcr":     ycc,
+		"sub-image": ycc.SubImage(image.Rect(3, 5, 259, 261)), // resized by 8×8 boxes
+		"box":       ycc.SubImage(image.Rect(1, 1, 321, 289)), // by 10×9 boxes
+		"2x2":       ycc.SubImage(image.Rect(7, 2, 71, 66)),   // by the 2×2 fast path
+		"grey":      toGray(ycc),
+	}
+	for name, img := range frames {
+		b := img.Bounds()
+		rgb := toRGB(img, nil)
+		ref := image.NewNRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
+		for i := 0; i < b.Dx()*b.Dy(); i++ {
+			copy(ref.Pix[4*i:], rgb[3*i:3*i+3])
+			ref.Pix[4*i+3] = 255
+		}
+		for _, o := range []Options{
+			{Tiling: Auto}, {Tiling: Auto, PixelSize: 0.025}, {Tiling: Resize},
+		} {
+			o.Threads = 1
+			m := loadModel(t, model, o)
+			got, err := m.Segment(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := m.Segment(ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got.Mask.Pix, want.Mask.Pix) || got.Coverage != want.Coverage || got.Coverage == 0 {
+				t.Errorf("%s, %+v: coverage %v, as NRGBA %v; masks equal %v", name, o, got.Coverage, want.Coverage,
+					bytes.Equal(got.Mask.Pix, want.Mask.Pix))
+			}
+		}
+	}
+}
+
+func toGray(img image.Image) *image.Gray {
+	b := img.Bounds()
+	g := image.NewGray(b)
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			g.Set(x, y, img.At(x, y))
+		}
+	}
+	return g
 }
