@@ -39,7 +39,9 @@ bench cloud ./cloud -bench . -count 3
 
 # Transmitted bytes against the legacy base64 JSON message, SSIM; the
 # agent's RSS while spooling 1,000 frames; camera JPEGs of ../shared/data
-# through the pipeline and the drain's wire message (issue 19's bar).
+# through the pipeline and the drain's wire message (issue 19's bar); 12-,
+# 20- and 48-MP camera JPEGs through the binary: peak RSS, time against
+# decode + segment, stage shares (issue 21's bars).
 echo "== agent: transmitted size, camera JPEGs and RSS"
-FOREST_AGENT_RSS=1 FOREST_BENCH_CAMERA=1 go test -count=1 -timeout 60m -run 'TestEncodeBudget|TestCameraWire|TestRSS1000Frames' -v ./agent | grep -v '^=== RUN' | tee -a "$out/agent.txt"
+FOREST_AGENT_RSS=1 FOREST_BENCH_CAMERA=1 go test -count=1 -timeout 60m -run 'TestEncodeBudget|TestCameraWire|TestRSS1000Frames|TestLargeFrames' -v ./agent | grep -v '^=== RUN' | tee -a "$out/agent.txt"
 echo "bench: raw output in $out/"

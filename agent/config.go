@@ -79,9 +79,10 @@ type EncodeConfig struct {
 	MinSSIM float64 `yaml:"min_ssim"`
 	// Quality is the fixed quality of a re-encode when MinSSIM is 0 (1-100).
 	Quality int `yaml:"quality"`
-	// WebPMaxPixels: in mode auto, frames with more pixels are re-encoded
-	// as JPEG, not WebP (WebP's encoder costs about ten times JPEG's CPU).
-	// 0: always WebP.
+	// WebPMaxPixels: in mode auto, frames with more pixels are not
+	// re-encoded as WebP (its encoder costs about ten times JPEG's CPU):
+	// an upright camera JPEG or WebP is sent as taken, anything else is
+	// re-encoded as JPEG. 0: always WebP.
 	WebPMaxPixels int `yaml:"webp_max_pixels"`
 	// MaxDimension scales frames down so the longer side is at most this
 	// many pixels (forces a re-encode); 0 keeps the size.

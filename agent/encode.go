@@ -6,6 +6,7 @@ import (
 	"image"
 	"image/jpeg"
 	"image/png"
+	"time"
 
 	"github.com/disintegration/imaging"
 	"github.com/gen2brain/webp"
@@ -30,6 +31,9 @@ type encoded struct {
 	// thumbnails and overlays.
 	Upright image.Image
 	MaskImg *image.Gray
+	// ImageTime and MaskTime are the time spent on the image and on the
+	// mask PNG.
+	ImageTime, MaskTime time.Duration
 }
 
 // encoder builds the transmitted form of frames per EncodeConfig. It keeps
@@ -68,7 +72,8 @@ func newEncoder(cfg EncodeConfig, progress func()) (*encoder, error) {
 
 // format is the format of a re-encode of a frame of the given size: JPEG
 // in modes jpeg and keep, WebP in mode webp, and in mode auto WebP up to
-// webp_max_pixels and JPEG beyond (WebP costs about ten times JPEG's CPU).
+// webp_max_pixels and JPEG beyond (WebP costs about ten times JPEG's CPU;
+// a camera's own JPEG or WebP of that size is sent as taken).
 func (e *encoder) format(pixels int) encode.Format {
 	switch {
 	case e.cfg.Mode == "jpeg" || e.cfg.Mode == "keep":
@@ -104,6 +109,7 @@ func encodeFrame(cfg EncodeConfig, raw []byte, f *segment.Frame, mask *image.Gra
 // is computed on the upright image, and a reader that ignores EXIF (most
 // do) would pair the stored pixels with a mask turned the other way.
 func (e *encoder) frame(raw []byte, f *segment.Frame, mask *image.Gray) (*encoded, error) {
+	t0 := time.Now()
 	cfg := e.cfg
 	img := f.Image
 	if cfg.Crop {
@@ -123,10 +129,15 @@ func (e *encoder) frame(raw []byte, f *segment.Frame, mask *image.Gray) (*encode
 	b := img.Bounds()
 	out := &encoded{Width: b.Dx(), Height: b.Dy(), Upright: img, MaskImg: mask}
 	upright := f.EXIF == nil || f.EXIF.Orientation <= 1
-	camera := upright && (cfg.Mode == "keep" || (cfg.Mode == "auto" && img == f.Image))
+	// TIFF is no wire format: such frames are always re-encoded.
+	camera := upright && f.Format != "tiff" && (cfg.Mode == "keep" || (cfg.Mode == "auto" && img == f.Image))
 	format := e.format(b.Dx() * b.Dy())
 	switch {
-	case cfg.Mode == "keep" && upright:
+	case camera && cfg.Mode == "keep":
+	case camera && format == encode.JPEG && cfg.Mode == "auto" && f.Format != "png":
+		// A large camera frame goes as taken: a re-encode would save about
+		// a fifth of its bytes for more CPU than decoding and segmenting
+		// it (BENCHMARKS.md, 12-MP frames).
 	case e.search != nil:
 		r, err := e.search[format].Encode(img)
 		if err != nil {
@@ -161,11 +172,13 @@ func (e *encoder) frame(raw []byte, f *segment.Frame, mask *image.Gray) (*encode
 			out.ContentType = wire.WebP
 		}
 	}
+	t1 := time.Now()
 	m, err := maskPNG(mask)
 	if err != nil {
 		return nil, fmt.Errorf("encode mask: %w", err)
 	}
 	out.Mask = m
+	out.ImageTime, out.MaskTime = t1.Sub(t0), time.Since(t1)
 	return out, nil
 }
 

@@ -3,15 +3,21 @@ package agent
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"image"
+	"image/jpeg"
+	"image/png"
 	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"testing"
 
+	"github.com/disintegration/imaging"
+
 	"github.com/forestwatch/forest/agent/encode"
+	"github.com/forestwatch/forest/internal/exiftest"
 	"github.com/forestwatch/forest/segment"
 )
 
@@ -186,5 +192,55 @@ func TestEncodeModes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAutoLargeFrames: in mode auto a frame over webp_max_pixels that came
+// as an upright camera JPEG is sent as taken (no search, no re-encode);
+// the same pixels as PNG, or as a JPEG stored sideways, are re-encoded as
+// JPEG at the SSIM target; mode jpeg re-encodes the camera JPEG too.
+func TestAutoLargeFrames(t *testing.T) {
+	var src string
+	for _, f := range sampleFrames(t) {
+		if filepath.Ext(f) == ".jpg" {
+			src = f
+		}
+	}
+	small, err := imaging.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := imaging.Resize(small, 2400, 2000, imaging.Linear) // 4.8 MP
+	var cam, pngb bytes.Buffer
+	jpeg.Encode(&cam, big, &jpeg.Options{Quality: 90})
+	png.Encode(&pngb, big)
+	sideways := exiftest.JPEG(t, imaging.Rotate90(big), exiftest.Block(binary.LittleEndian, exiftest.Options{Orientation: 6}))
+	auto := EncodeConfig{Mode: "auto", MinSSIM: 0.95, WebPMaxPixels: 4_000_000}
+	for _, c := range []struct {
+		name  string
+		data  []byte
+		cfg   EncodeConfig
+		taken bool
+	}{
+		{"camera jpeg", cam.Bytes(), auto, true},
+		{"png", pngb.Bytes(), auto, false},
+		{"jpeg stored sideways", sideways, auto, false},
+		{"mode jpeg", cam.Bytes(), EncodeConfig{Mode: "jpeg", MinSSIM: 0.95}, false},
+	} {
+		fr, err := segment.Decode(c.data, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc, err := encodeFrame(c.cfg, c.data, fr, image.NewGray(image.Rect(0, 0, fr.Width, fr.Height)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		taken := bytes.Equal(enc.Image, c.data)
+		if taken != c.taken || enc.ContentType != "image/jpeg" || enc.Width != 2400 || enc.Height != 2000 {
+			t.Errorf("%s: sent as taken %v (want %v), %s %dx%d", c.name, taken, c.taken, enc.ContentType, enc.Width, enc.Height)
+		}
+		if !c.taken && enc.SSIM < 0.95 {
+			t.Errorf("%s: re-encoded at SSIM %.4f", c.name, enc.SSIM)
+		}
 	}
 }

@@ -147,7 +147,11 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 		}()
 	}
 	p.m.Captured.WithLabelValues(c.Source).Inc()
+	td := time.Now()
 	f, err := segment.Decode(c.Data, p.cfg.Segment.MaxPixels)
+	if errors.Is(err, segment.ErrTooLarge) {
+		return fmt.Errorf("%w: %s: %w (refused before decoding; raise segment.max_pixels to take such frames)", ErrBadFrame, c.Name, err)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrBadFrame, c.Name, err)
 	}
@@ -156,7 +160,8 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 	if err != nil {
 		return fmt.Errorf("segment %s: %w", c.Name, err)
 	}
-	p.m.SegmentSeconds.Observe(time.Since(ts).Seconds())
+	tDecode, tSegment := ts.Sub(td), time.Since(ts)
+	p.m.SegmentSeconds.Observe(tSegment.Seconds())
 	p.m.Segmented.Inc()
 	rep := FrameReport{Name: c.Name, Coverage: res.Coverage, Width: f.Width, Height: f.Height}
 
@@ -222,7 +227,9 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 	}
 	rec := &spool.Record{Priority: priority(res.Coverage), Image: enc.Image, Mask: enc.Mask, Meta: mb, Key: c.Key,
 		ClockUnsynced: meta.ClockUnsynced}
+	tp := time.Now()
 	id, err := p.q.Put(ctx, rec)
+	tPut := time.Since(tp)
 	switch {
 	case errors.Is(err, spool.ErrDuplicate):
 		p.log.Info("file was spooled before; not spooling it again", "file", c.Name, "spool_id", id)
@@ -235,6 +242,9 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 		return fmt.Errorf("spool frame %s: %w", c.Name, err)
 	}
 	p.m.Spooled.Inc()
+	for stage, d := range map[string]time.Duration{"decode": tDecode, "segment": tSegment, "encode": enc.ImageTime, "mask": enc.MaskTime, "put": tPut} {
+		p.m.StageSeconds.WithLabelValues(stage).Observe(d.Seconds())
+	}
 	seq := id
 	d := time.Since(t0)
 	p.m.FrameSeconds.Observe(d.Seconds())

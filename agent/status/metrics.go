@@ -19,6 +19,10 @@ type Metrics struct {
 	PublishFailed  *prometheus.CounterVec
 	SegmentSeconds prometheus.Histogram
 	FrameSeconds   prometheus.Histogram
+	// StageSeconds splits a spooled frame's time by stage: decode,
+	// segment, encode (the transmitted image), mask (its PNG) and put
+	// (the durable spool write).
+	StageSeconds   *prometheus.HistogramVec
 	PublishSeconds prometheus.Histogram
 	LinkUp         prometheus.GaugeFunc
 	// Abandoned counts captures given up on after source.max_attempts.
@@ -89,6 +93,10 @@ func NewMetrics(reg prometheus.Registerer, in Inputs) (*Metrics, error) {
 			Name: "forest_agent_frame_seconds", Help: "Time from capture to durable spool write (decode, segment, encode, put).",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
+		StageSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "forest_agent_stage_seconds", Help: "Time of each stage of a spooled frame: decode, segment, encode (the transmitted image), mask (its PNG), put (the durable spool write).",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}, []string{"stage"}),
 		PublishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "forest_agent_publish_seconds", Help: "Time to publish one batch and receive its confirms.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
@@ -103,7 +111,7 @@ func NewMetrics(reg prometheus.Registerer, in Inputs) (*Metrics, error) {
 		m.CaptureErrors.WithLabelValues(s)
 	}
 	cs := []prometheus.Collector{m.Captured, m.CaptureErrors, m.Segmented, m.Filtered, m.Spooled, m.SpoolErrors,
-		m.Published, m.PublishFailed, m.SegmentSeconds, m.FrameSeconds, m.PublishSeconds, m.LinkUp, m.Abandoned, m.KeptRemoved, spoolCollector{m}}
+		m.Published, m.PublishFailed, m.SegmentSeconds, m.FrameSeconds, m.StageSeconds, m.PublishSeconds, m.LinkUp, m.Abandoned, m.KeptRemoved, spoolCollector{m}}
 	for _, r := range []string{"bytes", "age", "disk"} {
 		m.KeptRemoved.WithLabelValues(r)
 	}
