@@ -26,8 +26,9 @@ type Golden struct {
 	WantField string `json:"want_field,omitempty"`
 }
 
-// file is the JSON form: header values keep their AMQP type.
-type file struct {
+// fileOf is the JSON form of a golden message whose body is kept as B:
+// header values keep their AMQP type.
+type fileOf[B any] struct {
 	Properties struct {
 		ContentType string    `json:"content_type,omitempty"`
 		MessageID   string    `json:"message_id,omitempty"`
@@ -37,7 +38,7 @@ type file struct {
 		UserID      string    `json:"user_id,omitempty"`
 	} `json:"properties"`
 	Headers map[string]value `json:"headers"`
-	Body    []byte           `json:"body"`
+	Body    B                `json:"body"`
 	Golden
 }
 
@@ -57,7 +58,16 @@ func Dir() string {
 
 // Load reads every golden message, sorted by name.
 func Load() ([]Golden, error) {
-	paths, err := filepath.Glob(filepath.Join(Dir(), "*.json"))
+	return load(Dir(), func(b []byte) ([]byte, error) { return b, nil })
+}
+
+// Write stores g as testdata/<g.Name>.json.
+func Write(g Golden) error { return write(Dir(), g, g.Message.Body) }
+
+// load reads every golden message in dir, sorted by name; body gives a
+// message's body from its file's.
+func load[B any](dir string, body func(B) ([]byte, error)) ([]Golden, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
 	if err != nil {
 		return nil, err
 	}
@@ -68,71 +78,87 @@ func Load() ([]Golden, error) {
 		if err != nil {
 			return nil, err
 		}
-		var f file
+		var f fileOf[B]
 		if err := json.Unmarshal(b, &f); err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		mb, err := body(f.Body)
+		if err != nil {
+			return nil, fmt.Errorf("%s: body: %w", p, err)
 		}
 		g := f.Golden
 		g.Name = filepath.Base(p[:len(p)-len(".json")])
 		g.Message = wire.Message{
-			ContentType: f.Properties.ContentType,
-			MessageID:   f.Properties.MessageID,
-			Timestamp:   f.Properties.Timestamp,
-			AppID:       f.Properties.AppID,
-			Type:        f.Properties.Type,
-			UserID:      f.Properties.UserID,
-			Headers:     map[string]any{},
-			Body:        f.Body,
+			ContentType: f.Properties.ContentType, MessageID: f.Properties.MessageID,
+			Timestamp: f.Properties.Timestamp, AppID: f.Properties.AppID, Type: f.Properties.Type,
+			UserID: f.Properties.UserID, Headers: map[string]any{}, Body: mb,
 		}
 		for k, v := range f.Headers {
-			switch {
-			case v.String != nil:
-				g.Message.Headers[k] = *v.String
-			case v.Int64 != nil:
-				g.Message.Headers[k] = *v.Int64
-			case v.Float64 != nil:
-				g.Message.Headers[k] = *v.Float64
-			case v.Bytes != nil:
-				g.Message.Headers[k] = v.Bytes
-			case v.Bool != nil:
-				g.Message.Headers[k] = *v.Bool
-			default:
-				return nil, fmt.Errorf("%s: header %s has no typed value", p, k)
+			x, err := v.any()
+			if err != nil {
+				return nil, fmt.Errorf("%s: header %s: %w", p, k, err)
 			}
+			g.Message.Headers[k] = x
 		}
 		out = append(out, g)
 	}
 	return out, nil
 }
 
-// Write stores g as testdata/<g.Name>.json.
-func Write(g Golden) error {
-	var f file
+// write stores g as dir/<g.Name>.json with the body kept as body.
+func write[B any](dir string, g Golden, body B) error {
+	var f fileOf[B]
 	m := g.Message
 	f.Properties.ContentType, f.Properties.MessageID, f.Properties.Timestamp = m.ContentType, m.MessageID, m.Timestamp
 	f.Properties.AppID, f.Properties.Type, f.Properties.UserID = m.AppID, m.Type, m.UserID
-	f.Body = m.Body
+	f.Body = body
 	f.Golden = g
 	f.Headers = map[string]value{}
 	for k, v := range m.Headers {
-		switch x := v.(type) {
-		case string:
-			f.Headers[k] = value{String: &x}
-		case int64:
-			f.Headers[k] = value{Int64: &x}
-		case float64:
-			f.Headers[k] = value{Float64: &x}
-		case []byte:
-			f.Headers[k] = value{Bytes: x}
-		case bool:
-			f.Headers[k] = value{Bool: &x}
-		default:
-			return fmt.Errorf("header %s: unsupported type %T", k, v)
+		tv, err := typed(v)
+		if err != nil {
+			return fmt.Errorf("header %s: %w", k, err)
 		}
+		f.Headers[k] = tv
 	}
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(Dir(), g.Name+".json"), append(b, '\n'), 0o644)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, g.Name+".json"), append(b, '\n'), 0o644)
+}
+
+func (v value) any() (any, error) {
+	switch {
+	case v.String != nil:
+		return *v.String, nil
+	case v.Int64 != nil:
+		return *v.Int64, nil
+	case v.Float64 != nil:
+		return *v.Float64, nil
+	case v.Bytes != nil:
+		return v.Bytes, nil
+	case v.Bool != nil:
+		return *v.Bool, nil
+	}
+	return nil, fmt.Errorf("no typed value")
+}
+
+func typed(v any) (value, error) {
+	switch x := v.(type) {
+	case string:
+		return value{String: &x}, nil
+	case int64:
+		return value{Int64: &x}, nil
+	case float64:
+		return value{Float64: &x}, nil
+	case []byte:
+		return value{Bytes: x}, nil
+	case bool:
+		return value{Bool: &x}, nil
+	}
+	return value{}, fmt.Errorf("unsupported type %T", v)
 }
