@@ -19,6 +19,7 @@ import (
 
 	"github.com/forestwatch/forest/agent/source"
 	"github.com/forestwatch/forest/agent/status"
+	"github.com/forestwatch/forest/internal/human"
 	"github.com/forestwatch/forest/internal/sdnotify"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
@@ -524,7 +525,7 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 		default:
 			sum.Spooled++
 			fmt.Fprintf(w, "%-44s coverage %5.1f%%  spooled id %d as %s (%dx%d, %s, %d ms)\n", r.Name, r.Coverage*100,
-				r.SpoolID, wire.FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, status.HumanBytes(int64(r.Bytes)), r.Duration.Milliseconds())
+				r.SpoolID, wire.FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, human.Bytes(int64(r.Bytes)), r.Duration.Milliseconds())
 		}
 		if report != nil {
 			report(r)
@@ -550,7 +551,7 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 		return p
 	}
 	fmt.Fprintf(w, "\n%d frame(s): %d spooled, %d filtered, %d failed\n", sum.Frames, sum.Spooled, sum.Filtered, sum.Failed)
-	fmt.Fprintf(w, "spool:    %s (%d frame(s), %s)\n", abs(a.cfg.Spool.Dir), sum.Spool.Frames, status.HumanBytes(sum.Spool.Bytes))
+	fmt.Fprintf(w, "spool:    %s (%d frame(s), %s)\n", abs(a.cfg.Spool.Dir), sum.Spool.Frames, human.Bytes(sum.Spool.Bytes))
 	if d := a.cfg.Segment.OverlayDir; d != "" {
 		fmt.Fprintf(w, "overlays: %s\n", abs(d))
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/forestwatch/forest/internal/human"
 	"github.com/forestwatch/forest/wire"
 )
 
@@ -108,18 +109,6 @@ func ago(d time.Duration) string {
 
 func span(d time.Duration) string { return strings.TrimSuffix(ago(d), " ago") }
 
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
 // thumbURL is the page's address of a frame's thumbnail.
 func thumbURL(sc *Sidecar) string {
 	c := sc.CapturedAt.UTC()
@@ -159,7 +148,7 @@ func (f *fleet) serveFleet(w http.ResponseWriter, r *http.Request) {
 		if d.Rec != nil {
 			s := d.Rec.Status
 			rw.Seen, rw.State, rw.Version = ago(now.Sub(d.Rec.ReceivedAt)), s.State, s.Version
-			rw.Frames, rw.Bytes = s.Spool.Frames, humanBytes(s.Spool.Bytes)
+			rw.Frames, rw.Bytes = s.Spool.Frames, human.Bytes(s.Spool.Bytes)
 			if !s.Spool.OldestAt.IsZero() {
 				rw.Oldest = span(d.Rec.ReceivedAt.Sub(s.Spool.OldestAt))
 			}
@@ -185,7 +174,7 @@ func (f *fleet) serveFleet(w http.ResponseWriter, r *http.Request) {
 				rw.Skew += " (not synced)"
 			}
 			if s.Disk != nil {
-				rw.Disk = humanBytes(int64(s.Disk.FreeBytes)) + " free"
+				rw.Disk = human.Bytes(int64(s.Disk.FreeBytes)) + " free"
 			}
 			rw.Chart = sparkline(s.Coverage.Hours, s.SentAt)
 		}

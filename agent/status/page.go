@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/forestwatch/forest/internal/human"
 	"github.com/forestwatch/forest/spool"
 )
 
@@ -100,7 +101,7 @@ type pageData struct {
 
 var page = template.Must(template.New("status").Funcs(template.FuncMap{
 	"pct":   func(f float64) string { return fmt.Sprintf("%.1f %%", f*100) },
-	"bytes": HumanBytes,
+	"bytes": human.Bytes,
 	"ago": func(t time.Time) string {
 		if t.IsZero() {
 			return "—"
@@ -151,19 +152,6 @@ svg{background:#fff;border:1px solid #ddd;border-radius:6px}
 </div>
 </body></html>
 `))
-
-// HumanBytes writes n as B, KiB, MiB or GiB.
-func HumanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
 
 func (p *Page) serveStatus(w http.ResponseWriter, r *http.Request) {
 	ok, why := p.Ready()

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/forestwatch/forest/agent/status"
+	"github.com/forestwatch/forest/internal/human"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
 )
@@ -139,8 +139,8 @@ func spoolStats(dir string, asJSON bool, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "spool %s\n", dir)
 	fmt.Fprintf(w, "  frames        %d\n", st.Frames)
-	fmt.Fprintf(w, "  bytes         %s (%d)\n", status.HumanBytes(st.Bytes), st.Bytes)
-	fmt.Fprintf(w, "  file          %s\n", status.HumanBytes(st.FileBytes))
+	fmt.Fprintf(w, "  bytes         %s (%d)\n", human.Bytes(st.Bytes), st.Bytes)
+	fmt.Fprintf(w, "  file          %s\n", human.Bytes(st.FileBytes))
 	if st.Frames > 0 {
 		fmt.Fprintf(w, "  oldest        %s (%s old)\n", st.OldestCreated.UTC().Format(time.RFC3339), st.OldestAge.Round(time.Second))
 	}
@@ -171,7 +171,7 @@ func spoolCheck(dir string, repair, asJSON bool, w io.Writer) (bool, error) {
 	if !rep.OK {
 		state = "PROBLEMS FOUND"
 	}
-	fmt.Fprintf(w, "spool %s: %s — %d sound record(s), %s, %d quarantined\n", dir, state, rep.Records, status.HumanBytes(rep.Bytes), rep.Quarantined)
+	fmt.Fprintf(w, "spool %s: %s — %d sound record(s), %s, %d quarantined\n", dir, state, rep.Records, human.Bytes(rep.Bytes), rep.Quarantined)
 	for _, p := range rep.Problems {
 		where := p.Bucket
 		if p.ID != 0 {
