@@ -45,19 +45,34 @@ func BenchmarkFrameRaw(b *testing.B) {
 	}
 }
 
+// BenchmarkFramePipeline runs the pipeline with the default encoding (a
+// WebP quality search for encode.min_ssim, several trial encodes per
+// frame) and with the fixed-quality JPEG re-encode that the 1.18× of
+// BENCHMARKS.md was first measured with.
 func BenchmarkFramePipeline(b *testing.B) {
 	data := benchTile(b)
-	cfg := testConfig(b)
-	a, err := New(cfg, Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer a.Close()
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := a.pipe.handle(ctx, &source.Capture{Source: "dir", Name: "tile.png", Data: data, Time: time.Now()}); err != nil {
-			b.Fatal(err)
-		}
+	for _, c := range []struct {
+		name string
+		enc  EncodeConfig
+	}{
+		{"default", Default().Encode},
+		{"jpeg-q85", EncodeConfig{Mode: "jpeg", Quality: 85}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			cfg := testConfig(b)
+			cfg.Encode = c.enc
+			a, err := New(cfg, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer a.Close()
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := a.pipe.handle(ctx, &source.Capture{Source: "dir", Name: "tile.png", Data: data, Time: time.Now()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
