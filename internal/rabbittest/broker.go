@@ -158,21 +158,47 @@ func attach(raw string) (*Broker, error) {
 }
 
 func start() (*Broker, error) {
+	epmdPath, err := findEpmd()
+	if err != nil {
+		return nil, err
+	}
+	ports, err := FreePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	b, err := newNode(ports[0], "", "")
+	if err != nil {
+		return nil, err
+	}
+	if b.epmd, err = startEpmd(epmdPath, ports[0]); err != nil {
+		_ = os.RemoveAll(b.dir)
+		return nil, err
+	}
+	if err := b.boot(); err != nil {
+		_ = b.shutdown(syscall.SIGKILL)
+		_ = os.RemoveAll(b.dir)
+		return nil, err
+	}
+	return b, nil
+}
+
+// newNode prepares (but does not boot) a node whose Erlang distribution
+// finds its peers through the epmd on epmdPort. With cookie set, the node
+// and the CLI use it instead of ~/.erlang.cookie. With peer set, the node
+// joins peer's cluster on its first boot (classic config peer discovery).
+func newNode(epmdPort int, cookie, peer string) (*Broker, error) {
 	for _, f := range []string{"rabbitmq-server", "rabbitmqctl"} {
 		if _, err := os.Stat(filepath.Join(rabbitBin, f)); err != nil {
 			return nil, fmt.Errorf("%s not found (apt-get install rabbitmq-server)", filepath.Join(rabbitBin, f))
 		}
 	}
-	epmdPath, err := findEpmd()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp("", "forest-rabbit-")
 	if err != nil {
 		return nil, err
 	}
-	ports, err := FreePorts(3)
+	ports, err := FreePorts(2)
 	if err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	b := &Broker{
@@ -180,7 +206,7 @@ func start() (*Broker, error) {
 		dir:  dir,
 		node: fmt.Sprintf("forest-%d@localhost", ports[0]),
 	}
-	b.URL = fmt.Sprintf("amqp://%s:%s@127.0.0.1:%d/", AdminUser, AdminPassword, b.Port)
+	b.URL = b.URLFor(AdminUser, AdminPassword, "/")
 	conf := fmt.Sprintf(`listeners.tcp.1 = 127.0.0.1:%d
 loopback_users = none
 default_user = %s
@@ -190,15 +216,32 @@ log.file.level = warning
 vm_memory_high_watermark.relative = 0.6
 disk_free_limit.absolute = 50MB
 `, b.Port, AdminUser, AdminPassword)
+	if peer != "" {
+		// The recommended setting for a cluster of three: a node that
+		// loses sight of the majority pauses instead of diverging.
+		conf += fmt.Sprintf(`cluster_partition_handling = pause_minority
+cluster_formation.peer_discovery_backend = classic_config
+cluster_formation.classic_config.nodes.1 = %s
+`, peer)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "rabbitmq.conf"), []byte(conf), 0o600); err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "enabled_plugins"), []byte("[].\n"), 0o600); err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	// Erlang distribution on loopback only, and never an epmd of Erlang's
-	// own starting: the harness runs one per broker and kills it after.
+	// own starting: the harness runs its own and kills it after.
 	loopback := "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
+	vmArgs := ""
+	if cookie != "" {
+		loopback += " -setcookie " + cookie
+		// A cluster's nodes share the machine's cores with each other:
+		// their schedulers must not busy-wait for work.
+		vmArgs = " +sbwt none +sbwtdcpu none +sbwtdio none"
+	}
 	b.env = append(os.Environ(),
 		"RABBITMQ_NODENAME="+b.node,
 		"RABBITMQ_NODE_IP_ADDRESS=127.0.0.1",
@@ -213,21 +256,22 @@ disk_free_limit.absolute = 50MB
 		// it in a shell, so the VM is the harness's child and dies with
 		// it (Pdeathsig); -noinput keeps it from reading stdin all the same.
 		"RABBITMQ_ALLOW_INPUT=true",
-		"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+loopback+" -noinput "+Marker+" "+dir,
+		"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+loopback+vmArgs+" -noinput "+Marker+" "+dir,
 		"RABBITMQ_CTL_ERL_ARGS="+loopback,
 		"ERL_EPMD_ADDRESS=127.0.0.1",
-		"ERL_EPMD_PORT="+strconv.Itoa(ports[2]),
+		"ERL_EPMD_PORT="+strconv.Itoa(epmdPort),
 	)
-	b.epmd = exec.Command(epmdPath, "-port", strconv.Itoa(ports[2]), "-address", "127.0.0.1")
-	b.epmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := b.epmd.Start(); err != nil {
+	return b, nil
+}
+
+// startEpmd starts a private epmd on 127.0.0.1:port.
+func startEpmd(path string, port int) (*exec.Cmd, error) {
+	cmd := exec.Command(path, "-port", strconv.Itoa(port), "-address", "127.0.0.1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start epmd: %w", err)
 	}
-	if err := b.boot(); err != nil {
-		_ = b.shutdown(syscall.SIGKILL)
-		return nil, err
-	}
-	return b, nil
+	return cmd, nil
 }
 
 func findEpmd() (string, error) {
