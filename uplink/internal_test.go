@@ -97,6 +97,11 @@ func TestOptions(t *testing.T) {
 		{"backoff max below min", Options{URL: "amqp://127.0.0.1/", BackoffMin: time.Second, BackoffMax: time.Millisecond}, false},
 		{"cert without key", Options{URL: "amqps://127.0.0.1/", TLS: TLSOptions{CertFile: "c.pem"}}, false},
 		{"negative rate", Options{URL: "amqp://127.0.0.1/", RateLimit: -1}, false},
+		{"cluster", Options{URLs: []string{"amqp://u:p@n1/", "amqp://u:p@n2/", "amqp://u:p@n3/"}}, true},
+		{"url and urls", Options{URL: "amqp://n1/", URLs: []string{"amqp://n2/"}}, false},
+		{"mixed schemes", Options{URLs: []string{"amqps://n1/", "amqp://n2/"}}, false},
+		{"no host", Options{URLs: []string{"amqp://n1/", "amqp:///vh"}}, false},
+		{"tls with amqp cluster", Options{URLs: []string{"amqp://n1/", "amqp://n2/"}, TLS: TLSOptions{ServerName: "x"}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -110,6 +115,30 @@ func TestOptions(t *testing.T) {
 			if tt.ok && (o.Window != DefaultWindow || o.Exchange != DefaultExchange || o.ConfirmTimeout != DefaultConfirmTimeout || o.Logger == nil) {
 				t.Fatalf("defaults not applied: %+v", o)
 			}
+			if tt.ok && len(o.URLs) != max(len(tt.o.URLs), 1) {
+				t.Fatalf("urls %v from url %q and urls %v", o.URLs, tt.o.URL, tt.o.URLs)
+			}
 		})
+	}
+}
+
+// TestTLSServerNamePerNode: each node of a cluster is checked against its
+// own host name unless a server name is configured.
+func TestTLSServerNamePerNode(t *testing.T) {
+	o, err := Options{URLs: []string{"amqps://rabbit-1.example:5671/", "amqps://rabbit-2.example:5671/"}}.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs, err := o.tlsConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfgs[0].ServerName != "rabbit-1.example" || cfgs[1].ServerName != "rabbit-2.example" {
+		t.Fatalf("server names %q, %q", cfgs[0].ServerName, cfgs[1].ServerName)
+	}
+	o.TLS.ServerName = "rabbit.example"
+	cfgs, _ = o.tlsConfig()
+	if cfgs[0].ServerName != "rabbit.example" || cfgs[1].ServerName != "rabbit.example" {
+		t.Fatalf("configured server name not used: %q, %q", cfgs[0].ServerName, cfgs[1].ServerName)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,8 +32,16 @@ const (
 // "frames.<device>" and the defaults above.
 type Options struct {
 	// URL is the broker's amqp:// or amqps:// URL, with credentials and
-	// vhost. Required.
+	// vhost. Set URL or URLs.
 	URL string
+	// URLs are the addresses of the nodes of a RabbitMQ cluster, each an
+	// amqp:// or amqps:// URL with credentials and vhost, all of one
+	// scheme. Run connects to one of them, starting at a random one so
+	// that a fleet spreads over the nodes; when a connection attempt
+	// fails it tries the next at once, and after a connection is lost it
+	// dials the next one first. The backoff applies only after every
+	// address failed in turn. URL is the same as a URLs of one.
+	URLs []string
 	// TLS configures amqps:// connections; ignored fields keep the system
 	// defaults (system roots, server name from the URL).
 	TLS TLSOptions
@@ -112,19 +121,40 @@ func invalid(field, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrInvalidOptions, field, fmt.Sprintf(format, args...))
 }
 
-// normalize validates o and fills in defaults.
+// normalize validates o and fills in defaults; URLs holds every address
+// afterwards (URL alone becomes a URLs of one).
 func (o Options) normalize() (Options, error) {
-	if o.URL == "" {
+	switch {
+	case o.URL != "" && len(o.URLs) > 0:
+		return o, invalid("url", "set url or urls, not both")
+	case o.URL != "":
+		o.URLs = []string{o.URL}
+	case len(o.URLs) == 0:
 		return o, invalid("url", "required")
 	}
-	u, err := url.Parse(o.URL)
-	if err != nil {
-		return o, invalid("url", "%v", err)
+	o.URLs = slices.Clone(o.URLs)
+	var scheme string
+	for i, raw := range o.URLs {
+		field := "url"
+		if len(o.URLs) > 1 {
+			field = fmt.Sprintf("urls[%d]", i)
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			return o, invalid(field, "%v", err)
+		}
+		if u.Scheme != "amqp" && u.Scheme != "amqps" {
+			return o, invalid(field, "scheme must be amqp or amqps (got %q)", u.Scheme)
+		}
+		if u.Host == "" {
+			return o, invalid(field, "no host")
+		}
+		if i > 0 && u.Scheme != scheme {
+			return o, invalid(field, "scheme %s, but urls[0] is %s: use one scheme for every node", u.Scheme, scheme)
+		}
+		scheme = u.Scheme
 	}
-	if u.Scheme != "amqp" && u.Scheme != "amqps" {
-		return o, invalid("url", "scheme must be amqp or amqps (got %q)", u.Scheme)
-	}
-	if o.TLS != (TLSOptions{}) && u.Scheme != "amqps" {
+	if o.TLS != (TLSOptions{}) && scheme != "amqps" {
 		return o, invalid("tls", "set, but the url is not amqps://")
 	}
 	if (o.TLS.CertFile == "") != (o.TLS.KeyFile == "") {
@@ -177,16 +207,15 @@ func (o Options) normalize() (Options, error) {
 	return o, nil
 }
 
-// tlsConfig loads the files named by o.TLS; nil for amqp:// URLs.
-func (o Options) tlsConfig() (*tls.Config, error) {
-	u, _ := url.Parse(o.URL)
+// tlsConfig loads the files named by o.TLS, for every URL in o.URLs:
+// each checks the broker's certificate against its own host name unless
+// TLS.ServerName is set. Nil for amqp:// URLs.
+func (o Options) tlsConfig() ([]*tls.Config, error) {
+	u, _ := url.Parse(o.URLs[0])
 	if u.Scheme != "amqps" {
-		return nil, nil
+		return make([]*tls.Config, len(o.URLs)), nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: o.TLS.ServerName}
-	if cfg.ServerName == "" {
-		cfg.ServerName = u.Hostname()
-	}
 	if o.TLS.CAFile != "" {
 		pem, err := os.ReadFile(o.TLS.CAFile)
 		if err != nil {
@@ -205,5 +234,13 @@ func (o Options) tlsConfig() (*tls.Config, error) {
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	return cfg, nil
+	cfgs := make([]*tls.Config, len(o.URLs))
+	for i, raw := range o.URLs {
+		cfgs[i] = cfg.Clone()
+		if cfgs[i].ServerName == "" {
+			u, _ := url.Parse(raw)
+			cfgs[i].ServerName = u.Hostname()
+		}
+	}
+	return cfgs, nil
 }

@@ -20,7 +20,13 @@
 // for its confirms without holding the next one back, so a caller may
 // pipeline batches. Run dials, keeps at most
 // one connection with one confirm-mode channel, and reconnects after any
-// failure with jittered exponential backoff. Each connection has a pump
+// failure with jittered exponential backoff. Given the nodes of a RabbitMQ
+// cluster (Options.URLs) it fails over between them: a node that refuses or
+// loses the connection is followed at once by the next one, and the
+// backoff applies only when every node failed in turn. Frames wait for a
+// quorum queue's majority, not for one node: a message is confirmed once a
+// majority of the queue's members hold it, so a confirmed message survives
+// the loss of any minority of the nodes. Each connection has a pump
 // goroutine that drains every notification channel the library offers
 // (NotifyClose on connection and channel, NotifyPublish, NotifyReturn,
 // NotifyBlocked), registered afresh on every connection before anything is
@@ -35,7 +41,12 @@
 // # Failures, and what each one becomes
 //
 //   - Broker unreachable or refusing (TCP, TLS verification, AMQP auth):
-//     State is down with LastError; Run retries with backoff.
+//     State is down with LastError; Run tries the next address, if any,
+//     and retries with backoff once every address failed.
+//   - A cluster node killed or shut down: its connections close (unconfirmed
+//     messages become Lost) and Run connects to the next node. The loss of
+//     a quorum queue's leader on another node only delays confirms until
+//     the queue has elected a new one.
 //   - Connection closed by the broker (restart, forced close) or reset by
 //     the network: NotifyClose fires; unconfirmed messages become Lost.
 //   - Link stalled or half-open (no bytes, no close): the heartbeat read
@@ -81,6 +92,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -196,13 +208,16 @@ type Status struct {
 	Reconnects int
 	// Inflight is the number of published, unconfirmed messages.
 	Inflight int
+	// Broker is the address (URL without its password) of the current
+	// connection, or of the last one tried while not connected.
+	Broker string
 }
 
 // Publisher publishes batches of wire messages with publisher confirms. It
 // is created by New and connected by Run.
 type Publisher struct {
 	opts    Options
-	tls     *tls.Config
+	tls     []*tls.Config // by index in opts.URLs
 	log     *slog.Logger
 	metrics *metrics
 	bucket  *bucket
@@ -213,6 +228,8 @@ type Publisher struct {
 	mu     sync.Mutex
 	sess   *session // nil while not connected
 	status Status
+
+	next int // index in opts.URLs of the address Run dials first; Run's own
 }
 
 // New validates opts and returns a Publisher; it does not connect (Run
@@ -238,6 +255,7 @@ func New(opts Options) (*Publisher, error) {
 		metrics: m,
 		bucket:  newBucket(o.RateLimit, o.Burst),
 		status:  Status{State: StateDown, Since: time.Now()},
+		next:    rand.IntN(len(o.URLs)),
 	}
 	m.setState(StateDown)
 	return p, nil
@@ -281,27 +299,44 @@ func (p *Publisher) current() *session {
 }
 
 // Run is the connection supervisor. It dials the broker, keeps the
-// connection, and after any failure dials again with jittered exponential
-// backoff between Options.BackoffMin and BackoffMax, until ctx is cancelled.
-// On cancellation it waits up to Options.CloseTimeout for outstanding
-// confirms, closes the connection and returns nil once every goroutine it
-// started has ended. Run may be called once at a time (else ErrRunning).
+// connection, and after any failure dials again, until ctx is cancelled.
+// With several addresses (Options.URLs) it tries them in turn: a failed
+// attempt moves on to the next address at once, a lost connection is
+// replaced by one to the next address, and only when every address failed
+// in a row does it wait, with jittered exponential backoff between
+// Options.BackoffMin and BackoffMax. On cancellation it waits up to
+// Options.CloseTimeout for outstanding confirms, closes the connection and
+// returns nil once every goroutine it started has ended. Run may be called
+// once at a time (else ErrRunning).
 func (p *Publisher) Run(ctx context.Context) error {
 	if !p.running.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
 	defer p.running.Store(false)
 	defer p.setState(nil, StateDown, nil)
-	log := p.log.With("component", "uplink", "url", redact(p.opts.URL))
+	base := p.log.With("component", "uplink")
 	bo := newBackoff(p.opts.BackoffMin, p.opts.BackoffMax)
+	failed := 0 // attempts that failed in a row
 	for {
+		i := p.next
+		addr := redact(p.opts.URLs[i])
+		log := base.With("url", addr)
+		p.mu.Lock()
+		p.status.Broker = addr
+		p.mu.Unlock()
 		p.setState(nil, StateConnecting, nil)
-		s, err := p.dial(ctx)
+		s, err := p.dial(ctx, i)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
 			p.setState(nil, StateDown, err)
+			p.next = (i + 1) % len(p.opts.URLs)
+			failed++
+			if failed%len(p.opts.URLs) != 0 {
+				log.Warn("connect failed; trying the next broker", "err", err, "next", redact(p.opts.URLs[p.next]))
+				continue
+			}
 			d := bo.next()
 			log.Warn("connect failed", "err", err, "retry_in", d)
 			if !sleep(ctx, d) {
@@ -309,6 +344,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		failed = 0
 		started := time.Now()
 		p.mu.Lock()
 		p.sess = s
@@ -336,8 +372,10 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if time.Since(started) > bo.ceiling() {
 			bo.reset()
 		}
+		// The node may be gone: the next attempt goes to the next one.
+		p.next = (i + 1) % len(p.opts.URLs)
 		d := bo.next()
-		log.Warn("connection lost", "err", s.deadErr, "retry_in", d)
+		log.Warn("connection lost", "err", s.deadErr, "retry_in", d, "next", redact(p.opts.URLs[p.next]))
 		if !sleep(ctx, d) {
 			return nil
 		}

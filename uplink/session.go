@@ -90,9 +90,10 @@ func newSession(p *Publisher) *session {
 	return s
 }
 
-// dial connects, opens the confirm-mode channel, registers the notification
-// channels and starts the pump. Cancelling ctx aborts a dial in progress.
-func (p *Publisher) dial(ctx context.Context) (*session, error) {
+// dial connects to the broker at opts.URLs[i], opens the confirm-mode
+// channel, registers the notification channels and starts the pump.
+// Cancelling ctx aborts a dial in progress.
+func (p *Publisher) dial(ctx context.Context, i int) (*session, error) {
 	s := newSession(p)
 	o := p.opts
 	dialer := func(network, addr string) (net.Conn, error) {
@@ -118,9 +119,9 @@ func (p *Publisher) dial(ctx context.Context) (*session, error) {
 	stop := context.AfterFunc(ctx, s.closeRaw)
 	defer stop()
 
-	conn, err := amqp.DialConfig(o.URL, amqp.Config{
+	conn, err := amqp.DialConfig(o.URLs[i], amqp.Config{
 		Heartbeat:       o.Heartbeat,
-		TLSClientConfig: p.tls,
+		TLSClientConfig: p.tls[i],
 		Properties:      props,
 		Dial:            dialer,
 	})
