@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -174,13 +175,13 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 		},
 		OK: func(string) { a.status.CaptureOK() },
 	})
-	if cfg.Uplink.URL != "" {
-		u, err := cfg.brokerURL()
+	if len(cfg.Uplink.Brokers()) > 0 {
+		urls, err := cfg.brokerURLs()
 		if err != nil {
 			return a, err
 		}
 		uo := uplink.Options{
-			URL: u, Exchange: cfg.Uplink.Exchange, DeclareExchange: cfg.Uplink.DeclareExchange,
+			URLs: urls, Exchange: cfg.Uplink.Exchange, DeclareExchange: cfg.Uplink.DeclareExchange,
 			TLS: uplink.TLSOptions{CAFile: cfg.Uplink.TLS.CAFile, CertFile: cfg.Uplink.TLS.CertFile,
 				KeyFile: cfg.Uplink.TLS.KeyFile, ServerName: cfg.Uplink.TLS.ServerName},
 			Window: cfg.Uplink.Window, ConfirmTimeout: cfg.Uplink.ConfirmTimeout.D(),
@@ -345,9 +346,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			go func() { defer statusWG.Done(); hb.Run(statusStop, hard) }()
 		}
 		a.log.Info("agent started", "device", a.cfg.Device.ID, "source", a.cfg.Source.Type, "model", a.modelID,
-			"spool", a.cfg.Spool.Dir, "broker", redactURL(a.cfg.Uplink.URL))
+			"spool", a.cfg.Spool.Dir, "brokers", redactURLs(a.cfg.Uplink.Brokers()))
 	} else {
-		a.log.Warn("no broker configured (uplink.url is empty): running offline, frames stay in the spool",
+		a.log.Warn("no broker configured (uplink.url and uplink.urls are empty): running offline, frames stay in the spool",
 			"device", a.cfg.Device.ID, "source", a.cfg.Source.Type, "model", a.modelID, "spool", a.cfg.Spool.Dir)
 	}
 
@@ -466,8 +467,11 @@ func (a *Agent) brokerUser() string {
 	if a.cfg.Uplink.User != "" {
 		return a.cfg.Uplink.User
 	}
-	if u, err := url.Parse(a.cfg.Uplink.URL); err == nil && u.User != nil {
-		return u.User.Username()
+	for _, raw := range a.cfg.Uplink.Brokers() { // all name the same user
+		if u, err := url.Parse(raw); err == nil && u.User != nil {
+			return u.User.Username()
+		}
+		break
 	}
 	return ""
 }
@@ -511,9 +515,9 @@ type OnceSummary struct {
 func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err error) {
 	defer func() { err = errors.Join(err, a.Close()) }()
 	if a.pub == nil {
-		fmt.Fprintln(w, "offline: no broker configured (uplink.url is empty); frames stay in the spool")
+		fmt.Fprintln(w, "offline: no broker configured (uplink.url and uplink.urls are empty); frames stay in the spool")
 	} else {
-		fmt.Fprintf(w, "--once does not publish; frames stay in the spool for `forest-agent run` (broker %s)\n", redactURL(a.cfg.Uplink.URL))
+		fmt.Fprintf(w, "--once does not publish; frames stay in the spool for `forest-agent run` (broker %s)\n", strings.Join(redactURLs(a.cfg.Uplink.Brokers()), ", "))
 	}
 	report := a.pipe.report
 	a.pipe.report = func(r FrameReport) {

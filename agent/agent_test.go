@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
 	"github.com/forestwatch/forest/agent/source"
@@ -321,5 +322,75 @@ func TestAckRetried(t *testing.T) {
 	}
 	if len(broken.calls) != 1 {
 		t.Fatalf("a broken spool was asked %d times", len(broken.calls))
+	}
+}
+
+// TestDrainMeasuresPublishWait: frames that wait for the broker through
+// failed attempts (the link down for 700 ms) are measured from their first
+// attempt to their confirm, so forest_agent_publish_wait_seconds shows how
+// long a failover kept them waiting (mock publisher for this branch; the
+// cluster test measures real failovers with it).
+func TestDrainMeasuresPublishWait(t *testing.T) {
+	needModel(t)
+	cfg := testConfig(t)
+	a, err := New(cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for i, f := range sampleFrames(t)[:3] {
+		data, _ := os.ReadFile(f)
+		if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const down = 700 * time.Millisecond
+	upAt := time.Now().Add(down)
+	pub := publishFunc(func(ctx context.Context, msgs []wire.Message) ([]uplink.Result, error) {
+		res := make([]uplink.Result, len(msgs))
+		for i := range msgs {
+			res[i].MessageID = msgs[i].MessageID
+			if time.Now().Before(upAt) {
+				res[i].Err = uplink.ErrNotConnected
+			} else {
+				res[i].Outcome = uplink.Confirmed
+			}
+		}
+		if time.Now().Before(upAt) {
+			return res, uplink.ErrNotConnected
+		}
+		return res, nil
+	})
+	d := &drain{q: a.q, pub: pub, batch: 64, agent: "forest-agent/test", m: a.m, status: a.status, log: testLogger(t),
+		backoffMin: 20 * time.Millisecond, backoffMax: 50 * time.Millisecond}
+	stop, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(stop, context.Background()) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for a.q.Stats().Frames > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("frames not drained within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var m dto.Metric
+	if err := a.m.PublishWait.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	h := m.GetHistogram()
+	if h.GetSampleCount() < 1 {
+		t.Fatal("no publish wait observed")
+	}
+	// The longest wait is at least the outage; every observation is at
+	// most the whole test.
+	if h.GetSampleSum() < down.Seconds() {
+		t.Fatalf("publish waits sum to %.3fs over %d batches; the link was down %s", h.GetSampleSum(), h.GetSampleCount(), down)
+	}
+	if h.GetSampleSum() > float64(h.GetSampleCount())*time.Since(upAt.Add(-down)).Seconds() {
+		t.Fatalf("publish waits sum to %.3fs over %d batches: longer than the test", h.GetSampleSum(), h.GetSampleCount())
 	}
 }

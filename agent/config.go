@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -102,11 +103,15 @@ type SpoolConfig struct {
 	Order        string   `yaml:"order"`
 }
 
-// UplinkConfig configures the broker connection. An empty URL means offline.
+// UplinkConfig configures the broker connection. No URL means offline.
 type UplinkConfig struct {
-	URL          string `yaml:"url"`
-	User         string `yaml:"user"`
-	PasswordFile string `yaml:"password_file"`
+	// URL is the broker's address. URLs lists the nodes of a RabbitMQ
+	// cluster instead, for the publisher to fail over between them; set
+	// one or the other (see Brokers).
+	URL          string   `yaml:"url"`
+	URLs         []string `yaml:"urls"`
+	User         string   `yaml:"user"`
+	PasswordFile string   `yaml:"password_file"`
 	// PasswordEnv names an environment variable holding the password.
 	PasswordEnv    string    `yaml:"password_env"`
 	TLS            TLSConfig `yaml:"tls"`
@@ -228,6 +233,9 @@ func (c *Config) finish() error {
 	}
 	if len(c.Uplink.Windows) == 0 {
 		c.Uplink.Windows = nil
+	}
+	if len(c.Uplink.URLs) == 0 {
+		c.Uplink.URLs = nil
 	}
 	return c.Validate()
 }
@@ -354,21 +362,38 @@ func (c *Config) Validate() error {
 		return bad("spool.max_age", "must be >= 0 (got %s)", sp.MaxAge.D())
 	}
 	u := &c.Uplink
-	if u.URL != "" {
-		pu, err := url.Parse(u.URL)
+	if u.URL != "" && len(u.URLs) > 0 {
+		return bad("uplink.urls", "set uplink.url or uplink.urls, not both")
+	}
+	var scheme, user string
+	for i, raw := range u.Brokers() {
+		field := "uplink.url"
+		if len(u.URLs) > 0 {
+			field = fmt.Sprintf("uplink.urls[%d]", i)
+		}
+		pu, err := url.Parse(raw)
 		if err != nil || (pu.Scheme != "amqp" && pu.Scheme != "amqps") || pu.Host == "" {
-			return bad("uplink.url", "must be an amqp:// or amqps:// URL (got %q)", redactURL(u.URL))
+			return bad(field, "must be an amqp:// or amqps:// URL (got %q)", redactURL(raw))
 		}
 		if _, ok := pu.User.Password(); ok {
-			return bad("uplink.url", "must not hold a password; use uplink.password_file or ${ENV} in uplink.user")
+			return bad(field, "must not hold a password; use uplink.password_file or ${ENV} in uplink.user")
 		}
+		if i > 0 && pu.Scheme != scheme {
+			return bad(field, "is %s://, but uplink.urls[0] is %s://: every node takes the same scheme", pu.Scheme, scheme)
+		}
+		if i > 0 && pu.User.Username() != user {
+			return bad(field, "names user %q, but uplink.urls[0] names %q: set uplink.user instead", pu.User.Username(), user)
+		}
+		scheme, user = pu.Scheme, pu.User.Username()
 		if (u.PasswordFile != "" || u.PasswordEnv != "") && u.User == "" && pu.User == nil {
 			return bad("uplink.user", "required with uplink.password_file or password_env")
 		}
+	}
+	if scheme != "" {
 		if u.PasswordFile != "" && u.PasswordEnv != "" {
 			return bad("uplink.password_env", "set either password_file or password_env, not both")
 		}
-		if u.TLS != (TLSConfig{}) && pu.Scheme != "amqps" {
+		if u.TLS != (TLSConfig{}) && scheme != "amqps" {
 			return bad("uplink.tls", "set, but uplink.url is not amqps://")
 		}
 		if (u.TLS.CertFile == "") != (u.TLS.KeyFile == "") {
@@ -433,9 +458,36 @@ func (c *Config) Validate() error {
 
 var redactURL = config.Redact
 
-// brokerURL returns the uplink URL with the user and the password from
-// password_file or password_env filled in.
-func (c *Config) brokerURL() (string, error) {
+// redactURLs is redactURL for each of urls.
+func redactURLs(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = redactURL(u)
+	}
+	return out
+}
+
+// Brokers returns the broker addresses: URLs, or URL alone, or none
+// (offline).
+func (u *UplinkConfig) Brokers() []string {
+	if u.URL != "" {
+		return []string{u.URL}
+	}
+	return u.URLs
+}
+
+// brokerURLs returns the broker addresses with the user and the password
+// from password_file or password_env filled in.
+func (c *Config) brokerURLs() ([]string, error) {
 	u := c.Uplink
-	return config.Credentials{Prefix: "uplink", User: u.User, PasswordFile: u.PasswordFile, PasswordEnv: u.PasswordEnv}.URL(u.URL)
+	cr := config.Credentials{Prefix: "uplink", User: u.User, PasswordFile: u.PasswordFile, PasswordEnv: u.PasswordEnv}
+	var out []string
+	for _, raw := range u.Brokers() {
+		s, err := cr.URL(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }

@@ -119,6 +119,12 @@ func TestConfigErrors(t *testing.T) {
 		{"uplink: {confirm_timeout: 0s}", "uplink.confirm_timeout", "must be > 0 (got 0s)"},
 		{"uplink: {window: 0}", "uplink.window", ">= 1"},
 		{"uplink: {url: 'amqp://broker/', password_file: /p}", "uplink.user", "required"},
+		{"uplink: {url: 'amqp://a/', urls: ['amqp://b/']}", "uplink.urls", "not both"},
+		{"uplink: {urls: ['amqp://a/', 'http://b/']}", "uplink.urls[1]", "amqp://"},
+		{"uplink: {urls: ['amqps://a/', 'amqp://b/']}", "uplink.urls[1]", "same scheme"},
+		{"uplink: {urls: ['amqp://u@a/', 'amqp://v@b/']}", "uplink.urls[1]", "uplink.user"},
+		{"uplink: {urls: ['amqp://a/', 'amqp://u:pw@b/']}", "uplink.urls[1]", "password"},
+		{"uplink: {urls: ['amqp://a/'], tls: {ca_file: /ca}}", "uplink.tls", "amqps"},
 		{"uplink: {url: 'amqp://broker/', tls: {ca_file: /ca}}", "uplink.tls", "not amqps"},
 		{"http: {listen: 'localhost'}", "http.listen", "host:port"},
 		{"log: {level: loud}", "log.level", "debug, info"},
@@ -186,8 +192,8 @@ func TestConfigSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := c.brokerURL()
-	if err != nil || u != "amqp://dev:s3cret@broker:5672/vh" {
+	u, err := c.brokerURLs()
+	if err != nil || len(u) != 1 || u[0] != "amqp://dev:s3cret@broker:5672/vh" {
 		t.Fatalf("broker url %q, %v", u, err)
 	}
 	t.Setenv("FOREST_TEST_PW", "fromenv")
@@ -195,11 +201,20 @@ func TestConfigSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u, err := c.brokerURL(); err != nil || u != "amqp://dev:fromenv@broker/" {
+	if u, err := c.brokerURLs(); err != nil || len(u) != 1 || u[0] != "amqp://dev:fromenv@broker/" {
 		t.Fatalf("broker url %q, %v", u, err)
 	}
+	// A cluster: every node's URL gets the user and password.
+	c, err = ParseConfig([]byte(minimal + "uplink:\n  urls: ['amqp://n1:5672/vh', 'amqp://n2:5672/vh', 'amqp://n3/vh']\n  user: dev\n  password_env: FOREST_TEST_PW\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"amqp://dev:fromenv@n1:5672/vh", "amqp://dev:fromenv@n2:5672/vh", "amqp://dev:fromenv@n3/vh"}
+	if u, err := c.brokerURLs(); err != nil || !reflect.DeepEqual(u, want) {
+		t.Fatalf("broker urls %q, %v; want %q", u, err, want)
+	}
 	c.Uplink.PasswordEnv = "FOREST_TEST_UNSET_PW"
-	if _, err := c.brokerURL(); !errors.Is(err, ErrConfig) {
+	if _, err := c.brokerURLs(); !errors.Is(err, ErrConfig) {
 		t.Fatalf("unset password env: %v", err)
 	}
 }

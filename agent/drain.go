@@ -173,8 +173,14 @@ func (d *drain) quarantine(code string, cause error, ids ...uint64) {
 
 // lane is one drain loop: Wait, Next, publish, hand the confirmed records
 // to the acker, back off on failure.
+//
+// It measures how long frames wait for the broker: from the first attempt
+// of a run of failed ones (or of the batch itself, when nothing failed
+// before it) to the confirms that end it (forest_agent_publish_wait_seconds;
+// logged when attempts had failed).
 func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) error {
 	wait := d.backoffMin
+	var failingSince time.Time // first attempt since the last full success
 	for {
 		if err := d.q.Wait(stop); err != nil {
 			if stop.Err() != nil || errors.Is(err, spool.ErrClosed) {
@@ -200,6 +206,7 @@ func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) erro
 		if len(msgs) == 0 && err == nil {
 			continue
 		}
+		t0 := time.Now()
 		var acks []uint64
 		ok := false
 		if err == nil {
@@ -207,6 +214,24 @@ func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) erro
 		}
 		if len(acks) > 0 {
 			confirmed <- acks
+			from := t0
+			if !failingSince.IsZero() {
+				from = failingSince
+			}
+			waited := time.Since(from)
+			d.m.PublishWait.Observe(waited.Seconds())
+			if !failingSince.IsZero() {
+				d.log.Info("broker confirms frames again", "n", len(acks), "waited_seconds", waited.Seconds(),
+					"since", failingSince.UTC().Format(time.RFC3339Nano))
+			}
+		}
+		switch {
+		case ok:
+			failingSince = time.Time{}
+		case len(acks) > 0:
+			failingSince = t0 // the rest of this batch waits on
+		case failingSince.IsZero():
+			failingSince = t0
 		}
 		if stop.Err() != nil {
 			return nil

@@ -24,6 +24,7 @@ type Metrics struct {
 	// (the durable spool write).
 	StageSeconds   *prometheus.HistogramVec
 	PublishSeconds prometheus.Histogram
+	PublishWait    prometheus.Histogram
 	LinkUp         prometheus.GaugeFunc
 	// Abandoned counts captures given up on after source.max_attempts.
 	Abandoned prometheus.Counter
@@ -101,6 +102,11 @@ func NewMetrics(reg prometheus.Registerer, in Inputs) (*Metrics, error) {
 			Name: "forest_agent_publish_seconds", Help: "Time to publish one batch and receive its confirms.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}),
+		PublishWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "forest_agent_publish_wait_seconds",
+			Help:    "Time from a batch's first publish attempt to the broker's confirms, the failed attempts before (link down, broker node lost, confirm timeout) included: how long frames waited for the broker.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2.5, 12),
+		}),
 		LinkUp: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "forest_agent_link_up", Help: "1 when the broker link is connected, 0 when it is not, -1 when no broker is configured (offline).",
 		}, linkUp),
@@ -111,7 +117,7 @@ func NewMetrics(reg prometheus.Registerer, in Inputs) (*Metrics, error) {
 		m.CaptureErrors.WithLabelValues(s)
 	}
 	cs := []prometheus.Collector{m.Captured, m.CaptureErrors, m.Segmented, m.Filtered, m.Spooled, m.SpoolErrors,
-		m.Published, m.PublishFailed, m.SegmentSeconds, m.FrameSeconds, m.StageSeconds, m.PublishSeconds, m.LinkUp, m.Abandoned, m.KeptRemoved, spoolCollector{m}}
+		m.Published, m.PublishFailed, m.SegmentSeconds, m.FrameSeconds, m.StageSeconds, m.PublishSeconds, m.PublishWait, m.LinkUp, m.Abandoned, m.KeptRemoved, spoolCollector{m}}
 	for _, r := range []string{"bytes", "age", "disk"} {
 		m.KeptRemoved.WithLabelValues(r)
 	}
