@@ -36,8 +36,12 @@ type Config struct {
 
 // AMQPConfig names the broker and the queue topology.
 type AMQPConfig struct {
-	// URL is the broker's amqp:// or amqps:// URL (required).
+	// URL is the broker's amqp:// or amqps:// URL. Set URL or URLs.
 	URL string `yaml:"url"`
+	// URLs are the addresses of the nodes of a RabbitMQ cluster, all with
+	// the same scheme, vhost and user. The consumer connects to one of
+	// them and, when it fails or is lost, to the next (see Brokers).
+	URLs []string `yaml:"urls"`
 	// User overrides the URL's user; PasswordFile or PasswordEnv (the
 	// name of an environment variable) give its password, so that a
 	// password with any character in it never has to be written into the
@@ -212,15 +216,37 @@ func ParseConfig(b []byte) (*Config, error) {
 
 // finish applies the defaults and validates the result.
 func (c *Config) finish() error {
+	if len(c.AMQP.URLs) == 0 {
+		c.AMQP.URLs = nil
+	}
 	c.Defaults()
 	return c.Validate()
 }
 
-// BrokerURL returns amqp.url with amqp.user and the password from
-// amqp.password_file or amqp.password_env filled in.
-func (c *Config) BrokerURL() (string, error) {
+// Brokers returns the broker addresses as configured: amqp.urls, or
+// amqp.url alone.
+func (a *AMQPConfig) Brokers() []string {
+	if a.URL != "" {
+		return []string{a.URL}
+	}
+	return a.URLs
+}
+
+// BrokerURLs returns the broker addresses (amqp.url or amqp.urls) with
+// amqp.user and the password from amqp.password_file or amqp.password_env
+// filled in.
+func (c *Config) BrokerURLs() ([]string, error) {
 	a := c.AMQP
-	return config.Credentials{Prefix: "amqp", User: a.User, PasswordFile: a.PasswordFile, PasswordEnv: a.PasswordEnv}.URL(a.URL)
+	cr := config.Credentials{Prefix: "amqp", User: a.User, PasswordFile: a.PasswordFile, PasswordEnv: a.PasswordEnv}
+	var out []string
+	for _, raw := range a.Brokers() {
+		u, err := cr.URL(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, nil
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -287,10 +313,31 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, config.Bad(field, format, args...))
 	}
-	if c.AMQP.URL == "" {
-		bad("amqp.url", "must be set (e.g. amqps://broker.internal:5671/forest, with amqp.user and amqp.password_env)")
-	} else if u, err := url.Parse(c.AMQP.URL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
-		bad("amqp.url", "must be an amqp:// or amqps:// URL")
+	switch {
+	case c.AMQP.URL != "" && len(c.AMQP.URLs) > 0:
+		bad("amqp.urls", "set amqp.url or amqp.urls, not both")
+	case len(c.AMQP.Brokers()) == 0:
+		bad("amqp.url", "must be set (e.g. amqps://broker.internal:5671/forest, with amqp.user and amqp.password_env), or amqp.urls to the nodes of a cluster")
+	default:
+		var first *url.URL
+		for i, raw := range c.AMQP.Brokers() {
+			field := "amqp.url"
+			if len(c.AMQP.URLs) > 0 {
+				field = fmt.Sprintf("amqp.urls[%d]", i)
+			}
+			u, err := url.Parse(raw)
+			switch {
+			case err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "":
+				bad(field, "must be an amqp:// or amqps:// URL")
+				continue
+			case first == nil:
+				first = u
+			case u.Scheme != first.Scheme:
+				bad(field, "is %s://, but amqp.urls[0] is %s://: every node takes the same scheme", u.Scheme, first.Scheme)
+			case u.User.Username() != first.User.Username():
+				bad(field, "names user %q, but amqp.urls[0] names %q: set amqp.user instead", u.User.Username(), first.User.Username())
+			}
+		}
 	}
 	if c.AMQP.PasswordFile != "" && c.AMQP.PasswordEnv != "" {
 		bad("amqp.password_env", "set either amqp.password_file or amqp.password_env, not both")

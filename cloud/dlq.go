@@ -247,12 +247,12 @@ func syncDir(dir string) error {
 
 // walkDLQ calls fn with each dead letter and the broker user of cfg.
 func walkDLQ(ctx context.Context, cfg *Config, opts DLQOptions, fn func(ch *amqp.Channel, d *amqp.Delivery, own string) error) error {
-	url, err := cfg.BrokerURL()
+	urls, err := cfg.BrokerURLs()
 	if err != nil {
 		return err
 	}
-	own := userOf(url)
-	conn, err := amqp.DialConfig(url, amqp.Config{Heartbeat: cfg.AMQP.Heartbeat, Dial: amqp.DefaultDial(30 * time.Second)})
+	own := userOf(urls[0])
+	conn, _, err := newBrokers(urls, cfg.AMQP.Heartbeat, "").dial()
 	if err != nil {
 		return fmt.Errorf("dial broker: %w", err)
 	}

@@ -37,11 +37,12 @@ import (
 // dead-letter scans; the page's handlers read the state under mu and fetch
 // frames through bounded caches.
 type fleet struct {
-	s      *Service
-	log    *slog.Logger
-	allow  []netip.Prefix
-	user   string // basic-auth user ("" for a token)
-	secret string // token or password; "" when no auth
+	s       *Service
+	log     *slog.Logger
+	allow   []netip.Prefix
+	user    string   // basic-auth user ("" for a token)
+	secret  string   // token or password; "" when no auth
+	brokers *brokers // the status consumer's own turn over the broker addresses
 
 	mu      sync.Mutex
 	devices map[string]*device

@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -143,15 +142,15 @@ func migrationQueue(a *AMQPConfig) string { return a.Queue + ".migrating" }
 // then acking the original, so an interruption may duplicate a message,
 // never lose one; duplicates are stored once.
 func MigrateQueue(ctx context.Context, cfg *Config, log func(format string, args ...any)) (moved int, err error) {
-	burl, err := cfg.BrokerURL()
+	urls, err := cfg.BrokerURLs()
 	if err != nil {
 		return 0, err
 	}
-	own := userOf(burl)
+	own := userOf(urls[0])
 	if own == "" {
 		return 0, errors.New("migrate: the broker user must be known (not EXTERNAL authentication) to carry each message's publisher")
 	}
-	conn, err := amqp.DialConfig(burl, amqp.Config{Heartbeat: cfg.AMQP.Heartbeat, Dial: amqp.DefaultDial(30 * time.Second)})
+	conn, _, err := newBrokers(urls, cfg.AMQP.Heartbeat, "").dial()
 	if err != nil {
 		return 0, fmt.Errorf("dial broker: %w", err)
 	}

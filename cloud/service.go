@@ -57,8 +57,9 @@ type Service struct {
 	creds   aws.CredentialsProvider
 	hc      *transports
 	ownUser string
-	url     string // the broker URL with credentials (Config.BrokerURL)
-	fleet   *fleet // status reports and the fleet page (fleet.go)
+	urls    []string // the broker addresses with credentials (Config.BrokerURLs)
+	brokers *brokers // the session loop's and the start-up check's turn over urls
+	fleet   *fleet   // status reports and the fleet page (fleet.go)
 	version string
 
 	brk      *breaker
@@ -89,7 +90,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	url, err := cfg.BrokerURL()
+	urls, err := cfg.BrokerURLs()
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +98,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{url: url, hc: hc, cfg: cfg, log: log.With("component", "cloud"), reg: reg, m: newMetrics(reg), creds: creds, version: opts.Version}
+	s := &Service{urls: urls, hc: hc, cfg: cfg, log: log.With("component", "cloud"), reg: reg, m: newMetrics(reg), creds: creds, version: opts.Version}
 	s.store = &store{
 		c: client, bucket: cfg.S3.Bucket, checksum: cfg.S3.Checksum == "sha256", conditional: *cfg.S3.ConditionalPut,
 		timeout: cfg.S3.RequestTimeout, retryMin: cfg.S3.RetryMin, retryMax: cfg.S3.RetryMax,
@@ -113,8 +114,9 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 		}
 	})
 	s.store.brk = s.brk
-	s.ownUser = userOf(url)
+	s.ownUser = userOf(urls[0])
 	host, _ := os.Hostname()
+	s.brokers = s.newBrokers()
 	s.probeKey = fmt.Sprintf("%s/.forest-cloud-check/probe-%s-%d", cfg.S3.Prefix, host, os.Getpid())
 	if s.fleet, err = newFleet(s, reg); err != nil {
 		return nil, err
@@ -233,9 +235,9 @@ func transientS3(err error) bool {
 
 // checkBroker is the broker half of Check.
 func (s *Service) checkBroker(ctx context.Context) error {
-	conn, err := s.dial()
+	conn, _, err := s.brokers.dial()
 	if err != nil {
-		return &StartupError{Check: "broker", Err: err, Fix: "check amqp.url (host, port, vhost, user, password) and that RabbitMQ is running"}
+		return &StartupError{Check: "broker", Err: err, Fix: "check amqp.url or amqp.urls (host, port, vhost, user, password) and that RabbitMQ is running"}
 	}
 	defer conn.Close()
 	legacy, err := declare(conn, &s.cfg.AMQP)
@@ -247,15 +249,12 @@ func (s *Service) checkBroker(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) dial() (*amqp.Connection, error) {
-	props := amqp.NewConnectionProperties()
+// newBrokers returns a turn over the broker addresses for one user of
+// them (brokers are not safe for concurrent use): the session loop, the
+// status consumer.
+func (s *Service) newBrokers() *brokers {
 	host, _ := os.Hostname()
-	props.SetClientConnectionName(fmt.Sprintf("forest-cloud %s %s", s.version, host))
-	return amqp.DialConfig(s.url, amqp.Config{
-		Heartbeat:  s.cfg.AMQP.Heartbeat,
-		Properties: props,
-		Dial:       amqp.DefaultDial(30 * time.Second),
-	})
+	return newBrokers(s.urls, s.cfg.AMQP.Heartbeat, fmt.Sprintf("forest-cloud %s %s", s.version, host))
 }
 
 // declare declares the exchange, the dead-letter exchange and queue, the
@@ -451,13 +450,20 @@ func (s *Service) waitS3(ctx context.Context) error {
 // It consumes in rounds: while the S3 circuit breaker is open it takes
 // nothing; when the breaker opens during a round, the consumer is
 // cancelled, the deliveries already sent are parked (see park), and the
-// next round starts once S3 answers.
+// next round starts once S3 answers. A connection that was made and then
+// lost moves the next attempt on to the next broker address.
 func (s *Service) session(ctx context.Context) error {
-	conn, err := s.dial()
+	conn, addr, err := s.brokers.dial()
 	if err != nil {
 		return fmt.Errorf("dial broker: %w", err)
 	}
 	defer conn.Close()
+	defer func() {
+		if ctx.Err() == nil {
+			s.brokers.lost()
+		}
+	}()
+	s.log.Info("connected to the broker", "url", addr)
 	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
 	legacy, err := declare(conn, &s.cfg.AMQP)
 	if err != nil {

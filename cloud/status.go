@@ -75,11 +75,19 @@ func (f *fleet) consumeStatus(ctx context.Context) {
 // statusSession runs one connection of the status consumer.
 func (f *fleet) statusSession(ctx context.Context) error {
 	cfg := f.s.cfg
-	conn, err := f.s.dial()
+	if f.brokers == nil {
+		f.brokers = f.s.newBrokers()
+	}
+	conn, _, err := f.brokers.dial()
 	if err != nil {
 		return fmt.Errorf("dial broker: %w", err)
 	}
 	defer conn.Close()
+	defer func() {
+		if ctx.Err() == nil {
+			f.brokers.lost()
+		}
+	}()
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)

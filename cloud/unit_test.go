@@ -35,6 +35,11 @@ func TestConfigErrorsNameFields(t *testing.T) {
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, legacy_prefix: frames/old}":                     "s3.legacy_prefix: must not equal or sit inside s3.prefix",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, prefix: data/frames, legacy_prefix: data}":      "s3.legacy_prefix: must not contain s3.prefix",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlegacy: {users: ['*']}":                        "legacy.users[0]: must be a broker user name, no wildcards",
+		"amqp: {url: 'amqp://x', urls: ['amqp://y']}\ns3: {bucket: b}":                            "amqp.urls: set amqp.url or amqp.urls, not both",
+		"amqp: {urls: []}\ns3: {bucket: b}":                                                       "amqp.url: must be set",
+		"amqp: {urls: ['amqp://x', 'http://y']}\ns3: {bucket: b}":                                 "amqp.urls[1]: must be an amqp://",
+		"amqp: {urls: ['amqp://x', 'amqps://y']}\ns3: {bucket: b}":                                "amqp.urls[1]: is amqps://, but amqp.urls[0] is amqp://",
+		"amqp: {urls: ['amqp://u@x', 'amqp://v@y']}\ns3: {bucket: b}":                             "amqp.urls[1]: names user \"v\"",
 	}
 	for in, want := range cases {
 		_, err := cloud.ParseConfig([]byte(in))
@@ -68,16 +73,32 @@ func TestConfigPasswordAnyCharacter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := c.BrokerURL()
-	if err != nil {
-		t.Fatal(err)
+	us, err := c.BrokerURLs()
+	if err != nil || len(us) != 1 {
+		t.Fatal(us, err)
 	}
+	u := us[0]
 	pu, err := url.Parse(u)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if pw, _ := pu.User.Password(); pw != "a@b/c#d:e%f" || pu.User.Username() != "forest-cloud" || pu.Host != "broker:5671" || pu.Path != "/forest" {
 		t.Errorf("broker URL %s: user %q password %q host %q path %q", u, pu.User.Username(), pw, pu.Host, pu.Path)
+	}
+}
+
+// TestConfigClusterURLs: amqp.urls gives every node's address the user and
+// the password.
+func TestConfigClusterURLs(t *testing.T) {
+	t.Setenv("T_AMQP_PW", "p@ss")
+	c, err := cloud.ParseConfig([]byte("amqp:\n  urls: ['amqp://n1:5672/forest', 'amqp://n2:5672/forest']\n  user: forest-cloud\n  password_env: T_AMQP_PW\ns3: {bucket: b}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	us, err := c.BrokerURLs()
+	want := []string{"amqp://forest-cloud:p%40ss@n1:5672/forest", "amqp://forest-cloud:p%40ss@n2:5672/forest"}
+	if err != nil || strings.Join(us, " ") != strings.Join(want, " ") {
+		t.Fatalf("broker urls %q, %v; want %q", us, err, want)
 	}
 }
 
