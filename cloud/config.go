@@ -24,7 +24,8 @@ type Config struct {
 	Consumer ConsumerConfig `yaml:"consumer"`
 	// Identity says which broker users may publish for which devices.
 	Identity IdentityConfig `yaml:"identity"`
-	// Legacy says whose legacy JSON messages are accepted.
+	// Legacy says whose legacy JSON messages are accepted and how they
+	// are stored.
 	Legacy LegacyConfig `yaml:"legacy"`
 	// HTTP is where /metrics, /healthz and /readyz are served.
 	HTTP HTTPConfig `yaml:"http"`
@@ -169,7 +170,8 @@ type IdentityConfig struct {
 	Devices map[string][]string `yaml:"devices"`
 }
 
-// LegacyConfig governs the legacy JSON message of old devices.
+// LegacyConfig governs the legacy JSON message of old devices: whose are
+// accepted and how their images are stored, under s3.legacy_prefix.
 type LegacyConfig struct {
 	// Users are the broker users whose legacy messages are accepted,
 	// matched against the message's user_id property, which RabbitMQ
@@ -178,7 +180,23 @@ type LegacyConfig struct {
 	// any other user, or without a user_id, is dead-lettered with reason
 	// legacy_user. Empty (the default): no legacy message is accepted.
 	Users []string `yaml:"users"`
+	// Format is LegacyOriginal (the default: the image as the device sent
+	// it, with its own content type and extension) or LegacyPNG (converted
+	// to PNG, as the old service stored every image).
+	Format string `yaml:"format"`
+	// Key is LegacyKeyExt (the default: image_name with its extension
+	// replaced by the stored format's) or LegacyKeyName (image_name as
+	// sent, the old service's key).
+	Key string `yaml:"key"`
 }
+
+// Values of LegacyConfig.Format and Key.
+const (
+	LegacyOriginal = "original"
+	LegacyPNG      = "png"
+	LegacyKeyExt   = "extension"
+	LegacyKeyName  = "name"
+)
 
 // HTTPConfig is where /metrics, /healthz and /readyz are served.
 type HTTPConfig struct {
@@ -294,6 +312,8 @@ func (c *Config) Defaults() {
 	if c.Identity.RequireUserID == nil {
 		c.Identity.RequireUserID = ptr(true)
 	}
+	def(&c.Legacy.Format, LegacyOriginal)
+	def(&c.Legacy.Key, LegacyKeyExt)
 	def(&c.Log.Level, "info")
 	def(&c.Log.Format, "json")
 	c.Fleet.defaults()
@@ -442,6 +462,12 @@ func (c *Config) Validate() error {
 				bad("identity.devices."+user, "wildcards are not allowed; list each device")
 			}
 		}
+	}
+	if c.Legacy.Format != LegacyOriginal && c.Legacy.Format != LegacyPNG {
+		bad("legacy.format", "must be %s or %s (got %q)", LegacyOriginal, LegacyPNG, c.Legacy.Format)
+	}
+	if c.Legacy.Key != LegacyKeyExt && c.Legacy.Key != LegacyKeyName {
+		bad("legacy.key", "must be %s or %s (got %q)", LegacyKeyExt, LegacyKeyName, c.Legacy.Key)
 	}
 	if c.HTTP.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {

@@ -23,17 +23,22 @@
 //
 // yyyy/mm/dd is the capture date. D and F are restricted by wire to
 // [A-Za-z0-9._-]{1,128} (and never "." or ".."). A legacy message with image
-// name N is stored as PNG at
+// name N is stored, by default (legacy.format original, legacy.key
+// extension), as the bytes the device sent at
 //
-//	L/<wire.SanitiseName(N) with its extension replaced by .png>
+//	L/<wire.SanitiseName(N) with its extension replaced by the format's>
 //
-// where L is the configured legacy prefix. A device's latest status report
-// (see below) is
+// (jpg, png, gif or webp, with the matching content type), where L is the
+// configured legacy prefix. legacy.format png stores a PNG of the same
+// pixels instead (the old service's format; see encodePNG), and legacy.key
+// name keeps N itself after the prefix (the old service's key, key =
+// image_name). A device's latest status report (see below) is
 //
 //	S/D.json                      a StatusRecord, replaced by each report
 //
-// where S is fleet.status_prefix. Frame keys depend only on the message,
-// so every redelivery and every replica computes the same keys: a frame is
+// where S is fleet.status_prefix. Keys depend only on the message and the
+// configuration, so every redelivery and every replica computes the same
+// keys: a frame is
 // never stored twice.
 //
 // # Guarantees
@@ -58,7 +63,11 @@
 // otherwise, before its body is decoded. The legacy prefix may neither equal
 // nor contain nor sit inside the frames prefix (Validate), so a legacy name
 // can never take a frame's key; If-None-Match still keeps any publisher
-// from replacing an existing object.
+// from replacing an existing object. A legacy image kept as sent is checked
+// without decoding its pixels: its header (format, size within
+// consumer.max_pixels) and, for JPEG and PNG, that it is complete (every
+// segment up to the end marker, every PNG chunk's CRC); S3 then verifies its
+// SHA-256 as for frames.
 //
 // Poison messages (undecodable, failing validation, checksum mismatch,
 // oversized, unknown schema, identity mismatch, conflicting content, unsafe

@@ -154,15 +154,20 @@ func (s *Service) plan(m wire.Message, now time.Time) (*planned, error) {
 }
 
 func (s *Service) planLegacy(m wire.Message) (*planned, error) {
-	l, err := DecodeLegacy(m.Body, LegacyLimits{MaxBytes: s.cfg.Consumer.MaxMessageBytes, MaxPixels: s.cfg.Consumer.MaxPixels})
+	l, err := DecodeLegacy(m.Body, LegacyOptions{MaxBytes: s.cfg.Consumer.MaxMessageBytes, MaxPixels: s.cfg.Consumer.MaxPixels,
+		PNG: s.cfg.Legacy.Format == LegacyPNG})
 	if err != nil {
 		return nil, err
 	}
-	key, err := LegacyKey(s.cfg.S3.LegacyPrefix, l.Name)
+	ext := l.Ext
+	if s.cfg.Legacy.Key == LegacyKeyName {
+		ext = ""
+	}
+	key, err := LegacyKey(s.cfg.S3.LegacyPrefix, l.Name, ext)
 	if err != nil {
 		return nil, poison(ReasonUnsafeName, err)
 	}
-	return &planned{objects: []object{newObject("legacy", key, wire.PNG, l.PNG)}, id: l.Name, legacy: true}, nil
+	return &planned{objects: []object{newObject("legacy", key, l.ContentType, l.Image)}, id: l.Name, legacy: true}, nil
 }
 
 // publisher returns the broker user who published m: its user_id, which

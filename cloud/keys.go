@@ -36,17 +36,21 @@ func KeysFor(prefix, device, id string, captured time.Time, contentType string) 
 	return FrameKeys{Image: dir + "." + ext, Mask: dir + ".mask.png", Sidecar: dir + ".json"}, nil
 }
 
-// LegacyKey returns the key of a legacy image: prefix/name with the name's
-// extension replaced by .png, after wire.SanitiseName.
-func LegacyKey(prefix, name string) (string, error) {
+// LegacyKey returns the key of a legacy image: prefix/name after
+// wire.SanitiseName. With ext set, the name's extension is replaced by it
+// ("IMG_1.jpeg" and ext "png" make "IMG_1.png"); with ext empty the name is
+// kept as sent, as the old service's key (key = image_name).
+func LegacyKey(prefix, name, ext string) (string, error) {
 	clean, err := wire.SanitiseName(name)
 	if err != nil {
 		return "", err
 	}
-	if ext := path.Ext(clean); ext != "" && ext != clean && !strings.HasSuffix(clean, "/"+ext) {
-		clean = strings.TrimSuffix(clean, ext)
+	if ext != "" {
+		if old := path.Ext(clean); old != "" && old != clean && !strings.HasSuffix(clean, "/"+old) {
+			clean = strings.TrimSuffix(clean, old)
+		}
+		clean += "." + ext
 	}
-	clean += ".png"
 	if prefix != "" {
 		clean = prefix + "/" + clean
 	}

@@ -3,14 +3,17 @@ package cloud
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"hash/crc32"
 	"image"
-	"image/png"
 
 	// Formats the legacy decoder accepts.
 	_ "image/gif"
 	_ "image/jpeg"
+	_ "image/png"
 
 	_ "golang.org/x/image/webp"
 )
@@ -19,19 +22,27 @@ import (
 type Legacy struct {
 	// Name is the image_name as sent (not yet sanitised).
 	Name string
-	// PNG is the image as PNG: the bytes as received when they were a PNG,
-	// otherwise the decoded image re-encoded.
-	PNG []byte
+	// Image is what is stored: the image bytes as the device sent them,
+	// or the image converted to PNG (LegacyOptions.PNG).
+	Image []byte
+	// ContentType and Ext are Image's MIME type and file extension
+	// (without the dot): image/jpeg and jpg, image/png and png, image/gif
+	// and gif, image/webp and webp.
+	ContentType, Ext string
 	// Format is the format of the received image (png, jpeg, gif, webp).
 	Format        string
 	Width, Height int
 }
 
-// LegacyLimits bound what DecodeLegacy accepts. Zero values mean the
-// defaults (DefaultMaxMessageBytes, DefaultMaxPixels).
-type LegacyLimits struct {
+// LegacyOptions bound what DecodeLegacy accepts and say what it makes of
+// the image. Zero limits mean the defaults (DefaultMaxMessageBytes,
+// DefaultMaxPixels).
+type LegacyOptions struct {
 	MaxBytes  int
 	MaxPixels int
+	// PNG converts the image to PNG, as the old service did (a PNG is
+	// kept as sent). Otherwise the image is kept as sent.
+	PNG bool
 }
 
 // Defaults of the limits.
@@ -39,6 +50,15 @@ const (
 	DefaultMaxMessageBytes = 32 << 20
 	DefaultMaxPixels       = 32 << 20
 )
+
+// legacyTypes maps the formats a legacy image may have to their content
+// type and extension.
+var legacyTypes = map[string][2]string{
+	"jpeg": {"image/jpeg", "jpg"},
+	"png":  {"image/png", "png"},
+	"gif":  {"image/gif", "gif"},
+	"webp": {"image/webp", "webp"},
+}
 
 type legacyMessage struct {
 	Image         *string `json:"image"`
@@ -50,17 +70,20 @@ type legacyMessage struct {
 // DecodeLegacy decodes a legacy message body
 // ({"image": <base64>, "image_metadata": {"image_name": ...}}) and validates
 // the image: its header is read first (image.DecodeConfig) and the pixel
-// limit checked before any pixels are decoded. Every error is a
-// *PoisonError with the reason.
-func DecodeLegacy(body []byte, lim LegacyLimits) (*Legacy, error) {
-	if lim.MaxBytes <= 0 {
-		lim.MaxBytes = DefaultMaxMessageBytes
+// limit checked before anything else is done with it. Kept as sent, a JPEG
+// or PNG is checked to be complete (every segment of a JPEG up to its end
+// marker, every chunk's CRC of a PNG up to IEND) without decoding its
+// pixels; a GIF or WebP is decoded. Converted to PNG, it is decoded. Every
+// error is a *PoisonError with the reason.
+func DecodeLegacy(body []byte, opts LegacyOptions) (*Legacy, error) {
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = DefaultMaxMessageBytes
 	}
-	if lim.MaxPixels <= 0 {
-		lim.MaxPixels = DefaultMaxPixels
+	if opts.MaxPixels <= 0 {
+		opts.MaxPixels = DefaultMaxPixels
 	}
-	if len(body) > lim.MaxBytes {
-		return nil, poison(ReasonTooLarge, fmt.Errorf("message of %d bytes over %d: %w", len(body), lim.MaxBytes, ErrTooLarge))
+	if len(body) > opts.MaxBytes {
+		return nil, poison(ReasonTooLarge, fmt.Errorf("message of %d bytes over %d: %w", len(body), opts.MaxBytes, ErrTooLarge))
 	}
 	var m legacyMessage
 	if err := json.Unmarshal(body, &m); err != nil {
@@ -86,23 +109,38 @@ func DecodeLegacy(body []byte, lim LegacyLimits) (*Legacy, error) {
 	if err != nil {
 		return nil, poison(ReasonNotImage, fmt.Errorf("read legacy image header: %v: %w", err, ErrNotImage))
 	}
-	if err := checkPixels(cfg.Width, cfg.Height, lim.MaxPixels); err != nil {
+	if err := checkPixels(cfg.Width, cfg.Height, opts.MaxPixels); err != nil {
 		return nil, err
 	}
 	l := &Legacy{Name: *m.ImageMetadata.ImageName, Format: format, Width: cfg.Width, Height: cfg.Height}
-	img, _, err := image.Decode(bytes.NewReader(raw))
-	if err != nil {
-		return nil, poison(ReasonNotImage, fmt.Errorf("decode legacy %s image: %v: %w", format, err, ErrNotImage))
+	bad := func(err error) error {
+		return poison(ReasonNotImage, fmt.Errorf("legacy %s image: %v: %w", format, err, ErrNotImage))
 	}
-	if format == "png" {
-		l.PNG = raw
+	if !opts.PNG || format == "png" {
+		switch format {
+		case "jpeg":
+			err = jpegComplete(raw)
+		case "png":
+			err = pngComplete(raw)
+		default:
+			_, _, err = image.Decode(bytes.NewReader(raw))
+		}
+		if err != nil {
+			return nil, bad(err)
+		}
+		t := legacyTypes[format]
+		l.Image, l.ContentType, l.Ext = raw, t[0], t[1]
 		return l, nil
 	}
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		return nil, poison(ReasonNotImage, fmt.Errorf("encode legacy image as png: %v: %w", err, ErrNotImage))
+	img, _, err := image.Decode(bytes.NewReader(raw))
+	if err != nil {
+		return nil, bad(err)
 	}
-	l.PNG = buf.Bytes()
+	if l.Image, err = encodePNG(img); err != nil {
+		return nil, bad(fmt.Errorf("encode as png: %w", err))
+	}
+	t := legacyTypes["png"]
+	l.ContentType, l.Ext = t[0], t[1]
 	return l, nil
 }
 
@@ -114,4 +152,85 @@ func checkPixels(w, h, max int) error {
 		return poison(ReasonTooLarge, fmt.Errorf("image of %dx%d pixels over %d: %w", w, h, max, ErrTooLarge))
 	}
 	return nil
+}
+
+var errTruncated = errors.New("truncated")
+
+// jpegComplete walks a JPEG's marker segments and the entropy-coded data
+// after each start of scan, and succeeds when it reaches the end-of-image
+// marker: a JPEG cut short anywhere fails. Bytes after the end marker are
+// allowed (some cameras append data).
+func jpegComplete(b []byte) error {
+	if len(b) < 4 || b[0] != 0xFF || b[1] != 0xD8 {
+		return errors.New("no start-of-image marker")
+	}
+	i := 2
+	for i+1 < len(b) {
+		if b[i] != 0xFF {
+			return fmt.Errorf("no marker at byte %d", i)
+		}
+		m := b[i+1]
+		switch {
+		case m == 0xFF: // fill byte
+			i++
+			continue
+		case m == 0xD9: // end of image
+			return nil
+		case m >= 0xD0 && m <= 0xD7 || m == 0x01: // markers without a segment
+			i += 2
+			continue
+		}
+		if i+4 > len(b) {
+			return errTruncated
+		}
+		n := int(b[i+2])<<8 | int(b[i+3])
+		if n < 2 || i+2+n > len(b) {
+			return errTruncated
+		}
+		i += 2 + n
+		if m != 0xDA {
+			continue
+		}
+		// Entropy-coded data: runs until a marker other than a stuffed
+		// 0xFF00 or a restart marker.
+		for {
+			j := bytes.IndexByte(b[i:], 0xFF)
+			if j < 0 || i+j+1 >= len(b) {
+				return errTruncated
+			}
+			i += j
+			if nx := b[i+1]; nx == 0x00 || nx >= 0xD0 && nx <= 0xD7 {
+				i += 2
+				continue
+			}
+			break
+		}
+	}
+	return errTruncated
+}
+
+// pngComplete walks a PNG's chunks, checking each one's CRC, and succeeds
+// when it reaches IEND.
+func pngComplete(b []byte) error {
+	const sig = "\x89PNG\r\n\x1a\n"
+	if len(b) < len(sig) || string(b[:len(sig)]) != sig {
+		return errors.New("no png signature")
+	}
+	for i := len(sig); ; {
+		if i+12 > len(b) {
+			return errTruncated
+		}
+		n := int64(binary.BigEndian.Uint32(b[i:]))
+		if int64(i)+12+n > int64(len(b)) {
+			return errTruncated
+		}
+		end := i + 8 + int(n)
+		if crc32.ChecksumIEEE(b[i+4:end]) != binary.BigEndian.Uint32(b[end:]) {
+			return fmt.Errorf("chunk %q: crc mismatch", b[i+4:i+8])
+		}
+		if string(b[i+4:i+8]) == "IEND" {
+			return nil
+		}
+		i = end + 4
+	}
 }

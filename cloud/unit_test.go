@@ -3,9 +3,11 @@ package cloud_test
 import (
 	"bytes"
 	"errors"
+	"image"
 	"image/jpeg"
 	"image/png"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +37,8 @@ func TestConfigErrorsNameFields(t *testing.T) {
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, legacy_prefix: frames/old}":                     "s3.legacy_prefix: must not equal or sit inside s3.prefix",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b, prefix: data/frames, legacy_prefix: data}":      "s3.legacy_prefix: must not contain s3.prefix",
 		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlegacy: {users: ['*']}":                        "legacy.users[0]: must be a broker user name, no wildcards",
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlegacy: {format: tiff}":                        `legacy.format: must be original or png (got "tiff")`,
+		"amqp: {url: 'amqp://x'}\ns3: {bucket: b}\nlegacy: {key: hash}":                           `legacy.key: must be extension or name (got "hash")`,
 		"amqp: {url: 'amqp://x', urls: ['amqp://y']}\ns3: {bucket: b}":                            "amqp.urls: set amqp.url or amqp.urls, not both",
 		"amqp: {urls: []}\ns3: {bucket: b}":                                                       "amqp.url: must be set",
 		"amqp: {urls: ['amqp://x', 'http://y']}\ns3: {bucket: b}":                                 "amqp.urls[1]: must be an amqp://",
@@ -142,63 +146,158 @@ func TestKeysFor(t *testing.T) {
 }
 
 func TestLegacyKey(t *testing.T) {
-	if k, err := cloud.LegacyKey("legacy", "cam/IMG 1.jpeg"); err != nil || k != "legacy/cam/IMG 1.png" {
-		t.Errorf("legacy key %q %v", k, err)
+	for _, c := range []struct{ name, ext, want string }{
+		{"cam/IMG 1.jpeg", "jpg", "legacy/cam/IMG 1.jpg"},
+		{"cam/IMG 1.jpeg", "png", "legacy/cam/IMG 1.png"},
+		{"noext", "png", "legacy/noext.png"},
+		{"cam/.hidden", "jpg", "legacy/cam/.hidden.jpg"},
+		// The old service's key: image_name as sent.
+		{"cam/IMG 1.jpeg", "", "legacy/cam/IMG 1.jpeg"},
+		{"noext", "", "legacy/noext"},
+	} {
+		if k, err := cloud.LegacyKey("legacy", c.name, c.ext); err != nil || k != c.want {
+			t.Errorf("LegacyKey(%q, %q) = %q, %v; want %q", c.name, c.ext, k, err, c.want)
+		}
 	}
-	if k, err := cloud.LegacyKey("legacy", "noext"); err != nil || k != "legacy/noext.png" {
-		t.Errorf("legacy key %q %v", k, err)
+	if _, err := cloud.LegacyKey("legacy", "../x.jpg", ""); err == nil {
+		t.Error("a traversal name is refused with the old layout too")
 	}
 }
 
+// jpegOf encodes the test image n as a JPEG.
+func jpegOf(t testing.TB, n, w, h int) []byte {
+	t.Helper()
+	src, err := png.Decode(bytes.NewReader(testImage(n, w, h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jb bytes.Buffer
+	if err := jpeg.Encode(&jb, src, &jpeg.Options{Quality: 90}); err != nil {
+		t.Fatal(err)
+	}
+	return jb.Bytes()
+}
+
+// TestDecodeLegacy: by default a legacy image is kept as sent, with the
+// content type and extension of its format; converted, a JPEG becomes a
+// PNG of exactly the decoded pixels. An image cut short is refused either
+// way, and a pixel bomb before it is decoded.
 func TestDecodeLegacy(t *testing.T) {
 	img := testImage(3, 5, 4)
-	l, err := cloud.DecodeLegacy(legacyBody(img, "a.jpg"), cloud.LegacyLimits{})
+	l, err := cloud.DecodeLegacy(legacyBody(img, "a.jpg"), cloud.LegacyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Name != "a.jpg" || l.Format != "png" || !bytes.Equal(l.PNG, img) || l.Width != 5 || l.Height != 4 {
+	if l.Name != "a.jpg" || l.Format != "png" || !bytes.Equal(l.Image, img) || l.ContentType != "image/png" || l.Ext != "png" || l.Width != 5 || l.Height != 4 {
 		t.Errorf("%+v", l)
 	}
-	// A JPEG from an old device is stored as PNG, as the old service did.
-	var jb bytes.Buffer
-	src, _ := png.Decode(bytes.NewReader(testImage(9, 16, 12)))
-	if err := jpeg.Encode(&jb, src, nil); err != nil {
-		t.Fatal(err)
-	}
-	l, err = cloud.DecodeLegacy(legacyBody(jb.Bytes(), "b.jpg"), cloud.LegacyLimits{})
+	jb := jpegOf(t, 9, 16, 12)
+	l, err = cloud.DecodeLegacy(legacyBody(jb, "b.jpg"), cloud.LegacyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg, err := png.DecodeConfig(bytes.NewReader(l.PNG)); err != nil || l.Format != "jpeg" || cfg.Width != 16 || cfg.Height != 12 {
-		t.Errorf("jpeg legacy: %v %+v %v", l.Format, cfg, err)
+	if !bytes.Equal(l.Image, jb) || l.Format != "jpeg" || l.ContentType != "image/jpeg" || l.Ext != "jpg" || l.Width != 16 || l.Height != 12 {
+		t.Errorf("jpeg kept as sent: %+v", l)
 	}
-	_, err = cloud.DecodeLegacy(legacyBody(hugePNG(9000, 9000), "a"), cloud.LegacyLimits{MaxPixels: 1 << 20})
+	// Some cameras append bytes after the end of the image.
+	if _, err := cloud.DecodeLegacy(legacyBody(append(slices.Clone(jb), "trailer"...), "c.jpg"), cloud.LegacyOptions{}); err != nil {
+		t.Errorf("jpeg with bytes after its end marker: %v", err)
+	}
+	// A PNG is kept as sent when PNG is asked for.
+	l, err = cloud.DecodeLegacy(legacyBody(img, "a.png"), cloud.LegacyOptions{PNG: true})
+	if err != nil || !bytes.Equal(l.Image, img) {
+		t.Errorf("png converted to png: %v", err)
+	}
+	// A JPEG converted: a PNG of exactly the pixels the JPEG decodes to.
+	l, err = cloud.DecodeLegacy(legacyBody(jb, "b.jpg"), cloud.LegacyOptions{PNG: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Format != "jpeg" || l.ContentType != "image/png" || l.Ext != "png" {
+		t.Errorf("jpeg as png: %+v", l)
+	}
+	samePixels(t, jb, l.Image)
+
 	var pe *cloud.PoisonError
+	for name, body := range map[string][]byte{
+		"truncated jpeg":       jb[:len(jb)*2/3],
+		"jpeg without its end": jb[:len(jb)-2],
+		"truncated png":        img[:len(img)-5],
+		"png with a bad crc":   flip(img, len(img)/2),
+	} {
+		for _, conv := range []bool{false, true} {
+			_, err := cloud.DecodeLegacy(legacyBody(body, "x.jpg"), cloud.LegacyOptions{PNG: conv})
+			if !errors.As(err, &pe) || pe.Reason != cloud.ReasonNotImage {
+				t.Errorf("%s (png %v): %v, want reason not_image", name, conv, err)
+			}
+		}
+	}
+	_, err = cloud.DecodeLegacy(legacyBody(hugePNG(9000, 9000), "a"), cloud.LegacyOptions{MaxPixels: 1 << 20})
 	if !errors.As(err, &pe) || pe.Reason != cloud.ReasonTooLarge || !errors.Is(err, cloud.ErrTooLarge) {
 		t.Errorf("pixel bomb: %v", err)
 	}
 }
 
-// FuzzLegacy: the legacy decoder never panics, and whatever it accepts is a
-// PNG within the pixel limit.
+func flip(b []byte, i int) []byte {
+	c := slices.Clone(b)
+	c[i] ^= 0x40
+	return c
+}
+
+// samePixels checks that the PNG holds exactly the pixels of the JPEG as
+// image/jpeg decodes it.
+func samePixels(t *testing.T, jpg, pngb []byte) {
+	t.Helper()
+	want, err := jpeg.Decode(bytes.NewReader(jpg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := png.Decode(bytes.NewReader(pngb))
+	if err != nil {
+		t.Fatalf("converted image is not a PNG: %v", err)
+	}
+	if got.Bounds() != want.Bounds() {
+		t.Fatalf("png %v, jpeg %v", got.Bounds(), want.Bounds())
+	}
+	b := want.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r0, g0, b0, _ := want.At(x, y).RGBA()
+			r1, g1, b1, a1 := got.At(x, y).RGBA()
+			if r0>>8 != r1>>8 || g0>>8 != g1>>8 || b0>>8 != b1>>8 || a1 != 0xffff {
+				t.Fatalf("pixel %d,%d: png %d,%d,%d,%d, jpeg %d,%d,%d", x, y, r1>>8, g1>>8, b1>>8, a1>>8, r0>>8, g0>>8, b0>>8)
+			}
+		}
+	}
+}
+
+// FuzzLegacy: the legacy decoder never panics, and whatever it accepts is
+// an image within the pixel limit: the received format kept as sent, or a
+// PNG when converted.
 func FuzzLegacy(f *testing.F) {
 	f.Add(legacyBody(testImage(1, 3, 3), "a.png"))
+	f.Add(legacyBody(jpegOf(f, 2, 9, 7), "a.jpg"))
 	f.Add(legacyBody(hugePNG(70000, 70000), "b.png"))
 	f.Add([]byte(`{"image":"","image_metadata":{"image_name":"x"}}`))
 	f.Add([]byte(`{"image":"R0lGODlhAQABAAAAACw=","image_metadata":{"image_name":"g.gif"}}`))
 	f.Add([]byte(`{"image":null,"image_metadata":null}`))
 	f.Add([]byte(`not json`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		l, err := cloud.DecodeLegacy(body, cloud.LegacyLimits{MaxPixels: 1 << 16, MaxBytes: 1 << 16})
-		if err != nil {
-			if !errors.Is(err, cloud.ErrPoison) {
-				t.Fatalf("error not poison: %v", err)
+		for _, conv := range []bool{false, true} {
+			l, err := cloud.DecodeLegacy(body, cloud.LegacyOptions{MaxPixels: 1 << 16, MaxBytes: 1 << 16, PNG: conv})
+			if err != nil {
+				if !errors.Is(err, cloud.ErrPoison) {
+					t.Fatalf("error not poison: %v", err)
+				}
+				continue
 			}
-			return
-		}
-		cfg, err := png.DecodeConfig(bytes.NewReader(l.PNG))
-		if err != nil || cfg.Width*cfg.Height > 1<<16 {
-			t.Fatalf("accepted %v %v", cfg, err)
+			cfg, format, err := image.DecodeConfig(bytes.NewReader(l.Image))
+			if err != nil || cfg.Width*cfg.Height > 1<<16 || cfg.Width != l.Width || cfg.Height != l.Height {
+				t.Fatalf("accepted %v %v", cfg, err)
+			}
+			if conv && format != "png" || !conv && format != l.Format || "image/"+format != l.ContentType {
+				t.Fatalf("png %v: stored %s as %s, received %s", conv, format, l.ContentType, l.Format)
+			}
 		}
 	})
 }

@@ -65,7 +65,7 @@ func FuzzSanitiseName(f *testing.F) {
 				t.Fatalf("accepted %q", got)
 			}
 		}
-		if k, err := cloud.LegacyKey("legacy", got); err != nil || !strings.HasPrefix(k, "legacy/") || !strings.HasSuffix(k, ".png") {
+		if k, err := cloud.LegacyKey("legacy", got, "png"); err != nil || !strings.HasPrefix(k, "legacy/") || !strings.HasSuffix(k, ".png") {
 			t.Fatalf("legacy key %q %v", k, err)
 		}
 	})
