@@ -53,6 +53,18 @@ func binaries(t *testing.T) string {
 // forest-cloud and the agents, and waits until they are up.
 func newStack(t *testing.T, agents []AgentOptions, cloudExtra string) *Stack {
 	t.Helper()
+	return startStack(t, 1, agents, cloudExtra)
+}
+
+// newClusterStack is newStack on a RabbitMQ cluster of n nodes: forest-cloud
+// and every agent are given the address of each node.
+func newClusterStack(t *testing.T, n int, agents []AgentOptions, cloudExtra string) *Stack {
+	t.Helper()
+	return startStack(t, n, agents, cloudExtra)
+}
+
+func startStack(t *testing.T, nodes int, agents []AgentOptions, cloudExtra string) *Stack {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test; not in -short")
 	}
@@ -64,9 +76,14 @@ func newStack(t *testing.T, agents []AgentOptions, cloudExtra string) *Stack {
 		t.Fatalf("default model missing: %v", err)
 	}
 	bin := binaries(t)
-	b := rabbittest.Start(t)
-	srv := s3test.Start(t)
-	s := &Stack{Dir: t.TempDir(), Bin: bin, Root: root, Broker: b, S3: srv, Bucket: srv.Bucket(t)}
+	s := &Stack{Dir: t.TempDir(), Bin: bin, Root: root}
+	if nodes == 1 {
+		s.Broker = rabbittest.Start(t)
+	} else {
+		s.Cluster = rabbittest.StartCluster(t, nodes)
+	}
+	s.S3 = s3test.Start(t)
+	s.Bucket = s.S3.Bucket(t)
 	if err := s.Setup(agents, cloudExtra); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +157,10 @@ func reportTally(t *testing.T, tally string) {
 // queueDepths returns messages per queue on the stack's broker.
 func queueDepths(t *testing.T, s *Stack) map[string]int {
 	t.Helper()
-	out := s.Broker.Ctl(t, "list_queues", "name", "messages", "--no-table-headers")
+	out, err := s.Ctl("list_queues", "name", "messages", "--no-table-headers")
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := map[string]int{}
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
@@ -159,10 +179,11 @@ type event struct {
 }
 
 // TestChainUnderFaults is the product's promise, counted: while two agents
-// capture a stream of frames, agents are killed, links cut and stalled, the
-// broker restarted, the consumer killed, S3 stopped and a spool pushed
-// against its byte limit; afterwards every frame not evicted by a counted
-// policy is in S3 exactly once, intact.
+// capture a stream of frames, agents are killed, links cut and stalled,
+// nodes of the 3-node RabbitMQ cluster killed with SIGKILL (the frames
+// queue's leader among them) and restarted, the consumer killed, S3 stopped
+// and a spool pushed against its byte limit; afterwards every frame not
+// evicted by a counted policy is in S3 exactly once, intact.
 //
 // FOREST_E2E_FRAMES sets the number of frames (default 500) and
 // FOREST_E2E_SECONDS the capture period (default 200); `make soak` raises
@@ -170,7 +191,7 @@ type event struct {
 func TestChainUnderFaults(t *testing.T) {
 	total := envInt("FOREST_E2E_FRAMES", 500)
 	period := time.Duration(envInt("FOREST_E2E_SECONDS", 200)) * time.Second
-	s := newStack(t, []AgentOptions{
+	s := newClusterStack(t, 3, []AgentOptions{
 		{Device: "mast-a"},
 		// mast-b's spool holds about 20 frames (~12 KB each); its link is
 		// cut for 40 s while it captures about 50.
@@ -212,6 +233,7 @@ func TestChainUnderFaults(t *testing.T) {
 
 	bAgent := s.Agents[1]
 	var counts = map[string]int{}
+	victims := map[string]int{} // nodes killed: "leader" or "other"
 	// The consumer's counter of suppressed duplicates, summed over its
 	// lives: scraped before each kill and at the end.
 	var dupsSuppressed float64
@@ -245,7 +267,7 @@ func TestChainUnderFaults(t *testing.T) {
 		for i := range 10 {
 			ag := s.Agents[i%2]
 			events = append(events, event{c + time.Duration(10+20*i)*time.Second, "agent kill -9 " + ag.Device, restartAgent(ag)})
-			px := s.Agents[(i+1)%2].Proxy
+			px := s.Agents[(i+1)%2]
 			switch i % 3 {
 			case 0:
 				events = append(events, event{c + time.Duration(15+20*i)*time.Second, "link cut", px.Cut})
@@ -256,8 +278,10 @@ func TestChainUnderFaults(t *testing.T) {
 				events = append(events, event{c + time.Duration(15+20*i)*time.Second, "link half-open", px.HalfOpen})
 			}
 		}
+		// A node killed, down for 10 s, restarted; the next kill is of
+		// another node, once the first is back in the queue.
 		for _, at := range []time.Duration{60, 140} {
-			events = append(events, event{c + at*time.Second, "broker restart", func() { s.Broker.Restart(t) }})
+			events = append(events, event{c + at*time.Second, "broker node kill -9", func() { killNode(t, s, victims) }})
 		}
 		for _, at := range []time.Duration{45, 105, 165} {
 			events = append(events, event{c + at*time.Second, "consumer kill -9", func() {
@@ -272,8 +296,8 @@ func TestChainUnderFaults(t *testing.T) {
 		events = append(events,
 			event{c + 80*time.Second, "s3 stopped 30s", func() { s.S3.Stop(t) }},
 			event{c + 110*time.Second, "", func() { s.S3.Start(t) }},
-			event{c + 120*time.Second, "spool pressure (mast-b offline 40s)", func() { bAgent.Proxy.Refuse(true); bAgent.Proxy.Cut() }},
-			event{c + 160*time.Second, "", func() { bAgent.Proxy.Refuse(false) }},
+			event{c + 120*time.Second, "spool pressure (mast-b offline 40s)", func() { bAgent.Refuse(true); bAgent.Cut() }},
+			event{c + 160*time.Second, "", func() { bAgent.Refuse(false) }},
 		)
 	}
 	sort.SliceStable(events, func(i, j int) bool { return events[i].at < events[j].at })
@@ -384,12 +408,49 @@ func TestChainUnderFaults(t *testing.T) {
 	if q["forest.cloud.frames"] != 0 || q["forest.cloud.frames.dlq"] != 0 {
 		t.Errorf("queues not empty: %v", q)
 	}
-	tally := fmt.Sprintf("TALLY %s: captured=%d stored=%d missing=%v evicted=%v duplicates_stored=%d duplicates_suppressed>=%.0f dead_lettered=%d faults=%v killed_while_running=%v agent_starts=[%d %d] consumer_starts=%d consumer_exits_on_its_own=%d elapsed=%s",
+	if victims["leader"] < 1 {
+		t.Errorf("nodes killed %v: the frames queue's leader was never among them", victims)
+	}
+	tally := fmt.Sprintf("TALLY %s: captured=%d stored=%d missing=%v evicted=%v duplicates_stored=%d duplicates_suppressed>=%.0f dead_lettered=%d faults=%v nodes_killed=%v killed_while_running=%v agent_starts=[%d %d] consumer_starts=%d consumer_exits_on_its_own=%d elapsed=%s",
 		t.Name(), len(fed), len(stored), missing, evicted, dups, dupsSuppressed, q["forest.cloud.frames.dlq"],
-		counts, killed, s.Agents[0].Starts(), s.Agents[1].Starts(), s.Cloud.Starts(), s.Cloud.Exits(), time.Since(start).Round(time.Second))
+		counts, victims, killed, s.Agents[0].Starts(), s.Agents[1].Starts(), s.Cloud.Starts(), s.Cloud.Exits(), time.Since(start).Round(time.Second))
 	t.Log(tally)
 	reportTally(t, tally)
 	checkNoSecrets(t, s)
+}
+
+// killNode kills a node of the stack's cluster with SIGKILL, leaves it
+// down for 10 s, starts it again and waits until the frames queue has a
+// member online on every node, so that the next kill cannot take the
+// queue's majority. It kills the frames queue's leader, unless the last
+// node killed leads it again; then another node. victims counts "leader"
+// and "other".
+func killNode(t *testing.T, s *Stack, victims map[string]int) {
+	t.Helper()
+	const queue = "forest.cloud.frames"
+	leader, _, err := s.Cluster.QueueMembers("/", queue)
+	if err != nil {
+		t.Errorf("find the leader of %s: %v", queue, err)
+		return
+	}
+	victim, kind := leader, "leader"
+	if leader.Name() == s.lastKilled {
+		for _, b := range s.Cluster.Nodes {
+			if b != leader {
+				victim, kind = b, "other"
+				break
+			}
+		}
+	}
+	s.lastKilled = victim.Name()
+	victims[kind]++
+	t.Logf("killing node %s (%s of %s)", victim.Name(), kind, queue)
+	victim.Kill(t)
+	time.Sleep(10 * time.Second)
+	victim.Start(t)
+	if err := s.Cluster.AwaitMembersOnline("/", queue, 2*time.Minute); err != nil {
+		t.Errorf("after restarting %s: %v", victim.Name(), err)
+	}
 }
 
 // TestChainHappyPath sends a few frames through the whole chain with no

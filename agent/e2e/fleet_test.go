@@ -91,8 +91,8 @@ func TestFleetPage(t *testing.T) {
 	}
 	a, b := s.Agents[0], s.Agents[1]
 	// mast-b's link is cut while it captures more than its spool holds.
-	b.Proxy.Refuse(true)
-	b.Proxy.Cut()
+	b.Refuse(true)
+	b.Cut()
 	for i := range 12 {
 		for _, ag := range s.Agents {
 			img, err := frames.Frame(i)
@@ -110,7 +110,7 @@ func TestFleetPage(t *testing.T) {
 		pending, _ := os.ReadDir(b.Incoming)
 		return err == nil && n > 0 && len(pending) <= 1
 	})
-	b.Proxy.Refuse(false)
+	b.Refuse(false)
 	if !waitDrained(t, s, 3*time.Minute) {
 		t.Fatal("not drained")
 	}

@@ -133,12 +133,12 @@ func TestDeviceSoak(t *testing.T) {
 		rng := rand.New(rand.NewPCG(1, 2))
 		for ctx.Err() == nil {
 			down := time.Duration(2+rng.IntN(9)) * hour
-			a.Proxy.Refuse(true)
-			a.Proxy.Cut()
+			a.Refuse(true)
+			a.Cut()
 			sleep(ctx, down)
 			downFor.Add(int64(down))
 			up := down / 4
-			a.Proxy.Refuse(false)
+			a.Refuse(false)
 			sleep(ctx, up)
 			upFor.Add(int64(up))
 		}
@@ -204,7 +204,7 @@ func TestDeviceSoak(t *testing.T) {
 	// The link comes up for good; the spool drains.
 	stop()
 	wg.Wait()
-	a.Proxy.Refuse(false)
+	a.Refuse(false)
 	ctx, stop = context.WithCancel(context.Background())
 	wg.Go(func() { a.Supervise(ctx, 100*time.Millisecond, func(err error) { t.Error(err) }) })
 	drained := waitDrained(t, s, 10*time.Minute)

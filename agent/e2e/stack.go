@@ -199,8 +199,49 @@ type Agent struct {
 	Spool    string
 	HTTP     string
 	Config   string
-	// Proxy sits between the agent and the broker, for link faults.
-	Proxy *faultproxy.Proxy
+	// Proxies sit between the agent and the broker, one per broker node
+	// (the agent's uplink.urls), for link faults.
+	Proxies []*faultproxy.Proxy
+}
+
+// Cut drops the agent's links to every node.
+func (a *Agent) Cut() {
+	for _, p := range a.Proxies {
+		p.Cut()
+	}
+}
+
+// Stall stalls (or releases) the agent's links to every node.
+func (a *Agent) Stall(on bool) {
+	for _, p := range a.Proxies {
+		p.Stall(on)
+	}
+}
+
+// HalfOpen half-opens the agent's links to every node.
+func (a *Agent) HalfOpen() {
+	for _, p := range a.Proxies {
+		p.HalfOpen()
+	}
+}
+
+// Refuse makes every node refuse (or accept again) the agent's
+// connections.
+func (a *Agent) Refuse(on bool) {
+	for _, p := range a.Proxies {
+		p.Refuse(on)
+	}
+}
+
+// NodeOf returns the index of the broker node that the proxy at addr
+// (host:port, as the agent logs its uplink URL) leads to, or -1.
+func (a *Agent) NodeOf(addr string) int {
+	for i, p := range a.Proxies {
+		if p.Addr() == addr {
+			return i
+		}
+	}
+	return -1
 }
 
 // Cloud is the stack's forest-cloud.
@@ -210,16 +251,38 @@ type Cloud struct {
 	Config string
 }
 
-// Stack is a broker, an S3 server, one forest-cloud and some agents.
+// Stack is a broker (one node, or a cluster), an S3 server, one
+// forest-cloud and some agents.
 type Stack struct {
-	Dir    string
-	Bin    string
-	Root   string
-	Broker *rabbittest.Broker
-	S3     *s3test.Server
-	Bucket string
-	Cloud  *Cloud
-	Agents []*Agent
+	Dir  string
+	Bin  string
+	Root string
+	// Broker is a single broker node, or Cluster a cluster of them (one
+	// of the two): forest-cloud and the agents are given every node.
+	Broker  *rabbittest.Broker
+	Cluster *rabbittest.Cluster
+	S3      *s3test.Server
+	Bucket  string
+	Cloud   *Cloud
+	Agents  []*Agent
+
+	lastKilled string // the node a fault test killed last
+}
+
+// Nodes returns the stack's broker nodes.
+func (s *Stack) Nodes() []*rabbittest.Broker {
+	if s.Cluster != nil {
+		return s.Cluster.Nodes
+	}
+	return []*rabbittest.Broker{s.Broker}
+}
+
+// Ctl runs rabbitmqctl on a running node of the stack's broker.
+func (s *Stack) Ctl(args ...string) (string, error) {
+	if s.Cluster != nil {
+		return s.Cluster.CtlErr(args...)
+	}
+	return s.Broker.CtlErr(args...)
 }
 
 // AgentOptions tune one agent of the stack.
@@ -243,7 +306,7 @@ type AgentOptions struct {
 // bucket must already exist.
 func (s *Stack) Setup(agents []AgentOptions, cloudExtra string) error {
 	ctl := func(args ...string) error {
-		_, err := s.Broker.CtlErr(args...)
+		_, err := s.Ctl(args...)
 		return err
 	}
 	if err := ctl("add_user", cloudUser, cloudPassword); err != nil {
@@ -257,8 +320,14 @@ func (s *Stack) Setup(agents []AgentOptions, cloudExtra string) error {
 		return err
 	}
 	s.Cloud = &Cloud{HTTP: fmt.Sprintf("127.0.0.1:%d", ports[0]), Config: filepath.Join(s.Dir, "cloud.yaml")}
+	var urls []string
+	for _, b := range s.Nodes() {
+		urls = append(urls, fmt.Sprintf("'amqp://127.0.0.1:%d/'", b.Port))
+	}
 	cloudYAML := fmt.Sprintf(`amqp:
-  url: amqp://%s:${FOREST_CLOUD_AMQP_PASSWORD}@127.0.0.1:%d/
+  urls: [%s]
+  user: %s
+  password_env: FOREST_CLOUD_AMQP_PASSWORD
   reconnect_max: 2s
 s3:
   bucket: %s
@@ -274,7 +343,7 @@ http:
 log:
   level: info
   format: json
-%s`, cloudUser, s.Broker.Port, s.Bucket, s.S3.Endpoint, s.S3.Region, s.Cloud.HTTP, cloudExtra)
+%s`, strings.Join(urls, ", "), cloudUser, s.Bucket, s.S3.Endpoint, s.S3.Region, s.Cloud.HTTP, cloudExtra)
 	if err := os.WriteFile(s.Cloud.Config, []byte(cloudYAML), 0o600); err != nil {
 		return err
 	}
@@ -318,15 +387,19 @@ func (s *Stack) newAgent(o AgentOptions, httpPort int) (*Agent, error) {
 		{"set_permissions", "-p", "/", o.Device, "^$", "^forest\\.frames$", "^$"},
 		{"set_topic_permissions", "-p", "/", o.Device, "forest.frames", "^(frames|status)\\." + o.Device + "$", "^$"},
 	} {
-		if _, err := s.Broker.CtlErr(args...); err != nil {
+		if _, err := s.Ctl(args...); err != nil {
 			return nil, err
 		}
 	}
-	p, err := faultproxy.Listen(fmt.Sprintf("127.0.0.1:%d", s.Broker.Port))
-	if err != nil {
-		return nil, err
+	var urls []string
+	for _, b := range s.Nodes() {
+		p, err := faultproxy.Listen(fmt.Sprintf("127.0.0.1:%d", b.Port))
+		if err != nil {
+			return nil, err
+		}
+		a.Proxies = append(a.Proxies, p)
+		urls = append(urls, fmt.Sprintf("'amqp://%s/'", p.Addr()))
 	}
-	a.Proxy = p
 	maxBytes := o.SpoolMaxBytes
 	if maxBytes == 0 {
 		maxBytes = 64 << 20
@@ -365,7 +438,7 @@ spool:
   max_bytes: %d
   min_free_bytes: %d
 uplink:
-  url: amqp://%s/
+  urls: [%s]
   user: %s
   password_env: FOREST_AGENT_PASSWORD
   window: 16
@@ -383,7 +456,7 @@ log:
   format: json
 shutdown_timeout: 10s
 %s`, o.Device, filepath.Join(dir, "state"), a.Incoming, model, tiling, encode,
-		a.Spool, maxBytes, o.SpoolMinFreeBytes, p.Addr(), o.Device, statusInterval, a.HTTP, o.Extra)
+		a.Spool, maxBytes, o.SpoolMinFreeBytes, strings.Join(urls, ", "), o.Device, statusInterval, a.HTTP, o.Extra)
 	if err := os.WriteFile(a.Config, []byte(yaml), 0o600); err != nil {
 		return nil, err
 	}
@@ -409,8 +482,8 @@ func (s *Stack) Secrets() []string {
 func (s *Stack) Close() {
 	for _, a := range s.Agents {
 		a.Stop(15 * time.Second)
-		if a.Proxy != nil {
-			a.Proxy.Close()
+		for _, p := range a.Proxies {
+			p.Close()
 		}
 	}
 	if s.Cloud != nil && s.Cloud.Proc != nil {
