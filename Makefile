@@ -33,7 +33,8 @@ run: deps build ## the main job: forest-agent --once on the bundled sample frame
 test: ## install what is missing, start the servers, run every test, stop the servers
 	bash .ci/test.sh
 
-bench: deps ## benchmarks against the raw libraries (figures for BENCHMARKS.md)
+bench: ## benchmarks against the raw libraries and the old Python service (figures for BENCHMARKS.md)
+	bash .ci/deps.sh bench
 	bash .ci/bench.sh $(BENCH_COUNT)
 
 demo: deps ## broker, S3 server, forest-cloud and two agents on this machine; Ctrl-C stops all

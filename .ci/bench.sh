@@ -35,7 +35,11 @@ bench agent ./agent -bench 'Drain$' -benchtime 2000x -count 3
 bench agent ./agent -bench 'DrainRatio' -benchtime 5x -count 3
 bench agent ./agent -bench 'Frame' -count "$count"
 # cloud: queue -> S3 against bare aws-sdk-go-v2 PUTs.
-bench cloud ./cloud -bench . -count 3
+bench cloud ./cloud -bench EndToEnd -count 3
+# cloud: the old devices' legacy messages, forest-cloud against the Python
+# service it replaces (../shared/peers/legacy_consumer.py), same messages,
+# broker and S3 server; images/s, CPU per image, peak RSS and the ratios.
+bench cloud-legacy ./cloud -bench Legacy -benchtime 1x -count 3
 
 # Transmitted bytes against the legacy base64 JSON message, SSIM; the
 # agent's RSS while spooling 1,000 frames; camera JPEGs of ../shared/data

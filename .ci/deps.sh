@@ -19,6 +19,10 @@
 #   ONNX Runtime  libonnxruntime.so.1 for linux-x64 and linux-arm64, from the
 #                 npm package onnxruntime-node, checked against .ci/onnxruntime.sha256
 #   staticcheck   go install at a pinned version into .cache/bin
+#
+# `deps.sh bench` also installs what `make bench` needs: the Python service
+# forest-cloud replaces (../shared/peers/legacy_consumer.py) runs on
+# Debian's python3-pika, python3-boto3 and python3-pil.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -95,4 +99,7 @@ go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION
 go_tool minio github.com/minio/minio "$MINIO_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"
 onnxruntime
+if [ "${1:-}" = bench ]; then
+	apt_install python3-pika python3-boto3 python3-pil
+fi
 say "ok in ${SECONDS}s (.cache/bin: versitygw $VERSITYGW_VERSION, minio $MINIO_VERSION, staticcheck $STATICCHECK_VERSION; .cache/onnxruntime: $ORT_NPM)"

@@ -154,8 +154,15 @@ func (s *Service) plan(m wire.Message, now time.Time) (*planned, error) {
 }
 
 func (s *Service) planLegacy(m wire.Message) (*planned, error) {
+	png := s.cfg.Legacy.Format == LegacyPNG
+	if png {
+		// Converting is CPU work: more at once than there are CPUs only
+		// holds more decoded images in memory.
+		s.converting <- struct{}{}
+		defer func() { <-s.converting }()
+	}
 	l, err := DecodeLegacy(m.Body, LegacyOptions{MaxBytes: s.cfg.Consumer.MaxMessageBytes, MaxPixels: s.cfg.Consumer.MaxPixels,
-		PNG: s.cfg.Legacy.Format == LegacyPNG})
+		PNG: png})
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,9 @@ type Service struct {
 	warnedArgs atomic.Bool
 	startWait  atomic.Value // string: why start-up waits ("" when not)
 	brokerWhy  atomic.Value // string: why the last broker session ended
+	// converting bounds the legacy images converted to PNG at once to
+	// GOMAXPROCS.
+	converting chan struct{}
 }
 
 // New builds a Service: the S3 client from the AWS configuration and the
@@ -98,7 +102,7 @@ func New(ctx context.Context, opts Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{urls: urls, hc: hc, cfg: cfg, log: log.With("component", "cloud"), reg: reg, m: newMetrics(reg), creds: creds, version: opts.Version}
+	s := &Service{urls: urls, hc: hc, cfg: cfg, converting: make(chan struct{}, runtime.GOMAXPROCS(0)), log: log.With("component", "cloud"), reg: reg, m: newMetrics(reg), creds: creds, version: opts.Version}
 	s.store = &store{
 		c: client, bucket: cfg.S3.Bucket, checksum: cfg.S3.Checksum == "sha256", conditional: *cfg.S3.ConditionalPut,
 		timeout: cfg.S3.RequestTimeout, retryMin: cfg.S3.RetryMin, retryMax: cfg.S3.RetryMax,

@@ -282,6 +282,7 @@ func FuzzLegacy(f *testing.F) {
 	f.Add([]byte(`{"image":"R0lGODlhAQABAAAAACw=","image_metadata":{"image_name":"g.gif"}}`))
 	f.Add([]byte(`{"image":null,"image_metadata":null}`))
 	f.Add([]byte(`not json`))
+	f.Add([]byte(`{"image":"YQ","image_metadata":{"image_name":"unpadded"}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, conv := range []bool{false, true} {
 			l, err := cloud.DecodeLegacy(body, cloud.LegacyOptions{MaxPixels: 1 << 16, MaxBytes: 1 << 16, PNG: conv})
