@@ -2,12 +2,15 @@ package uplink_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"sort"
 	"sync"
 	"testing"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/uplink"
@@ -151,6 +154,19 @@ func TestClusterFailover(t *testing.T) {
 		at   time.Time
 	}
 	var kills []kill
+	waitConfirmed := func(t *testing.T, l *ledger, n int, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for l.confirmedCount() < n {
+			if time.Now().After(deadline) {
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				t.Fatalf("only %d confirmed after %s, want %d; outcomes %v, errors %v, link %+v",
+					len(l.confirmed), within, n, l.outcomes, l.errs, p.State())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	killAndRestart := func(what string, node *rabbittest.Broker) {
 		before := s.l.confirmedCount()
 		kills = append(kills, kill{what, node, time.Now()})
@@ -202,5 +218,95 @@ func TestClusterFailover(t *testing.T) {
 			s.mu.Unlock()
 		}
 		t.Logf("killed %s: longest wait of a message %s", k.what, w.Round(time.Millisecond))
+	}
+}
+
+// TestConnected: Connected is closed while a connection is up, open while
+// the broker is down, and closed again once the publisher has reconnected.
+func TestConnected(t *testing.T) {
+	b := rabbittest.Start(t)
+	leakCheck(t)
+	p := start(t, testOptions(b.URL))
+	select {
+	case <-p.Connected():
+	case <-time.After(20 * time.Second):
+		t.Fatal("not connected within 20s")
+	}
+	b.Kill(t)
+	waitState(t, p, uplink.StateDown, 10*time.Second)
+	select {
+	case <-p.Connected():
+		t.Fatal("Connected is closed while the broker is down")
+	default:
+	}
+	b.Start(t)
+	select {
+	case <-p.Connected():
+	case <-time.After(30 * time.Second):
+		t.Fatal("not connected within 30s of the broker's restart")
+	}
+	if st := p.State(); st.State != uplink.StateConnected {
+		t.Fatalf("Connected closed, but the state is %v", st.State)
+	}
+}
+
+// TestNackedFromStartRedials: a connection whose first confirm is a nack
+// is dropped and dialled again, so that a channel RabbitMQ 3.10 left with
+// a quorum queue's lost leader (it nacks everything) is not kept; a
+// channel that has acked keeps its connection through nacks (TestNacked).
+// Here the queue is full (reject-publish) when the publisher connects.
+func TestNackedFromStartRedials(t *testing.T) {
+	b := rabbittest.Shared(t)
+	leakCheck(t)
+	url := b.Vhost(t)
+	rabbittest.FramesQueue(t, url, "full", amqp.Table{"x-max-length": int64(1), "x-overflow": "reject-publish"})
+	// Fill the queue, until it refuses, before the publisher connects.
+	rabbittest.WithChannel(t, url, func(ch *amqp.Channel) {
+		if err := ch.Confirm(false); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; ; i++ {
+			dc, err := ch.PublishWithDeferredConfirm("", "full", false, false, amqp.Publishing{Body: []byte("x")})
+			if err != nil {
+				t.Fatalf("fill: %v", err)
+			}
+			if !dc.Wait() {
+				break
+			}
+			if i == 10 {
+				t.Fatal("the queue of one message took 10")
+			}
+		}
+	})
+	p := start(t, testOptions(url))
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	msgs := frames(t, "fromstart", 1, 100)
+	res, _ := p.Publish(ctx, msgs)
+	if res[0].Outcome != uplink.Nacked {
+		t.Fatalf("outcome %v (%v), want nacked by the full queue", res[0].Outcome, res[0].Err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for p.State().Reconnects < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the connection whose first confirm was a nack was kept: %+v", p.State())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := p.State(); !errors.Is(st.LastError, uplink.ErrNacked) {
+		t.Errorf("last error %v, want one wrapping ErrNacked", st.LastError)
+	}
+	queued(t, url, "full") // room again
+	waitState(t, p, uplink.StateConnected, 10*time.Second)
+	for {
+		res, _ = p.Publish(ctx, msgs)
+		if res[0].Outcome == uplink.Confirmed {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("not confirmed after the queue had room: %v", res[0].Err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

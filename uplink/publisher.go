@@ -56,7 +56,11 @@
 //     channel lock that writer holds.
 //   - Broker blocks publishing (connection.blocked): no new messages are
 //     written; confirm deadlines are suspended until the block lifts.
-//   - basic.nack: Nacked. basic.return then basic.ack: Returned.
+//   - basic.nack: Nacked. basic.return then basic.ack: Returned. A
+//     connection whose first confirm is a nack is dropped and dialled
+//     again (after the backoff): on RabbitMQ 3.10 a channel opened while a
+//     quorum queue elects a new leader can keep the lost leader and nack
+//     everything for as long as it lives.
 //   - No confirm within ConfirmTimeout on a live connection: TimedOut, and
 //     the connection is dropped so that no stale state survives.
 //   - Channel error (exchange missing without DeclareExchange, user_id not
@@ -228,6 +232,7 @@ type Publisher struct {
 	mu     sync.Mutex
 	sess   *session // nil while not connected
 	status Status
+	up     chan struct{} // closed while connected (see Connected)
 
 	next int // index in opts.URLs of the address Run dials first; Run's own
 }
@@ -256,6 +261,7 @@ func New(opts Options) (*Publisher, error) {
 		bucket:  newBucket(o.RateLimit, o.Burst),
 		status:  Status{State: StateDown, Since: time.Now()},
 		next:    rand.IntN(len(o.URLs)),
+		up:      make(chan struct{}),
 	}
 	m.setState(StateDown)
 	return p, nil
@@ -290,6 +296,16 @@ func (p *Publisher) setState(s *session, st LinkState, err error) {
 		p.status.State, p.status.Since = st, time.Now()
 		p.metrics.setState(st)
 	}
+}
+
+// Connected returns a channel that is closed while a connection is up: at
+// once if it is up now, otherwise when Run has connected (again). A drain
+// that found the link down waits on it, so that it resumes as soon as a
+// node takes the connection rather than at its next backoff.
+func (p *Publisher) Connected() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.up
 }
 
 func (p *Publisher) current() *session {
@@ -348,6 +364,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		started := time.Now()
 		p.mu.Lock()
 		p.sess = s
+		close(p.up)
 		p.mu.Unlock()
 		p.setState(s, StateConnected, nil)
 		log.Info("connected")
@@ -358,6 +375,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		}
 		p.mu.Lock()
 		p.sess = nil
+		p.up = make(chan struct{})
 		p.mu.Unlock()
 		if ctx.Err() != nil {
 			s.close(p.opts.CloseTimeout, errors.New("publisher stopped"))

@@ -53,6 +53,7 @@ type session struct {
 	pending   map[uint64]*flight // by delivery tag
 	byID      map[string]*flight // unconfirmed, by message id, for returns
 	lastTag   uint64
+	acks      int // confirms that were acks
 	blocked   bool
 	closing   bool // no new publishes: the session is being shut down
 	blockedAt time.Time
@@ -263,7 +264,9 @@ func (s *session) pump() {
 			// library hands both over from one goroutine, so any return
 			// for this message is already buffered: apply it first.
 			returns = s.drainReturns(returns)
-			s.confirm(c)
+			if s.confirm(c) {
+				s.kill(errNackedFromStart)
+			}
 		case r, ok := <-returns:
 			if !ok {
 				returns = nil
@@ -366,22 +369,38 @@ func (s *session) drainConfirms(confirms chan amqp.Confirmation) chan amqp.Confi
 	return nil
 }
 
-func (s *session) confirm(c amqp.Confirmation) {
+// errNackedFromStart retires a session whose channel nacked before it
+// ever acked.
+var errNackedFromStart = fmt.Errorf("%w: the broker refused the first message on this connection; dialling again, since RabbitMQ 3.10 can keep a quorum queue's lost leader in a channel opened during the queue's election and refuse everything on it", ErrNacked)
+
+// confirm resolves the flight of one confirm. It reports whether the
+// session should be retired: a nack before any ack on this channel. A
+// queue that refuses messages (overflow reject-publish) nacks them on any
+// channel; but on RabbitMQ 3.10 a channel whose first publish to a quorum
+// queue comes while the queue elects a new leader can keep the lost leader
+// and nack every message for as long as it lives (fixed in later versions
+// by asking Ra for the leader). A fresh connection, after the backoff,
+// gets a fresh channel.
+func (s *session) confirm(c amqp.Confirmation) (retire bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f, ok := s.pending[c.DeliveryTag]
 	if !ok {
-		return // resolved already (timed out, or the session was killed)
+		return false // resolved already (timed out, or the session was killed)
 	}
 	delete(s.pending, c.DeliveryTag)
 	switch {
 	case !c.Ack:
 		s.resolve(f, Nacked, ErrNacked)
+		return s.acks == 0
 	case f.returned != nil:
+		s.acks++
 		s.resolve(f, Returned, fmt.Errorf("%w: %d %s", ErrReturned, f.returned.ReplyCode, f.returned.ReplyText))
 	default:
+		s.acks++
 		s.resolve(f, Confirmed, nil)
 	}
+	return false
 }
 
 func (s *session) returned(r amqp.Return) {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,7 +44,14 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	if err != nil {
 		Unavailable(t, "rabbitmq cluster: %v", err)
 	}
-	t.Cleanup(func() { c.kill() })
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, b := range c.Nodes {
+				t.Logf("node %s:\n%s", b.node, b.LogTail(40))
+			}
+		}
+		c.kill()
+	})
 	return c
 }
 
@@ -382,4 +390,19 @@ func procAddr(s string) string {
 	}
 	p, _ := strconv.ParseUint(port, 16, 16)
 	return net.JoinHostPort(net.IP(b).String(), strconv.Itoa(int(p)))
+}
+
+// LogTail returns the last n lines of the node's log (warnings and errors)
+// and of its start-up output, for a test to show when it fails.
+func (b *Broker) LogTail(n int) string {
+	var out []string
+	logs, _ := filepath.Glob(filepath.Join(b.dir, "log", "*.log"))
+	for _, p := range append(logs, filepath.Join(b.dir, "server.out")) {
+		raw, err := os.ReadFile(p)
+		if err != nil || len(raw) == 0 {
+			continue
+		}
+		out = append(out, "--- "+filepath.Base(p)+"\n"+lastLines(raw, n))
+	}
+	return strings.Join(out, "\n")
 }
