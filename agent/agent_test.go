@@ -394,3 +394,65 @@ func TestDrainMeasuresPublishWait(t *testing.T) {
 		t.Fatalf("publish waits sum to %.3fs over %d batches: longer than the test", h.GetSampleSum(), h.GetSampleCount())
 	}
 }
+
+// connectedLink is a publisher that is down until up is closed, and says
+// so through Connected, as *uplink.Publisher does.
+type connectedLink struct {
+	up chan struct{}
+}
+
+func (c *connectedLink) Connected() <-chan struct{} { return c.up }
+
+func (c *connectedLink) Publish(ctx context.Context, msgs []wire.Message) ([]uplink.Result, error) {
+	res := make([]uplink.Result, len(msgs))
+	select {
+	case <-c.up:
+	default:
+		for i := range res {
+			res[i].Err = uplink.ErrNotConnected
+		}
+		return res, uplink.ErrNotConnected
+	}
+	for i := range res {
+		res[i].Outcome = uplink.Confirmed
+	}
+	return res, nil
+}
+
+// TestDrainResumesWhenConnected: a drain that found the link down resumes
+// as soon as the publisher connects again, not at the end of its backoff
+// (5 s here): after a cluster node dies, frames wait only for the
+// reconnection to the next node.
+func TestDrainResumesWhenConnected(t *testing.T) {
+	needModel(t)
+	cfg := testConfig(t)
+	a, err := New(cfg, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	data, _ := os.ReadFile(sampleFrames(t)[0])
+	if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: "f", Data: data, Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	link := &connectedLink{up: make(chan struct{})}
+	d := &drain{q: a.q, pub: link, batch: 64, agent: "forest-agent/test", m: a.m, status: a.status, log: testLogger(t),
+		backoffMin: 5 * time.Second, backoffMax: 5 * time.Second}
+	stop, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(stop, context.Background()) }()
+	time.Sleep(300 * time.Millisecond) // the drain tries, finds the link down and waits
+	upAt := time.Now()
+	close(link.up)
+	for a.q.Stats().Frames > 0 {
+		if time.Since(upAt) > 3*time.Second {
+			t.Fatal("the drain did not resume within 3 s of the link coming up (its backoff is 5 s)")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("drained %s after the link came up", time.Since(upAt).Round(time.Millisecond))
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -236,18 +236,26 @@ func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) erro
 		if stop.Err() != nil {
 			return nil
 		}
+		var up <-chan struct{}
 		switch {
 		case ok:
 			wait = d.backoffMin
 			continue
 		case errors.Is(err, uplink.ErrNotConnected):
-			// The link is down: frames wait; check again after a pause.
+			// The link is down: frames wait until the publisher is
+			// connected again (to the next node of a cluster, say), or
+			// until a pause has passed.
+			if c, ok := d.pub.(interface{ Connected() <-chan struct{} }); ok {
+				up = c.Connected()
+			}
 		default:
 			// Nacked, returned, timed out or lost: retry after a pause so a
-			// broker that refuses every frame is not hammered.
+			// broker that refuses every frame is not hammered (a lost
+			// connection shows as not connected on the next try).
 		}
 		select {
 		case <-time.After(wait):
+		case <-up:
 		case <-stop.Done():
 			return nil
 		}
