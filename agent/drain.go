@@ -171,13 +171,19 @@ func (d *drain) quarantine(code string, cause error, ids ...uint64) {
 	}
 }
 
+// slowWait is how long frames may wait for the broker's confirms before
+// the drain logs the wait (it always logs a wait that ends failed
+// attempts).
+const slowWait = time.Second
+
 // lane is one drain loop: Wait, Next, publish, hand the confirmed records
 // to the acker, back off on failure.
 //
 // It measures how long frames wait for the broker: from the first attempt
 // of a run of failed ones (or of the batch itself, when nothing failed
 // before it) to the confirms that end it (forest_agent_publish_wait_seconds;
-// logged when attempts had failed).
+// logged when attempts had failed or the wait reached slowWait, as when a
+// quorum queue elects a new leader).
 func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) error {
 	wait := d.backoffMin
 	var failingSince time.Time // first attempt since the last full success
@@ -220,9 +226,9 @@ func (d *drain) lane(stop, hard context.Context, confirmed chan<- []uint64) erro
 			}
 			waited := time.Since(from)
 			d.m.PublishWait.Observe(waited.Seconds())
-			if !failingSince.IsZero() {
-				d.log.Info("broker confirms frames again", "n", len(acks), "waited_seconds", waited.Seconds(),
-					"since", failingSince.UTC().Format(time.RFC3339Nano))
+			if !failingSince.IsZero() || waited >= slowWait {
+				d.log.Info("frames waited for the broker", "n", len(acks), "waited_seconds", waited.Seconds(),
+					"since", from.UTC().Format(time.RFC3339Nano), "after_failures", !failingSince.IsZero())
 			}
 		}
 		switch {
