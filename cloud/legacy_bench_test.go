@@ -250,7 +250,8 @@ func runConsumer(b *testing.B, name string, cmd *exec.Cmd, srv *s3test.Server, b
 	defer deadline.Stop()
 	poll := time.NewTicker(50 * time.Millisecond)
 	defer poll.Stop()
-	for got := 0; got < n; {
+	complete := 0 // listings in a row that found every object (fromLog)
+	for got, ticks := 0, 0; got < n; {
 		select {
 		case <-exited:
 			b.Fatalf("%s exited after storing %d of %d images:\n%s", name, got, n, logTail())
@@ -262,10 +263,22 @@ func runConsumer(b *testing.B, name string, cmd *exec.Cmd, srv *s3test.Server, b
 			}
 			got, last = got+1, at
 		case now := <-poll.C:
-			if fromLog {
+			if ticks++; fromLog && ticks%20 != 0 {
 				continue
 			}
 			objs, _ := count()
+			if fromLog {
+				// A log line lost or garbled must not stall the run: once
+				// the bucket holds everything for a second, the last line
+				// seen ends it.
+				if objs >= n && got > 0 {
+					if complete++; complete == 2 {
+						b.Logf("%s: %d of %d stored lines read; the listing has every object", name, got, n)
+						got = n
+					}
+				}
+				continue
+			}
 			if objs > 0 && first.IsZero() {
 				first = now
 			}
@@ -317,7 +330,9 @@ func BenchmarkLegacy(b *testing.B) {
 		body := legacyMessage(img, fmt.Sprintf("mast-%02d/IMG_%05d.jpg", i%7, i))
 		imgBytes += len(img)
 		msgBytes += len(body)
-		msgs = append(msgs, amqp.Publishing{Body: body})
+		// user_id, as RabbitMQ checks it against the publishing user: what
+		// lets forest-cloud tell which broker user a legacy message came from.
+		msgs = append(msgs, amqp.Publishing{Body: body, UserId: rabbittest.AdminUser})
 	}
 	b.Logf("%d messages from %d images: %dx%d JPEG, %.0f KB on average, %.0f KB per message",
 		n, len(imgs), legacyW, legacyH, float64(imgBytes)/float64(n)/1024, float64(msgBytes)/float64(n)/1024)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"image"
 	"image/color"
+	"image/draw"
+	"image/jpeg"
 	"image/png"
 	"math/rand/v2"
 	"testing"
@@ -57,5 +59,50 @@ func TestEncodePNG(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// BenchmarkEncodePNG converts a 1024×768 4:2:0 JPEG's decoded image to PNG
+// with encodePNG and, for reference, with image/png (default level, from
+// the YCbCr image and from RGBA).
+func BenchmarkEncodePNG(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 5))
+	src := image.NewRGBA(image.Rect(0, 0, 1024, 768))
+	for y := range 768 {
+		for x := range 1024 {
+			n := uint8(r.IntN(24))
+			src.Set(x, y, color.RGBA{uint8(x/4) + n, uint8(y/3) + n, uint8((x+y)/7) + n, 255})
+		}
+	}
+	var jb bytes.Buffer
+	if err := jpeg.Encode(&jb, src, &jpeg.Options{Quality: 88}); err != nil {
+		b.Fatal(err)
+	}
+	img, err := jpeg.Decode(bytes.NewReader(jb.Bytes()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rgba := image.NewRGBA(img.Bounds())
+	draw.Draw(rgba, rgba.Bounds(), img, image.Point{}, draw.Src)
+	for _, c := range []struct {
+		name string
+		f    func() ([]byte, error)
+	}{
+		{"encodePNG", func() ([]byte, error) { return encodePNG(img) }},
+		{"image-png-ycbcr", func() ([]byte, error) { var w bytes.Buffer; err := png.Encode(&w, img); return w.Bytes(), err }},
+		{"image-png-rgba", func() ([]byte, error) { var w bytes.Buffer; err := png.Encode(&w, rgba); return w.Bytes(), err }},
+		{"jpeg-decode", func() ([]byte, error) { _, err := jpeg.Decode(bytes.NewReader(jb.Bytes())); return nil, err }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var n int
+			for b.Loop() {
+				out, err := c.f()
+				if err != nil {
+					b.Fatal(err)
+				}
+				n = len(out)
+			}
+			b.ReportMetric(float64(n), "bytes")
+		})
 	}
 }

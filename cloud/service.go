@@ -33,6 +33,19 @@ import (
 // the live messages.
 const GCPercent = 400
 
+// GCPercentFor is the garbage collector setting forest-cloud runs cfg with
+// unless GOGC is set: GCPercent, or 100 with legacy.format png. Converting
+// keeps megabytes of decoded pixels and PNG bytes live per worker: with
+// 400 the legacy benchmark's peak RSS was 169–189 MB, with 100 it is 76–79
+// MB, at the same 22–24 ms of CPU per converted image (BENCHMARKS.md,
+// legacy path).
+func GCPercentFor(cfg *Config) int {
+	if cfg.Legacy.Format == LegacyPNG {
+		return 100
+	}
+	return GCPercent
+}
+
 // Options configure a Service. Config is required; the rest have useful
 // zero values.
 type Options struct {

@@ -302,3 +302,20 @@ func FuzzLegacy(f *testing.F) {
 		}
 	})
 }
+
+// TestGCPercentFor: forest-cloud collects less often while its live heap is
+// small message bodies, and at the default rate when it converts legacy
+// images to PNG.
+func TestGCPercentFor(t *testing.T) {
+	c, err := cloud.ParseConfig([]byte("amqp: {url: 'amqp://x'}\ns3: {bucket: b}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cloud.GCPercentFor(c); got != cloud.GCPercent {
+		t.Errorf("default: GOGC %d, want %d", got, cloud.GCPercent)
+	}
+	c.Legacy.Format = cloud.LegacyPNG
+	if got := cloud.GCPercentFor(c); got != 100 {
+		t.Errorf("legacy.format png: GOGC %d, want 100", got)
+	}
+}

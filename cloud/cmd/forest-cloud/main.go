@@ -302,6 +302,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	log := newLogger(cfg.Log, stderr)
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(cloud.GCPercentFor(cfg))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
