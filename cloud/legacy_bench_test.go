@@ -404,13 +404,14 @@ s3:
   access_key_id: ${FOREST_BENCH_S3_KEY}
   secret_access_key: ${FOREST_BENCH_S3_SECRET}
 legacy:
+  users: [%s]
   format: %s
 http:
   listen: 127.0.0.1:%d
 log:
   level: debug
   format: json
-`, url, bucket, srv.Endpoint, srv.Region, format, ports[0])
+`, url, bucket, srv.Endpoint, srv.Region, rabbittest.AdminUser, format, ports[0])
 		path := filepath.Join(b.TempDir(), "cloud.yaml")
 		if err := os.WriteFile(path, []byte(cfgYAML), 0o600); err != nil {
 			b.Fatal(err)

@@ -42,7 +42,7 @@ func TestLegacyStored(t *testing.T) {
 			e.declare(t)
 			cfg := *e.cfg
 			if c.format != "" {
-				cfg.Legacy = cloud.LegacyConfig{Format: c.format, Key: c.key}
+				cfg.Legacy.Format, cfg.Legacy.Key = c.format, c.key
 				cfg.S3.LegacyPrefix = c.prefix
 			}
 			publishAll := func() {
