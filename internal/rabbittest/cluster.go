@@ -228,7 +228,7 @@ func (c *Cluster) QueueMembers(vhost, queue string) (leader *Broker, members []*
 	var qs []struct {
 		Name    string   `json:"name"`
 		Leader  string   `json:"leader"`
-		Members []string `json:"members"`
+		Members nodeList `json:"members"`
 	}
 	if err := json.Unmarshal([]byte(out), &qs); err != nil {
 		return nil, nil, fmt.Errorf("list_queues: %w: %s", err, lastLines([]byte(out), 5))
@@ -262,6 +262,24 @@ func (c *Cluster) Leader(t testing.TB, vhost, queue string) *Broker {
 	return l
 }
 
+// nodeList is a list of node names in rabbitmqctl's JSON output: for a
+// quorum queue a list, for a classic queue (which has no members) the
+// empty string.
+type nodeList []string
+
+func (l *nodeList) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		if s != "" {
+			*l = nodeList{s}
+		} else {
+			*l = nil
+		}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]string)(l))
+}
+
 // AwaitMembersOnline waits until every node of the cluster runs and holds
 // an online member of the quorum queue, so that the next node may be
 // killed without losing the queue's majority.
@@ -271,7 +289,7 @@ func (c *Cluster) AwaitMembersOnline(vhost, queue string, timeout time.Duration)
 		out, err := c.CtlErr("list_queues", "-p", vhost, "name", "online", "--formatter", "json")
 		var qs []struct {
 			Name   string   `json:"name"`
-			Online []string `json:"online"`
+			Online nodeList `json:"online"`
 		}
 		if err == nil {
 			err = json.Unmarshal([]byte(out), &qs)

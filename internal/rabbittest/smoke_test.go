@@ -113,6 +113,11 @@ func TestCluster(t *testing.T) {
 		if _, err := ch.QueueDeclare("ha", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
 			t.Fatal(err)
 		}
+		// A classic queue beside it (rabbitmqctl lists its members as ""),
+		// as forest-cloud's status queue sits beside its frames queue.
+		if _, err := ch.QueueDeclare("beside", false, true, false, false, amqp.Table{"x-queue-type": "classic"}); err != nil {
+			t.Fatal(err)
+		}
 		_ = ch.Confirm(false)
 		dc, err := ch.PublishWithDeferredConfirm("", "ha", false, false, amqp.Publishing{DeliveryMode: amqp.Persistent, Body: []byte("x")})
 		if err != nil || !dc.Wait() {
