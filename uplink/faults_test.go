@@ -63,9 +63,13 @@ func waitConfirmed(t *testing.T, l *ledger, n int, within time.Duration) {
 // every confirmed frame survived the crash in the durable queue.
 //
 // The queue is a classic durable queue: on the harness's RabbitMQ 3.10 a
-// single-node quorum queue killed with SIGKILL comes back "running" but
-// never confirms again (seen with bare amqp091-go too), which would test
-// the broker rather than the publisher.
+// quorum queue whose only node is killed with SIGKILL comes back "running"
+// but never confirms again (seen with bare amqp091-go too), which would
+// test the broker rather than the publisher. Quorum queues are deployed on
+// a cluster, where a killed node is one member of three: TestClusterFailover
+// here and agent/e2e TestClusterFailover and TestChainUnderFaults kill
+// nodes of a 3-node cluster, the queue's leader among them, and lose
+// nothing.
 func TestBrokerKilledMidPublish(t *testing.T) {
 	b := rabbittest.Start(t)
 	leakCheck(t)
