@@ -467,11 +467,13 @@ func (a *Agent) brokerUser() string {
 	if a.cfg.Uplink.User != "" {
 		return a.cfg.Uplink.User
 	}
-	for _, raw := range a.cfg.Uplink.Brokers() { // all name the same user
-		if u, err := url.Parse(raw); err == nil && u.User != nil {
-			return u.User.Username()
-		}
-		break
+	brokers := a.cfg.Uplink.Brokers()
+	if len(brokers) == 0 {
+		return ""
+	}
+	// All name the same user (Validate): the first says which.
+	if u, err := url.Parse(brokers[0]); err == nil && u.User != nil {
+		return u.User.Username()
 	}
 	return ""
 }

@@ -297,11 +297,6 @@ func runConsumer(b *testing.B, name string, cmd *exec.Cmd, srv *s3test.Server, b
 	return r
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
 // BenchmarkLegacy runs the service forest-cloud replaces
 // (../shared/peers/legacy_consumer.py, the old devices' Python consumer)
 // and forest-cloud, each as its own process with its defaults (forest-cloud:
