@@ -231,7 +231,9 @@ func TestLegacyNames(t *testing.T) {
 		}
 	}
 	found := strings.Join(keys, " ")
-	for _, want := range []string{"legacy/ok/nested/frame-1.png", "legacy/plain-frame.png"} {
+	// Stored as sent (legacy.format original, the default): the JPEG keeps
+	// its bytes and takes its own extension, whatever the name said.
+	for _, want := range []string{"legacy/ok/nested/frame-1.jpg", "legacy/plain-frame.jpg"} {
 		if !strings.Contains(found, want) {
 			t.Errorf("safe name not stored as %s (keys: %v)", want, keys)
 		}
