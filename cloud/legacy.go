@@ -94,8 +94,8 @@ func legacyFields(body []byte) ([]byte, string, error) {
 
 // legacyFast parses {"image": "<base64>", "image_metadata": {...}, ...}
 // with the image string taken in place. It gives up (ok false) on anything
-// it does not handle exactly as encoding/json would: escapes or control
-// characters in a key or in the image string, a key that differs from
+// it does not handle exactly as encoding/json would: escapes, control
+// characters or non-ASCII bytes in a key or in the image string, a key that differs from
 // "image" or "image_metadata" only in case (encoding/json matches field
 // names case-insensitively), a repeated key, a missing field, a non-string
 // image, or anything malformed. The values of other keys and
@@ -167,8 +167,10 @@ func decodeValue(b []byte, v any) (int, error) {
 }
 
 // plainString returns the contents of the JSON string starting at b[i] and
-// the index after it, if it has no escape sequence and no control
-// character.
+// the index after it, if it is plain ASCII: no escape sequence, no control
+// character and no byte of 0x80 or more (encoding/json replaces invalid
+// UTF-8 with U+FFFD, and matches non-ASCII keys by Unicode case folding;
+// base64 and the keys the fast path looks for are ASCII).
 func plainString(b []byte, i int) ([]byte, int, bool) {
 	if i >= len(b) || b[i] != '"' {
 		return nil, 0, false
@@ -179,7 +181,7 @@ func plainString(b []byte, i int) ([]byte, int, bool) {
 	}
 	s := b[i+1 : i+1+end]
 	for _, c := range s {
-		if c < 0x20 || c == '\\' {
+		if c < 0x20 || c == '\\' || c >= 0x80 {
 			return nil, 0, false
 		}
 	}
