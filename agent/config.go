@@ -180,7 +180,7 @@ func Default() Config {
 			Model:            "forest-unet-v1.onnx",
 			Threads:          2,
 			Tiling:           "resize",
-			MaxPixels:        40_000_000,
+			MaxPixels:        wire.MaxPixels,
 			Filter:           "keep",
 			ThinEvery:        10,
 			OverlayKeepBytes: 64 << 20,

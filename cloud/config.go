@@ -153,8 +153,9 @@ type ConsumerConfig struct {
 	// MaxMessageBytes is the largest body accepted (default 32 MiB).
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// MaxPixels is the largest image accepted, width × height, checked
-	// from the header before decoding (default 32 Mi). Decoding a legacy
-	// image holds up to 4 bytes per pixel per worker.
+	// from the header before decoding (default wire.MaxPixels, 40 M, what
+	// forest-agent takes). Decoding a legacy image holds up to 4 bytes per
+	// pixel per worker.
 	MaxPixels int `yaml:"max_pixels"`
 	// AcceptLegacy accepts the legacy JSON message (default true).
 	AcceptLegacy *bool `yaml:"accept_legacy"`

@@ -16,6 +16,7 @@ import (
 	_ "image/jpeg"
 	_ "image/png"
 
+	"github.com/forestwatch/forest/wire"
 	_ "golang.org/x/image/webp"
 )
 
@@ -49,7 +50,7 @@ type LegacyOptions struct {
 // Defaults of the limits.
 const (
 	DefaultMaxMessageBytes = 32 << 20
-	DefaultMaxPixels       = 32 << 20
+	DefaultMaxPixels       = wire.MaxPixels
 )
 
 // legacyTypes maps the formats a legacy image may have to their content

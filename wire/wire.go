@@ -76,6 +76,12 @@ const (
 // carries the mask in the body, which the consumer bounds as a whole.
 const MaxMaskBytes = 1 << 20
 
+// MaxPixels is the largest frame (width × height) forest-agent takes
+// (segment.max_pixels) and forest-cloud accepts (consumer.max_pixels) by
+// default: one number, so that with default settings no frame a device
+// spooled is dead-lettered for its size.
+const MaxPixels = 40_000_000
+
 // Message is one AMQP message, independent of any client library. Header
 // values are string, int64, float64, []byte or bool, the types every AMQP
 // field table holds.
