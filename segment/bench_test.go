@@ -168,3 +168,62 @@ func TestNoRSSGrowth(t *testing.T) {
 		t.Fatalf("RSS grew by %.1f MiB over %d frames", float64(after-before)/(1<<20), n)
 	}
 }
+
+// aerialFrame returns a w×h frame of real aerial imagery: the sample tile in testdata/aerial
+// mirrored edge to edge (the tiling costs the same whatever the content).
+func aerialFrame(tb testing.TB, w, h int) *image.NRGBA {
+	tb.Helper()
+	src := toRGB(sampleTile(tb).img, nil)
+	out := image.NewNRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		sy := mirror(y, 640)
+		for x := 0; x < w; x++ {
+			s := src[3*(sy*640+mirror(x, 640)):]
+			copy(out.Pix[y*out.Stride+4*x:], []byte{s[0], s[1], s[2], 255})
+		}
+	}
+	return out
+}
+
+// BenchmarkSegmentAerial times the aerial model with the default Auto tiling on large frames,
+// 2 ONNX Runtime threads: the median Segment time and its parts, and the window count.
+// FOREST_BENCH_SIZES (e.g. "2048x2048") restricts the sizes (for runs under qemu).
+func BenchmarkSegmentAerial(b *testing.B) {
+	sizes := []string{"2048x2048", "4000x3000"}
+	if s := os.Getenv("FOREST_BENCH_SIZES"); s != "" {
+		sizes = strings.Split(s, ",")
+	}
+	for _, size := range sizes {
+		var w, h int
+		if _, err := fmt.Sscanf(size, "%dx%d", &w, &h); err != nil {
+			b.Fatalf("size %q: %v", size, err)
+		}
+		b.Run(size+"/threads=2", func(b *testing.B) {
+			m := loadModel(b, aerialModel, Options{Threads: 2})
+			frame := aerialFrame(b, w, h)
+			if _, err := m.Segment(frame); err != nil { // warm up, grow the buffers
+				b.Fatal(err)
+			}
+			var seg, pre, inf, post []time.Duration
+			runs := 0
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				res, err := m.Segment(frame)
+				if err != nil {
+					b.Fatal(err)
+				}
+				seg = append(seg, res.Total)
+				pre = append(pre, res.Preprocess)
+				inf = append(inf, res.Inference)
+				post = append(post, res.Postprocess)
+				runs = res.Runs
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(median(seg).Microseconds())/1000, "segment_ms")
+			b.ReportMetric(float64(median(pre).Microseconds())/1000, "pre_ms")
+			b.ReportMetric(float64(median(inf).Microseconds())/1000, "inference_ms")
+			b.ReportMetric(float64(median(post).Microseconds())/1000, "post_ms")
+			b.ReportMetric(float64(runs), "windows")
+		})
+	}
+}
