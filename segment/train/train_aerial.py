@@ -13,7 +13,7 @@ borders are weighted as hard negatives and large canopy-group boxes are ignored.
 model (the forest.* metadata contract plus forest.pixel_size_m), <out>.metrics.json and <out>.pt.
 Needs only Debian's python3-torch, numpy and PIL.
 """
-import argparse, copy, io, json, math, os, random, sys, time
+import argparse, copy, hashlib, io, json, math, os, random, sys, time
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -404,6 +404,10 @@ def main():
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
     args = ap.parse_args()
+    # Recorded in <out>.metrics.json, so that every model names the run that made it.
+    command = " ".join(["/usr/bin/python3", "segment/train/train_aerial.py"] + sys.argv[1:])
+    with open(os.path.abspath(__file__), "rb") as f:
+        script_sha256 = hashlib.sha256(f.read()).hexdigest()
 
     global CROWN_POWER, CROWN_MAX, HUE, SAT, SCALE_MODE, RING, RING_WEIGHT
     CROWN_POWER, CROWN_MAX, HUE, SAT = args.crown_power, args.crown_max, args.hue, tuple(float(v) for v in args.sat.split(","))
@@ -433,7 +437,11 @@ def main():
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     nsteps = args.time_steps or args.steps
     if args.init:
-        ema.load_state_dict(torch.load(args.init))
+        ck = torch.load(args.init)
+        if "state" not in ck:
+            sys.exit(f"{args.init} has no recorded training arguments (written by an older script): retrain")
+        ema.load_state_dict(ck["state"])
+        trained = ck
         nsteps = 0
     # OAM tiles weighted by labelled area, the NEON image by --neon-share.
     t0 = time.time()
@@ -474,10 +482,15 @@ def main():
             history.append({"step": step, "crown_recall": ev["crown_recall"], "outside_box_share": ev["outside_box_share"]})
             print(f"eval step {step}: val crown recall {ev['crown_recall']:.4f} outside-box share {ev['outside_box_share']:.4f} "
                   + " ".join(f"{k}:{v['crown_recall']}/{v['outside_box_share']}" for k, v in ev["tiles"].items()), flush=True)
-            torch.save(ema.state_dict(), args.out + ".pt")
+            torch.save({"state": ema.state_dict(), "args": vars(args), "command": command, "step": step}, args.out + ".pt")
     if args.time_steps:
         return
-    res = {"params": nparams, "args": vars(args), "mean": mean.tolist(), "std": std.tolist(), "history": history,
+    if args.init:
+        # Evaluated from a checkpoint: what made the weights is the run that wrote it.
+        command, trained_args = trained["command"], dict(trained["args"], init=args.init, step=trained["step"])
+    else:
+        trained_args = vars(args)
+    res = {"params": nparams, "args": trained_args, "command": command, "script_sha256": script_sha256, "mean": mean.tolist(), "std": std.tolist(), "history": history,
            "train": train_oam + TRAIN_NEON, "validation": val, "test": test, "torch": torch.__version__}
     if val:
         sweep = {}
@@ -532,7 +545,8 @@ def main():
     res["onnx_bytes"] = os.path.getsize(args.out)
     with open(args.out + ".metrics.json", "w") as f:
         json.dump(res, f, indent=1)
-    torch.save(ema.state_dict(), args.out + ".pt")
+    if not args.init:
+        torch.save({"state": ema.state_dict(), "args": trained_args, "command": command, "step": nsteps}, args.out + ".pt")
     print("wrote", args.out, res["onnx_bytes"], "bytes", flush=True)
 
 
