@@ -50,7 +50,8 @@ type SegmentConfig struct {
 	Threads int `yaml:"threads"`
 	// Threshold is the forest probability threshold; 0 means the model's.
 	Threshold float64 `yaml:"threshold"`
-	// Tiling is "resize" or "tile".
+	// Tiling is "auto" (windows at the frame's scale, resampled only when a
+	// known pixel size is outside the model's range), "resize" or "tile".
 	Tiling string `yaml:"tiling"`
 	// MaxPixels refuses larger frames before decoding their pixels.
 	MaxPixels int `yaml:"max_pixels"`
@@ -177,9 +178,9 @@ func Default() Config {
 		Device: DeviceConfig{StateDir: "/var/lib/forest-agent"},
 		Source: source.Defaults(),
 		Segment: SegmentConfig{
-			Model:            "forest-unet-v1.onnx",
+			Model:            "canopy-aerial-v1.onnx",
 			Threads:          2,
-			Tiling:           "resize",
+			Tiling:           "auto",
 			MaxPixels:        wire.MaxPixels,
 			Filter:           "keep",
 			ThinEvery:        10,
@@ -303,8 +304,8 @@ func (c *Config) Validate() error {
 	if g.Threshold < 0 || g.Threshold >= 1 {
 		return bad("segment.threshold", "must be within [0,1) (got %v)", g.Threshold)
 	}
-	if g.Tiling != "resize" && g.Tiling != "tile" {
-		return bad("segment.tiling", "must be resize or tile (got %q)", g.Tiling)
+	if g.Tiling != "auto" && g.Tiling != "resize" && g.Tiling != "tile" {
+		return bad("segment.tiling", "must be auto, resize or tile (got %q)", g.Tiling)
 	}
 	if g.MaxPixels <= 0 {
 		return bad("segment.max_pixels", "must be > 0 (got %d)", g.MaxPixels)

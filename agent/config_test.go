@@ -105,7 +105,7 @@ func TestConfigErrors(t *testing.T) {
 		{"segment: {threshold: 1.5}", "segment.threshold", "1.5"},
 		{"segment: {filter: sometimes}", "segment.filter", "keep, thin or drop"},
 		{"segment: {filter: thin, thin_every: 0}", "segment.thin_every", ">= 1"},
-		{"segment: {tiling: zoom}", "segment.tiling", "resize or tile"},
+		{"segment: {tiling: zoom}", "segment.tiling", "auto, resize or tile"},
 		{"segment: {max_pixels: 0}", "segment.max_pixels", "> 0"},
 		{"encode: {mode: png}", "encode.mode", "auto, keep, webp or jpeg"},
 		{"encode: {min_ssim: 1}", "encode.min_ssim", "within (0,1)"},

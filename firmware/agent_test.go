@@ -50,10 +50,10 @@ func sampleFrames(t *testing.T) []string {
 	return m
 }
 
-// defaultModel is the model the package ships.
+// defaultModel is the model the package's config uses (firmware/agent.yaml).
 func defaultModel(t *testing.T) string {
 	t.Helper()
-	p := filepath.Join(repoRoot(t), "segment/models/forest-unet-v1.onnx")
+	p := filepath.Join(repoRoot(t), "segment/models/canopy-aerial-v1.onnx")
 	if _, err := os.Stat(p); err != nil {
 		missing(t, "default model: %v", err)
 	}

@@ -10,10 +10,12 @@
 #                                                 with Debian's gcc-aarch64-linux-gnu)
 #   /usr/lib/forest-agent/libonnxruntime.so.1     ONNX Runtime for that arch, from the
 #                                                 pinned onnxruntime-node (.ci/deps.sh)
-#   /usr/share/forest-agent/models/*.onnx         the default model (segment/models)
+#   /usr/share/forest-agent/models/*.onnx         the shipped models (segment/models):
+#                                                 canopy-aerial-v1 (the default) and
+#                                                 forest-unet-v1 (satellite)
 #   /usr/lib/systemd/system/forest-agent.service  the hardened unit
 #   /etc/forest-agent/agent.yaml                  the default config (a conffile)
-#   /usr/share/doc/forest-agent/                  README, copyright, model card
+#   /usr/share/doc/forest-agent/                  README, copyright, model cards
 #
 # The version comes from `git describe --tags --always --dirty`, made
 # Debian-valid: tag v1.2.3 -> 1.2.3, 3 commits later -> 1.2.3+git3.gabc1234, no
@@ -130,7 +132,9 @@ for arch in $arches; do
 	install -m 0644 "$unit" "$stage/usr/lib/systemd/system/forest-agent.service"
 	install -m 0644 "$config" "$stage/etc/forest-agent/agent.yaml"
 	install -m 0644 "$root/firmware/README.md" "$root/firmware/debian/copyright" "$stage/usr/share/doc/forest-agent/"
-	[ ! -f "$model_dir/MODEL_CARD.md" ] || install -m 0644 "$model_dir/MODEL_CARD.md" "$stage/usr/share/doc/forest-agent/"
+	for card in MODEL_CARD.md CANOPY_AERIAL.md; do
+		[ ! -f "$model_dir/$card" ] || install -m 0644 "$model_dir/$card" "$stage/usr/share/doc/forest-agent/"
+	done
 	install -m 0755 "$root/firmware/debian/postinst" "$root/firmware/debian/prerm" "$root/firmware/debian/postrm" "$stage/DEBIAN/"
 	echo /etc/forest-agent/agent.yaml >"$stage/DEBIAN/conffiles"
 

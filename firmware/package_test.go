@@ -91,13 +91,15 @@ func TestPackage(t *testing.T) {
 		mode     os.FileMode
 		uid, gid int
 	}{
-		"usr/bin/forest-agent":                              {0o755, 0, 0},
-		"usr/lib/forest-agent/libonnxruntime.so.1":          {0o644, 0, 0},
-		"usr/share/forest-agent/models/forest-unet-v1.onnx": {0o644, 0, 0},
-		"usr/lib/systemd/system/forest-agent.service":       {0o644, 0, 0},
-		"etc/forest-agent/agent.yaml":                       {0o640, 0, gid},
-		"etc/forest-agent/environment":                      {0o600, 0, 0},
-		"var/lib/forest-agent":                              {os.ModeDir | 0o750, uid, gid},
+		"usr/bin/forest-agent":                                {0o755, 0, 0},
+		"usr/lib/forest-agent/libonnxruntime.so.1":            {0o644, 0, 0},
+		"usr/share/forest-agent/models/forest-unet-v1.onnx":   {0o644, 0, 0},
+		"usr/share/forest-agent/models/canopy-aerial-v1.onnx": {0o644, 0, 0},
+		"usr/share/doc/forest-agent/CANOPY_AERIAL.md":         {0o644, 0, 0},
+		"usr/lib/systemd/system/forest-agent.service":         {0o644, 0, 0},
+		"etc/forest-agent/agent.yaml":                         {0o640, 0, gid},
+		"etc/forest-agent/environment":                        {0o600, 0, 0},
+		"var/lib/forest-agent":                                {os.ModeDir | 0o750, uid, gid},
 	} {
 		fi, err := os.Stat(filepath.Join(root, path))
 		if err != nil {
@@ -135,6 +137,15 @@ func TestPackage(t *testing.T) {
 		filepath.Join(root, "usr/share/forest-agent/models/forest-unet-v1.onnx"), sampleFrames(t)[0])
 	if !strings.Contains(seg, `"coverage":`) {
 		t.Errorf("installed agent did not segment: %s", seg)
+	}
+	// The default model (a bare name, canopy-aerial-v1.onnx) is found among
+	// the installed models.
+	coverage := regexp.MustCompile(`"coverage":[0-9.e-]+`)
+	def := runEnv(t, root, []string{"ONNXRUNTIME_LIB="}, bin, "segment", "--json", sampleFrames(t)[0])
+	canopy := runEnv(t, root, []string{"ONNXRUNTIME_LIB="}, bin, "segment", "--json", "--model",
+		filepath.Join(root, "usr/share/forest-agent/models/canopy-aerial-v1.onnx"), sampleFrames(t)[0])
+	if c := coverage.FindString(def); c == "" || c != coverage.FindString(canopy) {
+		t.Errorf("installed agent's default model is not the installed canopy-aerial-v1.onnx:\n%s\n%s", def, canopy)
 	}
 	runEnv(t, root, []string{"FOREST_DEVICE_ID=pi-1"}, bin, "config", "check", filepath.Join(root, "etc/forest-agent/agent.yaml"))
 
@@ -309,13 +320,14 @@ func checkDeb(t *testing.T, deb, arch string) (version, extracted string) {
 
 	contents := run(t, "", "dpkg-deb", "--contents", deb)
 	for path, mode := range map[string]string{
-		"./usr/bin/forest-agent":                              "-rwxr-xr-x root/root",
-		"./usr/lib/forest-agent/libonnxruntime.so.1":          "-rw-r--r-- root/root",
-		"./usr/share/forest-agent/models/forest-unet-v1.onnx": "-rw-r--r-- root/root",
-		"./usr/lib/systemd/system/forest-agent.service":       "-rw-r--r-- root/root",
-		"./etc/forest-agent/agent.yaml":                       "-rw-r--r-- root/root",
-		"./usr/share/doc/forest-agent/copyright":              "-rw-r--r-- root/root",
-		"./":                                                  "drwxr-xr-x root/root",
+		"./usr/bin/forest-agent":                                "-rwxr-xr-x root/root",
+		"./usr/lib/forest-agent/libonnxruntime.so.1":            "-rw-r--r-- root/root",
+		"./usr/share/forest-agent/models/forest-unet-v1.onnx":   "-rw-r--r-- root/root",
+		"./usr/share/forest-agent/models/canopy-aerial-v1.onnx": "-rw-r--r-- root/root",
+		"./usr/lib/systemd/system/forest-agent.service":         "-rw-r--r-- root/root",
+		"./etc/forest-agent/agent.yaml":                         "-rw-r--r-- root/root",
+		"./usr/share/doc/forest-agent/copyright":                "-rw-r--r-- root/root",
+		"./":                                                    "drwxr-xr-x root/root",
 	} {
 		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(mode) + `\s.*\s` + regexp.QuoteMeta(path) + `$`).MatchString(contents) {
 			t.Errorf("dpkg-deb --contents: no %s %s in\n%s", mode, path, contents)
