@@ -185,9 +185,13 @@ func aerialFrame(tb testing.TB, w, h int) *image.NRGBA {
 	return out
 }
 
-// BenchmarkSegmentAerial times the aerial model with the default Auto tiling on large frames,
-// 2 ONNX Runtime threads: the median Segment time and its parts, and the window count.
-// FOREST_BENCH_SIZES (e.g. "2048x2048") restricts the sizes (for runs under qemu).
+// BenchmarkSegmentAerial times the aerial model with the package's default tiling (Auto) on
+// large frames of real aerial imagery, 2 ONNX Runtime threads, against ONNX Runtime alone on
+// the same windows: a bare AdvancedSession.Run repeated once per window on the pre-built
+// input tensor, interleaved with Segment in the same loop (as BenchmarkSegment) so both see
+// the same machine load. x_bare is the ratio of the medians: what tiling, blending and
+// thresholding add to the inferences. FOREST_BENCH_SIZES (e.g. "2048x2048") restricts the
+// sizes (for runs under qemu).
 func BenchmarkSegmentAerial(b *testing.B) {
 	sizes := []string{"2048x2048", "4000x3000"}
 	if s := os.Getenv("FOREST_BENCH_SIZES"); s != "" {
@@ -198,28 +202,51 @@ func BenchmarkSegmentAerial(b *testing.B) {
 		if _, err := fmt.Sscanf(size, "%dx%d", &w, &h); err != nil {
 			b.Fatalf("size %q: %v", size, err)
 		}
-		b.Run(size+"/threads=2", func(b *testing.B) {
+		b.Run(size+"/threads=2/auto", func(b *testing.B) {
 			m := loadModel(b, aerialModel, Options{Threads: 2})
 			frame := aerialFrame(b, w, h)
-			if _, err := m.Segment(frame); err != nil { // warm up, grow the buffers
+			res, err := m.Segment(frame) // warm up, grow the buffers
+			if err != nil {
 				b.Fatal(err)
 			}
-			var seg, pre, inf, post []time.Duration
-			runs := 0
+			runs := res.Runs
+			bareRuns := func() time.Duration {
+				t := time.Now()
+				for r := 0; r < runs; r++ {
+					if err := m.sess.Run(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				return time.Since(t)
+			}
+			var seg, bare, pre, inf, post []time.Duration
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
+				// Alternate which goes first so neither gets the warmer caches.
+				if i%2 == 1 {
+					bare = append(bare, bareRuns())
+				}
+				t0 := time.Now()
 				res, err := m.Segment(frame)
 				if err != nil {
 					b.Fatal(err)
 				}
-				seg = append(seg, res.Total)
+				seg = append(seg, time.Since(t0))
 				pre = append(pre, res.Preprocess)
 				inf = append(inf, res.Inference)
 				post = append(post, res.Postprocess)
-				runs = res.Runs
+				if res.Runs != runs {
+					b.Fatalf("%d windows, then %d", runs, res.Runs)
+				}
+				if i%2 == 0 {
+					bare = append(bare, bareRuns())
+				}
 			}
 			b.StopTimer()
-			b.ReportMetric(float64(median(seg).Microseconds())/1000, "segment_ms")
+			ms, mb := median(seg), median(bare)
+			b.ReportMetric(float64(ms.Microseconds())/1000, "segment_ms")
+			b.ReportMetric(float64(mb.Microseconds())/1000, "bare_run_ms")
+			b.ReportMetric(float64(ms)/float64(mb), "x_bare")
 			b.ReportMetric(float64(median(pre).Microseconds())/1000, "pre_ms")
 			b.ReportMetric(float64(median(inf).Microseconds())/1000, "inference_ms")
 			b.ReportMetric(float64(median(post).Microseconds())/1000, "post_ms")
