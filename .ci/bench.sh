@@ -24,8 +24,11 @@ rm -f "$out"/*.txt
 bench spool ./spool -bench 'Put|AltBlob' -count "$count"
 bench spool ./spool -bench 'Ack64' -benchtime 40x -count "$count"
 bench spool ./spool -bench 'Memory10k' -benchtime 1x -count 3
-# segment: Model.Segment against a bare onnxruntime_go Run (x_bare).
-bench segment ./segment -bench . -count "$count"
+# segment: Model.Segment against a bare onnxruntime_go Run (x_bare); the
+# aerial model's default tiling on 2048x2048 and 4000x3000 frames against the
+# bare Run once per window (seconds per frame, so a fixed count).
+bench segment ./segment -bench 'BenchmarkSegment$|MaskFromScore|BoxDownscale' -count "$count"
+bench segment ./segment -bench 'BenchmarkSegmentAerial' -benchtime 6x -count 3 -timeout 30m
 # uplink: Publisher against bare amqp091-go, rounds interleaved.
 bench uplink ./uplink -bench 'PublishRatio' -benchtime 16x -count 3
 bench uplink ./uplink -bench 'Publish$' -benchtime 2000x -count 3
