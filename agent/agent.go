@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -49,6 +50,11 @@ type Options struct {
 	Report func(FrameReport)
 	// ConfigPath names the configuration file in messages to people.
 	ConfigPath string
+	// GoMemoryLimit, when > 0, holds the Go heap to this soft limit
+	// (debug.SetMemoryLimit), raised to 5 bytes per pixel for a frame
+	// that needs more, so that a large frame does not spend its time
+	// collecting garbage. forest-agent run sets it unless GOMEMLIMIT is.
+	GoMemoryLimit int64
 
 	// trace, in tests, records shutdown steps in order.
 	trace func(step string)
@@ -165,7 +171,10 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	info := a.model.Info()
 	a.modelID = info.ID + "/" + info.Version
 	a.pipe = &pipeline{cfg: cfg, model: a.model, modelID: a.modelID, q: a.q, m: a.m, clockSynced: a.clockSynced,
-		status: a.status, log: a.log, report: opts.Report}
+		status: a.status, log: a.log, report: opts.Report, memLimit: opts.GoMemoryLimit}
+	if opts.GoMemoryLimit > 0 {
+		debug.SetMemoryLimit(opts.GoMemoryLimit)
+	}
 	a.src = source.New(cfg.Source, source.Env{
 		Log: log.With("component", "source", "source", cfg.Source.Type),
 		Failed: func(src string, err error) {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -102,9 +103,11 @@ type pipeline struct {
 	hook func(stage string)
 	// clockSynced reports whether the clock can be trusted (clockSynced).
 	clockSynced func() bool
-	enc         *encoder      // made on the first frame
-	below       atomic.Uint64 // frames below min_coverage seen, for thinning
-	busy        atomic.Int64  // start of the frame in flight (unix ns), 0 when idle
+	// memLimit is Options.GoMemoryLimit.
+	memLimit int64
+	enc      *encoder      // made on the first frame
+	below    atomic.Uint64 // frames below min_coverage seen, for thinning
+	busy     atomic.Int64  // start of the frame in flight (unix ns), 0 when idle
 }
 
 // priority maps coverage to a spool priority: 0 (<25 % forest) to 4 (100 %).
@@ -154,6 +157,12 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrBadFrame, c.Name, err)
+	}
+	if p.memLimit > 0 {
+		// A frame holds about 4 bytes per pixel at once (decoded frame,
+		// mask, camera bytes, spool record): a limit below that would
+		// have the collector run without end.
+		debug.SetMemoryLimit(max(p.memLimit, 5*int64(f.Width)*int64(f.Height)))
 	}
 	ts := time.Now()
 	res, err := p.model.Segment(f.Image)

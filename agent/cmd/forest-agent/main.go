@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -139,9 +138,9 @@ present), prints one line per frame and a summary, and exits without
 publishing.
 
 The Go heap is held to a soft limit of 64 MiB, so that a stream of 12-MP
-frames stays within about 150 MB of RSS; frames that need more still get it,
-at the cost of more garbage collection. GOMEMLIMIT in the environment
-replaces the limit (GOMEMLIMIT=off removes it).
+frames stays within about 150 MB of RSS; a larger frame raises it to 5 bytes
+per pixel. GOMEMLIMIT in the environment replaces the limit
+(GOMEMLIMIT=off removes it).
 
 Examples:
   forest-agent run --config /etc/forest-agent/agent.yaml
@@ -161,11 +160,12 @@ Examples:
 		fmt.Fprintf(stderr, "forest-agent run: %v\n", err)
 		return 1
 	}
+	var memLimit int64
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(goMemoryLimit)
+		memLimit = goMemoryLimit
 	}
 	log := logger(cfg, stderr)
-	a, err := agent.New(cfg, agent.Options{Logger: log, ConfigPath: *cfgPath})
+	a, err := agent.New(cfg, agent.Options{Logger: log, ConfigPath: *cfgPath, GoMemoryLimit: memLimit})
 	if err != nil {
 		fmt.Fprintf(stderr, "forest-agent run: %v\n", err)
 		return 1
