@@ -1,7 +1,6 @@
 package firmware
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"os"
@@ -9,13 +8,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/forestwatch/forest/internal/rabbittest"
+	"github.com/forestwatch/forest/internal/unitfile"
 )
 
 func TestMain(m *testing.M) {
@@ -45,30 +44,8 @@ func need(t *testing.T, tool string) string {
 // unit parses forest-agent.service into section -> key -> values.
 func unit(t *testing.T) map[string]map[string][]string {
 	t.Helper()
-	f, err := os.Open("forest-agent.service")
+	u, err := unitfile.Parse("forest-agent.service")
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	u := map[string]map[string][]string{}
-	sec := ""
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		ln := strings.TrimSpace(sc.Text())
-		switch {
-		case ln == "" || ln[0] == '#' || ln[0] == ';':
-		case ln[0] == '[':
-			sec = strings.Trim(ln, "[]")
-			u[sec] = map[string][]string{}
-		default:
-			k, v, ok := strings.Cut(ln, "=")
-			if !ok {
-				t.Fatalf("bad unit line %q", ln)
-			}
-			u[sec][k] = append(u[sec][k], v)
-		}
-	}
-	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
 	return u

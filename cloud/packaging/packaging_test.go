@@ -1,7 +1,6 @@
 package packaging
 
 import (
-	"bufio"
 	"bytes"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/forestwatch/forest/cloud"
+	"github.com/forestwatch/forest/internal/unitfile"
 )
 
 // missing fails the test when CI is set and skips it otherwise.
@@ -46,28 +46,9 @@ func repoRoot(t *testing.T) string {
 // unit parses forest-cloud.service into section -> key -> values.
 func unit(t *testing.T) map[string]map[string][]string {
 	t.Helper()
-	f, err := os.Open("forest-cloud.service")
+	u, err := unitfile.Parse("forest-cloud.service")
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	u := map[string]map[string][]string{}
-	sec := ""
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		ln := strings.TrimSpace(sc.Text())
-		switch {
-		case ln == "" || ln[0] == '#' || ln[0] == ';':
-		case ln[0] == '[':
-			sec = strings.Trim(ln, "[]")
-			u[sec] = map[string][]string{}
-		default:
-			k, v, ok := strings.Cut(ln, "=")
-			if !ok {
-				t.Fatalf("bad unit line %q", ln)
-			}
-			u[sec][k] = append(u[sec][k], v)
-		}
 	}
 	return u
 }
