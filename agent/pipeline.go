@@ -251,9 +251,12 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 		return fmt.Errorf("spool frame %s: %w", c.Name, err)
 	}
 	p.m.Spooled.Inc()
-	for stage, d := range map[string]time.Duration{"decode": tDecode, "segment": tSegment, "encode": enc.ImageTime, "mask": enc.MaskTime, "put": tPut} {
-		p.m.StageSeconds.WithLabelValues(stage).Observe(d.Seconds())
-	}
+	st := p.m.StageSeconds
+	st.WithLabelValues("decode").Observe(tDecode.Seconds())
+	st.WithLabelValues("segment").Observe(tSegment.Seconds())
+	st.WithLabelValues("encode").Observe(enc.ImageTime.Seconds())
+	st.WithLabelValues("mask").Observe(enc.MaskTime.Seconds())
+	st.WithLabelValues("put").Observe(tPut.Seconds())
 	seq := id
 	d := time.Since(t0)
 	p.m.FrameSeconds.Observe(d.Seconds())
