@@ -28,6 +28,7 @@ import (
 	_ "image/png"
 
 	"github.com/forestwatch/forest/cloud"
+	"github.com/forestwatch/forest/internal/freeport"
 	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/internal/s3test"
 )
@@ -385,7 +386,7 @@ func BenchmarkLegacy(b *testing.B) {
 	}
 	forestCloud := func(format string) consumerRun {
 		bucket := srv.Bucket(b)
-		ports, err := rabbittest.FreePorts(1)
+		ports, err := freeport.Ports(1)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/cloud"
+	"github.com/forestwatch/forest/internal/freeport"
 	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
@@ -58,7 +59,7 @@ func TestHTTPAndReconnect(t *testing.T) {
 	e := newEnv(t, nil)
 	noLeaks(t)
 	e.declare(t)
-	ports, err := rabbittest.FreePorts(1)
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package cloud_test
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -12,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/forestwatch/forest/internal/freeport"
 )
 
 // TestS3Outage takes S3 away for longer than 3 × delivery_limit × the
@@ -181,10 +182,9 @@ func failingS3(t *testing.T, target, prefix string, fail *atomic.Bool) string {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", "127.0.0.1:0")
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }

@@ -13,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/forestwatch/forest/internal/faultproxy"
+	"github.com/forestwatch/forest/internal/freeport"
 	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/uplink"
 	"github.com/forestwatch/forest/wire"
@@ -125,7 +126,7 @@ func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 
 // reports every message Unsent, and Run keeps retrying until cancelled.
 func TestNotConnected(t *testing.T) {
 	leakCheck(t)
-	ports, err := rabbittest.FreePorts(1)
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		t.Fatal(err)
 	}

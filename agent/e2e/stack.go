@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/forestwatch/forest/internal/faultproxy"
+	"github.com/forestwatch/forest/internal/freeport"
 	"github.com/forestwatch/forest/internal/rabbittest"
 	"github.com/forestwatch/forest/internal/s3test"
 )
@@ -315,7 +316,7 @@ func (s *Stack) Setup(agents []AgentOptions, cloudExtra string) error {
 	if err := ctl("set_permissions", "-p", "/", cloudUser, ".*", ".*", ".*"); err != nil {
 		return err
 	}
-	ports, err := rabbittest.FreePorts(len(agents) + 1)
+	ports, err := freeport.Ports(len(agents) + 1)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/forestwatch/forest/internal/freeport"
 	"github.com/forestwatch/forest/internal/rabbittest"
 )
 
@@ -42,7 +43,7 @@ func TestAgentTLS(t *testing.T) {
 	start := func(name string, c *rabbittest.Certs, n int) *Agent {
 		t.Helper()
 		dir := filepath.Join(t.TempDir(), name)
-		ports, err := rabbittest.FreePorts(1)
+		ports, err := freeport.Ports(1)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -27,6 +27,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forestwatch/forest/internal/freeport"
 )
 
 // Marker is an argument passed to the brokers the harness starts, so that
@@ -97,7 +99,7 @@ func Shared(t testing.TB) *Broker {
 		if u := os.Getenv("FOREST_AMQP_URL"); u != "" {
 			shared, sharedErr = attach(u)
 		} else {
-			shared, sharedErr = start()
+			shared, sharedErr = retryPortClash(start)
 		}
 	}
 	if sharedErr != nil {
@@ -113,7 +115,7 @@ func Start(t testing.TB) *Broker {
 	if os.Getenv("FOREST_AMQP_URL") != "" && os.Getenv("CI") == "" {
 		t.Skip("FOREST_AMQP_URL is set: this test needs a broker it can restart")
 	}
-	b, err := start()
+	b, err := retryPortClash(start)
 	if err != nil {
 		Unavailable(t, "rabbitmq: %v", err)
 	}
@@ -126,7 +128,19 @@ func Start(t testing.TB) *Broker {
 
 // Launch starts a private broker outside a test, for tools such as the demo.
 // The caller must Close it.
-func Launch() (*Broker, error) { return start() }
+func Launch() (*Broker, error) { return retryPortClash(start) }
+
+// retryPortClash runs start again, up to twice, when a node failed because
+// one of its ports was taken between freeport's check and the node's bind
+// (another test process may have drawn the same port).
+func retryPortClash[T any](start func() (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		v, err := start()
+		if err == nil || i == 2 || !strings.Contains(err.Error(), "eaddrinuse") {
+			return v, err
+		}
+	}
+}
 
 // Close stops a launched broker and removes its data.
 func (b *Broker) Close() error {
@@ -162,7 +176,7 @@ func start() (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := FreePorts(1)
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +210,7 @@ func newNode(epmdPort int, cookie, peer string) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := FreePorts(2)
+	ports, err := freeport.Ports(2)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -514,24 +528,4 @@ func sanitize(s string) string {
 		return sb.String()[:60]
 	}
 	return sb.String()
-}
-
-// FreePorts returns n distinct free TCP ports on 127.0.0.1.
-func FreePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

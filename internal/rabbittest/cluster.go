@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forestwatch/forest/internal/freeport"
 )
 
 // Cluster is a RabbitMQ cluster of nodes started by the harness, all on
@@ -40,7 +42,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	if os.Getenv("FOREST_AMQP_URL") != "" && os.Getenv("CI") == "" {
 		t.Skip("FOREST_AMQP_URL is set: this test needs brokers it can kill")
 	}
-	c, err := startCluster(n)
+	c, err := retryPortClash(func() (*Cluster, error) { return startCluster(n) })
 	if err != nil {
 		Unavailable(t, "rabbitmq cluster: %v", err)
 	}
@@ -57,7 +59,9 @@ func StartCluster(t testing.TB, n int) *Cluster {
 
 // LaunchCluster starts a cluster outside a test, for tools such as the
 // demo. The caller must Close it.
-func LaunchCluster(n int) (*Cluster, error) { return startCluster(n) }
+func LaunchCluster(n int) (*Cluster, error) {
+	return retryPortClash(func() (*Cluster, error) { return startCluster(n) })
+}
 
 func startCluster(n int) (*Cluster, error) {
 	if n < 1 {
@@ -67,7 +71,7 @@ func startCluster(n int) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := FreePorts(1)
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		return nil, err
 	}

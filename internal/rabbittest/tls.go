@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/forestwatch/forest/internal/freeport"
 )
 
 // Certs are PEM files of a throwaway certificate authority, a broker
@@ -135,7 +137,7 @@ func StartTLS(t testing.TB, certs *Certs) *TLSBroker {
 	b := Start(t)
 	// The harness's start writes a plain configuration and boots; restart
 	// the node with the TLS listener added.
-	ports, err := FreePorts(1)
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/forestwatch/forest/internal/freeport"
 )
 
 // Test credentials of every harness server (or FOREST_S3_ACCESS_KEY and
@@ -238,14 +240,13 @@ func newServer(k Kind) (*Server, error) {
 		return nil, err
 	}
 	// The S3 port, and MinIO's console port.
+	ports, err := freeport.Ports(2)
+	if err != nil {
+		return nil, err
+	}
 	var addrs []string
-	for range 2 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		addrs = append(addrs, l.Addr().String())
-		defer l.Close()
+	for _, p := range ports {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", p))
 	}
 	addr := addrs[0]
 	s := &Server{
