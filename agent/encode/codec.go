@@ -94,11 +94,25 @@ func decodeLuma(f Format, data []byte, l *Luma) error {
 		if err != nil {
 			return fmt.Errorf("decode own webp: %w", err)
 		}
-		y, ok := img.(*image.YCbCr)
-		if !ok {
+		switch m := img.(type) {
+		case *image.YCbCr:
+			vp8Luma(l, m)
+		case *image.NYCbCrA:
+			// A frame with transparent pixels (an orthomosaic's no-data):
+			// composited on black, as lumaInto does with the reference.
+			vp8Luma(l, &m.YCbCr)
+			for y := 0; y < l.H; y++ {
+				for x := 0; x < l.W; x++ {
+					a := uint32(m.A[m.AOffset(m.Rect.Min.X+x, m.Rect.Min.Y+y)])
+					if a != 0xff {
+						p := &l.Pix[y*l.W+x]
+						*p = uint8((uint32(*p)*a + 127) / 0xff)
+					}
+				}
+			}
+		default:
 			return fmt.Errorf("decode own webp: got %T, want a lossy (Y'CbCr) image", img)
 		}
-		vp8Luma(l, y)
 	}
 	return nil
 }

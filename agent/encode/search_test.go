@@ -170,3 +170,37 @@ func TestSampledSearch(t *testing.T) {
 		}
 	}
 }
+
+// TestSearchTransparent: a frame with transparent pixels (an orthomosaic's
+// no-data border, a PNG with alpha) encodes as WebP with alpha, and its
+// SSIM is measured as the reference's: composited on black.
+func TestSearchTransparent(t *testing.T) {
+	src := load(t, "testdata/neon_192.png")
+	img := imaging.Clone(src) // *image.NRGBA
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Min.X+b.Dx()/4; x++ {
+			img.Pix[img.PixOffset(x, y)+3] = 0
+		}
+	}
+	s, err := NewSearcher(Options{Format: WebP, MinSSIM: 0.95})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Encode(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l Luma
+	if err := decodeLuma(WebP, r.Data, &l); err != nil {
+		t.Fatal(err)
+	}
+	if got := SSIM(LumaOf(img), &l); !r.Met || got < 0.95 {
+		t.Errorf("q%d met %v SSIM %.4f", r.Quality, r.Met, got)
+	}
+	for x := range b.Dx() / 4 {
+		if v := l.Pix[(b.Dy()/2)*l.W+x]; v > 2 {
+			t.Fatalf("transparent pixel %d decodes to luma %d, want black", x, v)
+		}
+	}
+}
