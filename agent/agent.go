@@ -163,7 +163,7 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	tiling, _ := segment.ParseTiling(cfg.Segment.Tiling)
 	a.model, err = segment.Load(cfg.Segment.Model, segment.Options{
 		Threads: cfg.Segment.Threads, LibraryPath: cfg.Segment.Library, Threshold: cfg.Segment.Threshold,
-		Tiling: tiling, Logger: log,
+		Tiling: tiling, PixelSize: cfg.Segment.PixelSize, Logger: log,
 	})
 	if err != nil {
 		return a, fmt.Errorf("load model: %w", err)
@@ -539,8 +539,12 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 			fmt.Fprintf(w, "%-44s coverage %5.1f%%  %s (below segment.min_coverage %.2f)\n", r.Name, r.Coverage*100, r.Filtered, a.cfg.Segment.MinCoverage)
 		default:
 			sum.Spooled++
-			fmt.Fprintf(w, "%-44s coverage %5.1f%%  spooled id %d as %s (%dx%d, %s, %d ms)\n", r.Name, r.Coverage*100,
-				r.SpoolID, wire.FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, human.Bytes(int64(r.Bytes)), r.Duration.Milliseconds())
+			scaled := ""
+			if r.Scale > 0 && r.Scale != 1 {
+				scaled = fmt.Sprintf(", segmented at %.2g× for its pixel size", r.Scale)
+			}
+			fmt.Fprintf(w, "%-44s coverage %5.1f%%  spooled id %d as %s (%dx%d%s, %s, %d ms)\n", r.Name, r.Coverage*100,
+				r.SpoolID, wire.FrameID(a.cfg.Device.ID, r.Seq), r.Width, r.Height, scaled, human.Bytes(int64(r.Bytes)), r.Duration.Milliseconds())
 		}
 		if report != nil {
 			report(r)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -53,6 +54,11 @@ type SegmentConfig struct {
 	// Tiling is "auto" (windows at the frame's scale, resampled only when a
 	// known pixel size is outside the model's range), "resize" or "tile".
 	Tiling string `yaml:"tiling"`
+	// PixelSize is the ground size of a frame pixel in metres when the
+	// camera fixes it (a mast at a known height); 0: unknown. A GeoTIFF's
+	// own pixel size wins. With Tiling "auto", a frame whose pixel size is
+	// outside the model's range is resampled into it.
+	PixelSize float64 `yaml:"pixel_size_m"`
 	// MaxPixels refuses larger frames before decoding their pixels.
 	MaxPixels int `yaml:"max_pixels"`
 	// Filter says what happens to frames whose coverage is below MinCoverage:
@@ -303,6 +309,9 @@ func (c *Config) Validate() error {
 	}
 	if g.Threshold < 0 || g.Threshold >= 1 {
 		return bad("segment.threshold", "must be within [0,1) (got %v)", g.Threshold)
+	}
+	if !(g.PixelSize >= 0) || math.IsInf(g.PixelSize, 0) {
+		return bad("segment.pixel_size_m", "must be a size in metres, or 0 when unknown (got %v)", g.PixelSize)
 	}
 	if g.Tiling != "auto" && g.Tiling != "resize" && g.Tiling != "tile" {
 		return bad("segment.tiling", "must be auto, resize or tile (got %q)", g.Tiling)

@@ -106,6 +106,8 @@ func TestConfigErrors(t *testing.T) {
 		{"segment: {filter: sometimes}", "segment.filter", "keep, thin or drop"},
 		{"segment: {filter: thin, thin_every: 0}", "segment.thin_every", ">= 1"},
 		{"segment: {tiling: zoom}", "segment.tiling", "auto, resize or tile"},
+		{"segment: {pixel_size_m: -0.1}", "segment.pixel_size_m", "metres"},
+		{"segment: {pixel_size_m: .nan}", "segment.pixel_size_m", "metres"},
 		{"segment: {max_pixels: 0}", "segment.max_pixels", "> 0"},
 		{"encode: {mode: png}", "encode.mode", "auto, keep, webp or jpeg"},
 		{"encode: {min_ssim: 1}", "encode.min_ssim", "within (0,1)"},

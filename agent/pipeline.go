@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"image"
 	"image/png"
 	"log/slog"
 	"os"
@@ -52,7 +51,7 @@ type Meta struct {
 
 // segmenter is the part of *segment.Model the pipeline uses.
 type segmenter interface {
-	Segment(image.Image) (*segment.Result, error)
+	SegmentFrame(*segment.Frame) (*segment.Result, error)
 	Info() segment.Info
 }
 
@@ -80,6 +79,9 @@ type FrameReport struct {
 	Seq      uint64
 	SpoolID  uint64 // 0 when not spooled
 	Coverage float64
+	// Scale is the factor the frame was resampled by for the model because
+	// of its pixel size (segment.Result.Scale); 1 when it ran at its own.
+	Scale    float64
 	Width    int
 	Height   int
 	Bytes    int    // transmitted image bytes
@@ -165,14 +167,14 @@ func (p *pipeline) handle(ctx context.Context, c *source.Capture) (err error) {
 		debug.SetMemoryLimit(max(p.memLimit, 5*int64(f.Width)*int64(f.Height)))
 	}
 	ts := time.Now()
-	res, err := p.model.Segment(f.Image)
+	res, err := p.model.SegmentFrame(f)
 	if err != nil {
 		return fmt.Errorf("segment %s: %w", c.Name, err)
 	}
 	tDecode, tSegment := ts.Sub(td), time.Since(ts)
 	p.m.SegmentSeconds.Observe(tSegment.Seconds())
 	p.m.Segmented.Inc()
-	rep := FrameReport{Name: c.Name, Coverage: res.Coverage, Width: f.Width, Height: f.Height}
+	rep := FrameReport{Name: c.Name, Coverage: res.Coverage, Scale: res.Scale, Width: f.Width, Height: f.Height}
 
 	if g := p.cfg.Segment; res.Coverage < g.MinCoverage && g.Filter != "keep" {
 		n := p.below.Add(1)

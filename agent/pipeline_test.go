@@ -1,13 +1,17 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
+	"image/png"
 	"math"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -207,6 +211,39 @@ func TestAttemptsClearedWhenNotSpooled(t *testing.T) {
 		err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: "bare", Data: bare, Key: "bare"})
 		if !errors.Is(err, spool.ErrFull) || errors.Is(err, ErrBadFrame) {
 			t.Fatalf("try %d: %v, want the spool's ErrFull, not a given-up frame", i, err)
+		}
+	}
+}
+
+// TestPixelSize: segment.pixel_size_m reaches the model, so a frame finer
+// than the aerial model's range (0.1-0.4 m) is resampled into it before
+// segmentation, and one inside the range, or of unknown size, is not.
+func TestPixelSize(t *testing.T) {
+	needModel(t)
+	img := image.NewRGBA(image.Rect(0, 0, 600, 400))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i * 7)
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ px, scale float64 }{{0, 1}, {0.25, 1}, {0.02, 0.2}} {
+		cfg := testConfig(t)
+		cfg.Segment.Model = filepath.Join("..", "segment", "models", "canopy-aerial-v1.onnx")
+		cfg.Segment.PixelSize = tc.px
+		var got FrameReport
+		a, err := New(cfg, Options{Logger: testLogger(t), Report: func(r FrameReport) { got = r }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: "f.png", Data: buf.Bytes()})
+		a.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(got.Scale-tc.scale) > 0.01 || got.Width != 600 {
+			t.Errorf("pixel_size_m %v: scale %v (frame %dx%d), want %v at 600x400", tc.px, got.Scale, got.Width, got.Height, tc.scale)
 		}
 	}
 }

@@ -41,7 +41,7 @@ TRAIN_NEON = ["2019_YELL_2_541000_4977000_image_crop"]
 INPUT = 256          # exported input side
 THRESHOLDS = [0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.22, 0.27, 0.33, 0.4, 0.5]
 GROUP_FRAC = 0.04    # boxes larger than this share of their image are canopy groups (ignored)
-ELLIPSE = 0.9        # positives: the inscribed ellipse of a crown box scaled by this
+ELLIPSE = 0.9        # positives: the inscribed ellipse of a crown box scaled by this (set from --ellipse)
 GSD_RANGE = (0.08, 0.40)  # training pixel sizes (metres) with --scale-mode absolute
 PIXEL_SIZE_RANGE = (0.1, 0.4)  # recorded as forest.pixel_size_m: where most training crops lie
 SCALE_JITTER = (0.5, 2.0)  # --scale-mode relative: pixel size = the source's times this, log-uniform
@@ -399,6 +399,8 @@ def main():
     ap.add_argument("--focal", type=float, default=0.0, help="focal loss gamma (0: plain BCE)")
     ap.add_argument("--ring", type=int, default=0, help="pixels just outside boxes (this many, at the source's resolution) ...")
     ap.add_argument("--ring-weight", type=float, default=3.0, help="... weigh this much as negatives")
+    ap.add_argument("--ellipse", type=float, default=0.9,
+                    help="positives: the ellipse inscribed in each crown box, scaled by this (1: the whole inscribed ellipse)")
     ap.add_argument("--crown-max", type=float, default=2.0, help="cap of the crown weight")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
@@ -409,7 +411,8 @@ def main():
     with open(os.path.abspath(__file__), "rb") as f:
         script_sha256 = hashlib.sha256(f.read()).hexdigest()
 
-    global CROWN_POWER, CROWN_MAX, HUE, SAT, SCALE_MODE, RING, RING_WEIGHT
+    global CROWN_POWER, CROWN_MAX, HUE, SAT, SCALE_MODE, RING, RING_WEIGHT, ELLIPSE
+    ELLIPSE = args.ellipse
     CROWN_POWER, CROWN_MAX, HUE, SAT = args.crown_power, args.crown_max, args.hue, tuple(float(v) for v in args.sat.split(","))
     SCALE_MODE, RING, RING_WEIGHT = args.scale_mode, args.ring, args.ring_weight
     torch.set_num_threads(args.threads)

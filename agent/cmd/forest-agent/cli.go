@@ -21,6 +21,7 @@ type segmentResult struct {
 	Coverage float64 `json:"coverage"`
 	Width    int     `json:"width"`
 	Height   int     `json:"height"`
+	Scale    float64 `json:"scale"`
 	MS       float64 `json:"ms"`
 	Mask     string  `json:"mask,omitempty"`
 	Overlay  string  `json:"overlay,omitempty"`
@@ -33,6 +34,8 @@ type segmentOptions struct {
 	Model, Library string
 	// Threads is the ONNX Runtime thread count (0 lets it choose).
 	Threads int
+	// PixelSize is the images' ground metres per pixel (0: unknown).
+	PixelSize float64
 	// OutDir, when set, receives <name>.mask.png (0/255) and
 	// <name>.overlay.png per image.
 	OutDir string
@@ -46,7 +49,7 @@ type segmentOptions struct {
 // its coverage, size and timing to w. It returns the number of files that
 // failed; a file that fails does not stop the others.
 func segmentFiles(files []string, o segmentOptions, w io.Writer) (failed int, err error) {
-	m, err := segment.Load(o.Model, segment.Options{Threads: o.Threads, LibraryPath: o.Library})
+	m, err := segment.Load(o.Model, segment.Options{Threads: o.Threads, LibraryPath: o.Library, PixelSize: o.PixelSize})
 	if err != nil {
 		return 0, err
 	}
@@ -93,13 +96,13 @@ func segmentOne(m *segment.Model, file string, o segmentOptions) segmentResult {
 		r.Error = err.Error()
 		return r
 	}
-	res, err := m.Segment(f.Image)
+	res, err := m.SegmentFrame(f)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
 	r.MS = float64(time.Since(t0).Microseconds()) / 1000
-	r.Coverage, r.Width, r.Height = res.Coverage, f.Width, f.Height
+	r.Coverage, r.Width, r.Height, r.Scale = res.Coverage, f.Width, f.Height, res.Scale
 	if o.OutDir == "" {
 		return r
 	}

@@ -283,12 +283,14 @@ Example:
 }
 
 func cmdSegment(args []string, stdout, stderr io.Writer) int {
-	fs := flags("segment", `Usage: forest-agent segment [--model M] [--out DIR] [--json] IMAGE...
+	fs := flags("segment", `Usage: forest-agent segment [--model M] [--pixel-size M] [--out DIR] [--json] IMAGE...
 
 Segments each image and prints its forest coverage, size and time. With
 --out it writes IMAGE.mask.png (0 = other, 255 = forest) and
 IMAGE.overlay.png (forest tinted green) into DIR. With --json it prints one
-JSON object per image: {"file","coverage","width","height","ms",...}.
+JSON object per image: {"file","coverage","width","height","scale","ms",...}.
+With --pixel-size (ground metres per pixel; a GeoTIFF's own wins) a frame
+outside the model's range is resampled into it first ("scale").
 
 Examples:
   forest-agent segment agent/testdata/frames/*
@@ -298,6 +300,7 @@ Examples:
 	out := fs.String("out", "", "write mask and overlay PNGs into `dir`")
 	asJSON := fs.Bool("json", false, "print JSON lines")
 	threads := fs.Int("threads", 0, "ONNX Runtime threads (0: one per core)")
+	pixelSize := fs.Float64("pixel-size", 0, "ground `metres` per pixel of the images (0: unknown)")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}
@@ -305,7 +308,7 @@ Examples:
 		fmt.Fprintln(stderr, "forest-agent segment: no image given (see --help)")
 		return 2
 	}
-	failed, err := segmentFiles(fs.Args(), segmentOptions{Model: *model, Threads: *threads, OutDir: *out, JSON: *asJSON}, stdout)
+	failed, err := segmentFiles(fs.Args(), segmentOptions{Model: *model, Threads: *threads, PixelSize: *pixelSize, OutDir: *out, JSON: *asJSON}, stdout)
 	if err != nil {
 		fmt.Fprintf(stderr, "forest-agent segment: %v\n", err)
 		return 1
