@@ -68,16 +68,16 @@ func testConfig(t testing.TB) *Config {
 	return &c
 }
 
-// sampleFrames returns the shipped sample frames.
+// sampleFrames returns the sample frames the tests index: the four
+// 256×256 Sentinel-2 tiles, then the 1024² NEON BLAN JPEG.
 func sampleFrames(t testing.TB) []string {
 	t.Helper()
-	var out []string
-	for _, p := range []string{"*.png", "*.jpg"} {
-		m, _ := filepath.Glob(filepath.Join("testdata", "frames", p))
-		out = append(out, m...)
-	}
-	if len(out) < 4 {
-		t.Fatalf("sample frames missing: %v", out)
+	out, _ := filepath.Glob(filepath.Join("testdata", "frames", "satellite", "*.png"))
+	out = append(out, filepath.Join("testdata", "frames", "aerial", "neon_BLAN_3_751000_4330000_crop.jpg"))
+	for _, f := range out {
+		if _, err := os.Stat(f); err != nil || len(out) != 5 {
+			t.Fatalf("sample frames missing: %v (%v)", out, err)
+		}
 	}
 	return out
 }

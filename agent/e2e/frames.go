@@ -17,7 +17,8 @@ import (
 )
 
 // Frames makes a stream of distinct JPEG frames from the agent's real
-// sample images (agent/testdata/frames): frame i is sample i mod n, scaled
+// sample images (the four Sentinel-2 tiles and the NEON BLAN frame of
+// agent/testdata/frames): frame i is sample i mod n, scaled
 // to size×size, with i stamped into its first pixel row so that every frame
 // has its own bytes and SHA-256.
 type Frames struct {
@@ -26,21 +27,23 @@ type Frames struct {
 
 // LoadFrames reads the sample images under root/agent/testdata/frames.
 func LoadFrames(root string, size int) (*Frames, error) {
-	paths, err := filepath.Glob(filepath.Join(root, "agent", "testdata", "frames", "*"))
+	dir := filepath.Join(root, "agent", "testdata", "frames")
+	paths, err := filepath.Glob(filepath.Join(dir, "satellite", "*.png"))
 	if err != nil {
 		return nil, err
 	}
+	if len(paths) != 4 {
+		return nil, fmt.Errorf("want the 4 satellite sample tiles under %s, found %d", dir, len(paths))
+	}
 	sort.Strings(paths)
+	paths = append(paths, filepath.Join(dir, "aerial", "neon_BLAN_3_751000_4330000_crop.jpg"))
 	f := &Frames{}
 	for _, p := range paths {
 		img, err := imaging.Open(p)
 		if err != nil {
-			continue // SOURCE.md
+			return nil, fmt.Errorf("sample frame: %w", err)
 		}
 		f.samples = append(f.samples, imaging.Fill(img, size, size, imaging.Center, imaging.Box))
-	}
-	if len(f.samples) == 0 {
-		return nil, fmt.Errorf("no sample frames under %s", root)
 	}
 	return f, nil
 }

@@ -47,15 +47,15 @@ func (r *recorder) snapshot() ([]*Capture, []error) {
 	return append([]*Capture(nil), r.caps...), append([]error(nil), r.fails...)
 }
 
-// sampleFrames returns the agent's sample frames (PNG tiles first).
+// sampleFrames returns the agent's sample frames the tests index: the four
+// PNG tiles, then the NEON BLAN JPEG.
 func sampleFrames(t testing.TB) []string {
 	t.Helper()
-	png, _ := filepath.Glob("../testdata/frames/*.png")
-	jpg, _ := filepath.Glob("../testdata/frames/*.jpg")
+	png, _ := filepath.Glob("../testdata/frames/satellite/*.png")
 	if len(png) < 4 {
 		t.Fatalf("sample frames missing: %v", png)
 	}
-	return append(png, jpg...)
+	return append(png, "../testdata/frames/aerial/neon_BLAN_3_751000_4330000_crop.jpg")
 }
 
 // waitUntil polls cond every 20 ms for up to d.

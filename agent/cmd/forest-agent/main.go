@@ -293,7 +293,7 @@ With --pixel-size (ground metres per pixel; a GeoTIFF's own wins) a frame
 outside the model's range is resampled into it first ("scale").
 
 Examples:
-  forest-agent segment agent/testdata/frames/*
+  forest-agent segment agent/testdata/frames/aerial/*
   forest-agent segment --json --out /tmp/masks frame.jpg
 `, stdout)
 	model := fs.String("model", agent.Default().Segment.Model, "ONNX model `file`; a bare file name is a shipped model")

@@ -92,7 +92,10 @@ func needModel(t *testing.T) {
 
 func TestSegmentCommand(t *testing.T) {
 	needModel(t)
-	frames, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "frames", "*.png"))
+	frames, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "frames", "satellite", "*.png"))
+	if len(frames) < 2 {
+		t.Fatalf("satellite sample frames missing: %v", frames)
+	}
 	out := t.TempDir()
 	code, stdout, errOut := runCLI(append([]string{"segment", "--model", model, "--json", "--out", out}, frames[:2]...)...)
 	if code != 0 {
@@ -128,19 +131,20 @@ func TestSegmentCommand(t *testing.T) {
 	}
 }
 
-// TestRunOnceAndSpoolCommands runs the `make run` flow in-process: copy
-// the samples, run --once offline, then inspect the spool.
+// TestRunOnceAndSpoolCommands runs the --once flow in-process: copy the
+// satellite samples, run --once offline with the satellite model, then
+// inspect the spool. TestMakeRun runs `make run` itself.
 func TestRunOnceAndSpoolCommands(t *testing.T) {
 	needModel(t)
 	dir := t.TempDir()
 	in := filepath.Join(dir, "in")
 	os.MkdirAll(in, 0o755)
-	frames, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "frames", "*.*"))
+	frames, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "frames", "satellite", "*.png"))
+	if len(frames) == 0 {
+		t.Fatal("no satellite sample frames")
+	}
 	n := 0
 	for _, f := range frames {
-		if strings.HasSuffix(f, ".md") {
-			continue
-		}
 		b, _ := os.ReadFile(f)
 		os.WriteFile(filepath.Join(in, filepath.Base(f)), b, 0o644)
 		n++
