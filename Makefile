@@ -27,7 +27,7 @@ build: ## build bin/forest-agent and bin/forest-cloud
 deps: ## install RabbitMQ, versitygw, staticcheck, ONNX Runtime (npm), Chromium, gcc, systemd (cached in .cache/)
 	bash .ci/deps.sh
 
-run: deps build ## the main job: forest-agent --once on the bundled sample frames, offline
+run: deps build ## the main job: forest-agent --once on the sample frames, offline: aerial and satellite model, with overlays
 	bash .ci/run-sample.sh
 
 test: ## install what is missing, start the servers, run every test, stop the servers

@@ -570,6 +570,7 @@ func (a *Agent) RunOnce(ctx context.Context, w io.Writer) (sum OnceSummary, err 
 		return p
 	}
 	fmt.Fprintf(w, "\n%d frame(s): %d spooled, %d filtered, %d failed\n", sum.Frames, sum.Spooled, sum.Filtered, sum.Failed)
+	fmt.Fprintf(w, "model:    %s\n", a.modelID)
 	fmt.Fprintf(w, "spool:    %s (%d frame(s), %s)\n", abs(a.cfg.Spool.Dir), sum.Spool.Frames, human.Bytes(sum.Spool.Bytes))
 	if d := a.cfg.Segment.OverlayDir; d != "" {
 		fmt.Fprintf(w, "overlays: %s\n", abs(d))
