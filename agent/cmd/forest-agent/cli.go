@@ -21,11 +21,15 @@ type segmentResult struct {
 	Coverage float64 `json:"coverage"`
 	Width    int     `json:"width"`
 	Height   int     `json:"height"`
-	Scale    float64 `json:"scale"`
-	MS       float64 `json:"ms"`
-	Mask     string  `json:"mask,omitempty"`
-	Overlay  string  `json:"overlay,omitempty"`
-	Error    string  `json:"error,omitempty"`
+	Scale     float64 `json:"scale"`
+	// MS is decode plus segmentation; SegmentMS the Model.Segment call alone,
+	// which ran the model Windows times (tiles, or 1 when resized).
+	MS        float64 `json:"ms"`
+	SegmentMS float64 `json:"segment_ms"`
+	Windows   int     `json:"windows"`
+	Mask      string  `json:"mask,omitempty"`
+	Overlay   string  `json:"overlay,omitempty"`
+	Error     string  `json:"error,omitempty"`
 }
 
 // segmentOptions configure segmentFiles.
@@ -102,6 +106,7 @@ func segmentOne(m *segment.Model, file string, o segmentOptions) segmentResult {
 		return r
 	}
 	r.MS = float64(time.Since(t0).Microseconds()) / 1000
+	r.SegmentMS, r.Windows = float64(res.Total.Microseconds())/1000, res.Runs
 	r.Coverage, r.Width, r.Height, r.Scale = res.Coverage, f.Width, f.Height, res.Scale
 	if o.OutDir == "" {
 		return r

@@ -107,13 +107,16 @@ func TestSegmentCommand(t *testing.T) {
 		var r struct {
 			File          string
 			Coverage, MS  float64
+			SegmentMS     float64 `json:"segment_ms"`
+			Windows       int
 			Width, Height int
 			Mask, Overlay string
 		}
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatal(err)
 		}
-		if r.File != frames[n] || r.Width != 256 || r.Height != 256 || r.Coverage < 0 || r.Coverage > 1 || r.MS <= 0 {
+		if r.File != frames[n] || r.Width != 256 || r.Height != 256 || r.Coverage < 0 || r.Coverage > 1 || r.MS <= 0 ||
+			r.SegmentMS <= 0 || r.SegmentMS > r.MS || r.Windows != 1 {
 			t.Fatalf("line %d: %+v", n, r)
 		}
 		for _, p := range []string{r.Mask, r.Overlay} {
