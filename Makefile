@@ -33,7 +33,7 @@ run: deps build ## the main job: forest-agent --once on the sample frames, offli
 test: ## install what is missing, start the servers, run every test, stop the servers
 	bash .ci/test.sh
 
-bench: ## benchmarks against the raw libraries and the old Python service (figures for BENCHMARKS.md)
+bench: ## benchmarks against the raw libraries and the old Python service, arm64 under qemu (figures for BENCHMARKS.md)
 	bash .ci/deps.sh bench
 	bash .ci/bench.sh $(BENCH_COUNT)
 

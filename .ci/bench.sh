@@ -51,4 +51,9 @@ bench cloud-legacy ./cloud -bench Legacy -benchtime 1x -count 3
 # decode + segment, stage shares (issue 21's bars).
 echo "== agent: transmitted size, camera JPEGs and RSS"
 FOREST_AGENT_RSS=1 FOREST_BENCH_CAMERA=1 go test -count=1 -timeout 60m -run 'TestEncodeBudget|TestCameraWire|TestRSS1000Frames|TestLargeFrames' -v ./agent | grep -v '^=== RUN' | tee -a "$out/agent.txt"
+# segment under emulation: the 2048x2048 aerial frame through the arm64 .deb
+# under qemu-user-static against the amd64 .deb natively (builds both .debs
+# when missing; minutes per emulated frame, so last).
+echo "== segment-qemu: firmware/qemu-check.sh --bench"
+bash firmware/qemu-check.sh --bench | tee -a "$out/segment-qemu.txt"
 echo "bench: raw output in $out/"

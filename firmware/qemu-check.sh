@@ -7,7 +7,20 @@
 # Runtime, and prints the time per 512×512 frame under emulation (a sign of
 # life, not a device figure).
 #
-#   bash firmware/qemu-check.sh [AMD64_DEB ARM64_DEB]
+#   bash firmware/qemu-check.sh [--bench] [AMD64_DEB ARM64_DEB]
+#
+# --bench (run by `make bench`) times instead the device's default model,
+# canopy-aerial-v1, with its default Auto tiling on 2 ONNX Runtime threads on a
+# 2048×2048 aerial frame: the held-out OAM-TCD tile in segment/testdata/aerial
+# mirrored edge to edge, the same pixels as BenchmarkSegmentAerial's 2048²
+# frame, written to a temp dir by internal/benchframe. Each process segments the
+# frame 1+N times (N = FOREST_QEMU_BENCH_RUNS, default 3) and the first, warm-up
+# call is dropped; the amd64 binary runs before and after the emulated arm64 one
+# so both see the machine's load. It prints the medians of the `segment_ms`
+# that `forest-agent segment --json` reports, their ratio (emulated/native) and
+# the load average, and requires the same windows and coverage within 0.5
+# percentage points. qemu-user translates arm64 code on an amd64 CPU: the
+# figure is emulation on this machine, not what a device does.
 #
 # Without arguments it uses dist/forest-agent_<version>_{amd64,arm64}.deb for
 # the current version, building them with firmware/package.sh when missing.
@@ -33,6 +46,15 @@ apt_install() {
 apt_install qemu-user-static libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross
 command -v python3 >/dev/null || die "python3 is needed to compare the results"
 
+bench=
+if [ "${1:-}" = --bench ]; then
+	bench=1
+	shift
+fi
+runs=${FOREST_QEMU_BENCH_RUNS:-3}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "FOREST_QEMU_BENCH_RUNS=$runs: want a count > 0"
+[ $# -eq 0 ] || [ $# -eq 2 ] || die "usage: bash firmware/qemu-check.sh [--bench] [AMD64_DEB ARM64_DEB]"
+
 if [ $# -eq 2 ]; then
 	amd64_deb=$1 arm64_deb=$2
 else
@@ -55,6 +77,11 @@ file_arch() { readelf -h "$1" | awk -F: '/Machine/ { gsub(/^ +/, "", $2); print 
 [ "$(file_arch "$work/arm64/usr/lib/forest-agent/libonnxruntime.so.1")" = AArch64 ] || die "arm64 package carries a non-arm64 ONNX Runtime"
 
 frames=("$root"/firmware/testdata/frames/*.jpg)
+if [ -n "$bench" ]; then
+	GO=${GO:-go}
+	command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
+	"$GO" run ./internal/benchframe -size 2048x2048 -o "$work/aerial-2048.png" segment/testdata/aerial/oam-tcd-0002.jpg
+fi
 qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
 # Run from $work (outside the checkout, so the agent does not find
 # .cache/onnxruntime) without ONNXRUNTIME_LIB: each binary must load the
@@ -67,6 +94,52 @@ say "forest-agent version (arm64, emulated):"
 grep -q 'linux/arm64' version.arm64 || die "version does not report linux/arm64"
 grep -q "^onnxruntime 1\.24\.1 (.*/arm64/usr/lib/forest-agent/libonnxruntime.so.1)$" version.arm64 ||
 	die "version does not show the packaged arm64 ONNX Runtime 1.24.1"
+
+if [ -n "$bench" ]; then
+	model=usr/share/forest-agent/models/canopy-aerial-v1.onnx
+	frame=("aerial-2048.png")
+	for ((i = 0; i < runs; i++)); do frame+=("aerial-2048.png"); done
+	seg() { # arch outfile [qemu...]: warm-up + $runs Segment calls in one process
+		local arch=$1 out=$2
+		shift 2
+		"$@" "$arch/usr/bin/forest-agent" segment --json --threads 2 --model "$arch/$model" "${frame[@]}" >"$out"
+	}
+	load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+	say "segment the 2048x2048 frame 1+$runs times, amd64 (native)"
+	seg amd64 bench.amd64.1
+	say "segment the 2048x2048 frame 1+$runs times, arm64 (qemu-user; minutes per frame)"
+	seg arm64 bench.arm64 "${qemu[@]}"
+	say "segment the 2048x2048 frame 1+$runs times, amd64 (native) again"
+	seg amd64 bench.amd64.2
+	load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+	python3 - "$load_before" "$load_after" "$(nproc)" bench.amd64.1 bench.arm64 bench.amd64.2 <<'PY'
+import json, statistics, sys
+load_before, load_after, cpus = sys.argv[1:4]
+def calls(path):
+    rows = [json.loads(l) for l in open(path)]
+    if any(r.get("error") for r in rows):
+        sys.exit(f"qemu-check: FAIL: {path}: {rows}")
+    return rows[1:]  # the first call warms up
+native = calls(sys.argv[4]) + calls(sys.argv[6])
+emu = calls(sys.argv[5])
+ok = True
+for name, rows in (("amd64 native", native), ("arm64 qemu-user", emu)):
+    ms = [r["segment_ms"] for r in rows]
+    print(f"{name:16} {rows[0]['width']}x{rows[0]['height']}, {rows[0]['windows']} windows, "
+          f"coverage {rows[0]['coverage']*100:.2f} %: segment median {statistics.median(ms):.0f} ms "
+          f"(runs {', '.join(f'{m:.0f}' for m in ms)})")
+d = abs(native[0]["coverage"] - emu[0]["coverage"]) * 100
+if d > 0.5 or native[0]["windows"] != emu[0]["windows"]:
+    print(f"arm64 differs: coverage {d:.3f} pp apart (limit 0.5), windows {emu[0]['windows']} vs {native[0]['windows']}")
+    ok = False
+ratio = statistics.median(r["segment_ms"] for r in emu) / statistics.median(r["segment_ms"] for r in native)
+print(f"canopy-aerial-v1, Auto tiling, 2 threads, 2048x2048: arm64 under qemu-user / amd64 native = {ratio:.1f}x "
+      f"(emulation on this machine, not a device figure); load average {load_before} before, {load_after} after, {cpus} CPUs")
+print("qemu-check --bench: " + ("ok" if ok else "FAIL"))
+sys.exit(0 if ok else 1)
+PY
+	exit
+fi
 
 model=usr/share/forest-agent/models/forest-unet-v1.onnx
 say "segment ${#frames[@]} frames, amd64 (native)"
