@@ -17,9 +17,10 @@
 # frame 1+N times (N = FOREST_QEMU_BENCH_RUNS, default 3) and the first, warm-up
 # call is dropped; the amd64 binary runs before and after the emulated arm64 one
 # so both see the machine's load. It prints the medians of the `segment_ms`
-# that `forest-agent segment --json` reports, their ratio (emulated/native) and
-# the load average, and requires the same windows and coverage within 0.5
-# percentage points. qemu-user translates arm64 code on an amd64 CPU: the
+# (wall) and `segment_cpu_ms` (CPU time of all threads, which a loaded machine
+# inflates less) that `forest-agent segment --json` reports, their ratios
+# (emulated/native) and the load average, and requires the same windows and
+# coverage within 0.5 percentage points. qemu-user translates arm64 code on an amd64 CPU: the
 # figure is emulation on this machine, not what a device does.
 #
 # Without arguments it uses dist/forest-agent_<version>_{amd64,arm64}.deb for
@@ -123,18 +124,22 @@ def calls(path):
 native = calls(sys.argv[4]) + calls(sys.argv[6])
 emu = calls(sys.argv[5])
 ok = True
+med = {}
 for name, rows in (("amd64 native", native), ("arm64 qemu-user", emu)):
     ms = [r["segment_ms"] for r in rows]
+    cpu = [r["segment_cpu_ms"] for r in rows]
+    med[name] = statistics.median(ms), statistics.median(cpu)
     print(f"{name:16} {rows[0]['width']}x{rows[0]['height']}, {rows[0]['windows']} windows, "
-          f"coverage {rows[0]['coverage']*100:.2f} %: segment median {statistics.median(ms):.0f} ms "
-          f"(runs {', '.join(f'{m:.0f}' for m in ms)})")
+          f"coverage {rows[0]['coverage']*100:.2f} %: segment median {med[name][0]:.0f} ms wall, "
+          f"{med[name][1]:.0f} ms CPU (runs {', '.join(f'{m:.0f}/{c:.0f}' for m, c in zip(ms, cpu))})")
 d = abs(native[0]["coverage"] - emu[0]["coverage"]) * 100
 if d > 0.5 or native[0]["windows"] != emu[0]["windows"]:
     print(f"arm64 differs: coverage {d:.3f} pp apart (limit 0.5), windows {emu[0]['windows']} vs {native[0]['windows']}")
     ok = False
-ratio = statistics.median(r["segment_ms"] for r in emu) / statistics.median(r["segment_ms"] for r in native)
-print(f"canopy-aerial-v1, Auto tiling, 2 threads, 2048x2048: arm64 under qemu-user / amd64 native = {ratio:.1f}x "
-      f"(emulation on this machine, not a device figure); load average {load_before} before, {load_after} after, {cpus} CPUs")
+(nw, nc), (ew, ec) = med["amd64 native"], med["arm64 qemu-user"]
+print(f"canopy-aerial-v1, Auto tiling, 2 threads, 2048x2048: arm64 under qemu-user / amd64 native = "
+      f"{ew/nw:.0f}x wall, {ec/nc:.0f}x CPU (emulation on this machine, not a device figure); "
+      f"load average {load_before} before, {load_after} after, {cpus} CPUs")
 print("qemu-check --bench: " + ("ok" if ok else "FAIL"))
 sys.exit(0 if ok else 1)
 PY

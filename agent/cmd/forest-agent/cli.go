@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/forestwatch/forest/internal/human"
+	"github.com/forestwatch/forest/internal/procstat"
 	"github.com/forestwatch/forest/segment"
 	"github.com/forestwatch/forest/spool"
 )
@@ -21,15 +22,17 @@ type segmentResult struct {
 	Coverage float64 `json:"coverage"`
 	Width    int     `json:"width"`
 	Height   int     `json:"height"`
-	Scale     float64 `json:"scale"`
+	Scale    float64 `json:"scale"`
 	// MS is decode plus segmentation; SegmentMS the Model.Segment call alone,
-	// which ran the model Windows times (tiles, or 1 when resized).
-	MS        float64 `json:"ms"`
-	SegmentMS float64 `json:"segment_ms"`
-	Windows   int     `json:"windows"`
-	Mask      string  `json:"mask,omitempty"`
-	Overlay   string  `json:"overlay,omitempty"`
-	Error     string  `json:"error,omitempty"`
+	// which ran the model Windows times (tiles, or 1 when resized), and
+	// SegmentCPUMS the process CPU time (all threads) during that call.
+	MS           float64 `json:"ms"`
+	SegmentMS    float64 `json:"segment_ms"`
+	SegmentCPUMS float64 `json:"segment_cpu_ms"`
+	Windows      int     `json:"windows"`
+	Mask         string  `json:"mask,omitempty"`
+	Overlay      string  `json:"overlay,omitempty"`
+	Error        string  `json:"error,omitempty"`
 }
 
 // segmentOptions configure segmentFiles.
@@ -100,11 +103,13 @@ func segmentOne(m *segment.Model, file string, o segmentOptions) segmentResult {
 		r.Error = err.Error()
 		return r
 	}
+	cpu0 := procstat.ProcessCPU()
 	res, err := m.SegmentFrame(f)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
+	r.SegmentCPUMS = float64((procstat.ProcessCPU() - cpu0).Microseconds()) / 1000
 	r.MS = float64(time.Since(t0).Microseconds()) / 1000
 	r.SegmentMS, r.Windows = float64(res.Total.Microseconds())/1000, res.Runs
 	r.Coverage, r.Width, r.Height, r.Scale = res.Coverage, f.Width, f.Height, res.Scale

@@ -289,10 +289,11 @@ Segments each image and prints its forest coverage, size and time. With
 --out it writes IMAGE.mask.png (0 = other, 255 = forest) and
 IMAGE.overlay.png (forest tinted green) into DIR. With --json it prints one
 JSON object per image: {"file","coverage","width","height","scale","ms",
-"segment_ms","windows",...}: ms covers decoding and segmenting, segment_ms
-segmenting alone, windows the model runs it took (tiles of a large frame).
-With --pixel-size (ground metres per pixel; a GeoTIFF's own wins) a frame
-outside the model's range is resampled into it first ("scale").
+"segment_ms","segment_cpu_ms","windows",...}: ms covers decoding and
+segmenting, segment_ms segmenting alone, segment_cpu_ms the CPU time of all
+threads while segmenting, windows the model runs it took (tiles of a large
+frame). With --pixel-size (ground metres per pixel; a GeoTIFF's own wins) a
+frame outside the model's range is resampled into it first ("scale").
 
 Examples:
   forest-agent segment agent/testdata/frames/aerial/*

@@ -108,6 +108,7 @@ func TestSegmentCommand(t *testing.T) {
 			File          string
 			Coverage, MS  float64
 			SegmentMS     float64 `json:"segment_ms"`
+			SegmentCPU    float64 `json:"segment_cpu_ms"`
 			Windows       int
 			Width, Height int
 			Mask, Overlay string
@@ -116,7 +117,7 @@ func TestSegmentCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 		if r.File != frames[n] || r.Width != 256 || r.Height != 256 || r.Coverage < 0 || r.Coverage > 1 || r.MS <= 0 ||
-			r.SegmentMS <= 0 || r.SegmentMS > r.MS || r.Windows != 1 {
+			r.SegmentMS <= 0 || r.SegmentMS > r.MS || r.SegmentCPU <= 0 || r.Windows != 1 {
 			t.Fatalf("line %d: %+v", n, r)
 		}
 		for _, p := range []string{r.Mask, r.Overlay} {
