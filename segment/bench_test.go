@@ -51,52 +51,7 @@ func BenchmarkSegment(b *testing.B) {
 		b.Run(fmt.Sprintf("%dx%d/threads=%d/%s", c.size, c.size, c.threads, c.mode), func(b *testing.B) {
 			m := loadModel(b, shippedModel, Options{Threads: c.threads, Tiling: c.mode})
 			frame := benchFrame(b, c.size, c.size)
-			res, err := m.Segment(frame) // warm up and build the tensor once
-			if err != nil {
-				b.Fatal(err)
-			}
-			runs := res.Runs
-			seg := make([]time.Duration, 0, b.N)
-			bare := make([]time.Duration, 0, b.N)
-			pre := make([]time.Duration, 0, b.N)
-			post := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			infer := make([]time.Duration, 0, b.N)
-			bareRuns := func() time.Duration {
-				t := time.Now()
-				for r := 0; r < runs; r++ {
-					if err := m.sess.Run(); err != nil {
-						b.Fatal(err)
-					}
-				}
-				return time.Since(t)
-			}
-			for i := 0; i < b.N; i++ {
-				// Alternate which goes first so neither gets the warmer caches.
-				if i%2 == 1 {
-					bare = append(bare, bareRuns())
-				}
-				t0 := time.Now()
-				res, err := m.Segment(frame)
-				if err != nil {
-					b.Fatal(err)
-				}
-				seg = append(seg, time.Since(t0))
-				pre = append(pre, res.Preprocess)
-				post = append(post, res.Postprocess)
-				infer = append(infer, res.Inference)
-				if i%2 == 0 {
-					bare = append(bare, bareRuns())
-				}
-			}
-			b.StopTimer()
-			ms, mb := median(seg), median(bare)
-			b.ReportMetric(float64(ms.Microseconds())/1000, "segment_ms")
-			b.ReportMetric(float64(mb.Microseconds())/1000, "bare_run_ms")
-			b.ReportMetric(float64(ms)/float64(mb), "x_bare")
-			b.ReportMetric(float64(median(pre).Microseconds())/1000, "pre_ms")
-			b.ReportMetric(float64(median(post).Microseconds())/1000, "post_ms")
-			b.ReportMetric(float64(median(infer).Microseconds())/1000, "inference_ms")
+			benchAgainstBare(b, m, frame)
 		})
 	}
 }
@@ -205,52 +160,61 @@ func BenchmarkSegmentAerial(b *testing.B) {
 		b.Run(size+"/threads=2/auto", func(b *testing.B) {
 			m := loadModel(b, aerialModel, Options{Threads: 2})
 			frame := aerialFrame(b, w, h)
-			res, err := m.Segment(frame) // warm up, grow the buffers
-			if err != nil {
-				b.Fatal(err)
-			}
-			runs := res.Runs
-			bareRuns := func() time.Duration {
-				t := time.Now()
-				for r := 0; r < runs; r++ {
-					if err := m.sess.Run(); err != nil {
-						b.Fatal(err)
-					}
-				}
-				return time.Since(t)
-			}
-			var seg, bare, pre, inf, post []time.Duration
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				// Alternate which goes first so neither gets the warmer caches.
-				if i%2 == 1 {
-					bare = append(bare, bareRuns())
-				}
-				t0 := time.Now()
-				res, err := m.Segment(frame)
-				if err != nil {
-					b.Fatal(err)
-				}
-				seg = append(seg, time.Since(t0))
-				pre = append(pre, res.Preprocess)
-				inf = append(inf, res.Inference)
-				post = append(post, res.Postprocess)
-				if res.Runs != runs {
-					b.Fatalf("%d windows, then %d", runs, res.Runs)
-				}
-				if i%2 == 0 {
-					bare = append(bare, bareRuns())
-				}
-			}
-			b.StopTimer()
-			ms, mb := median(seg), median(bare)
-			b.ReportMetric(float64(ms.Microseconds())/1000, "segment_ms")
-			b.ReportMetric(float64(mb.Microseconds())/1000, "bare_run_ms")
-			b.ReportMetric(float64(ms)/float64(mb), "x_bare")
-			b.ReportMetric(float64(median(pre).Microseconds())/1000, "pre_ms")
-			b.ReportMetric(float64(median(inf).Microseconds())/1000, "inference_ms")
-			b.ReportMetric(float64(median(post).Microseconds())/1000, "post_ms")
-			b.ReportMetric(float64(runs), "windows")
+			benchAgainstBare(b, m, frame)
 		})
 	}
+}
+
+// benchAgainstBare times m.Segment(frame) against a bare AdvancedSession.Run repeated once
+// per window the frame takes, on the pre-built input tensor, interleaved in one loop
+// (alternating which goes first, so neither gets the warmer caches) so that both see the
+// same machine load, and reports the medians, their ratio (x_bare), Segment's stages and
+// the window count.
+func benchAgainstBare(b *testing.B, m *Model, frame image.Image) {
+	b.Helper()
+	res, err := m.Segment(frame) // warm up, build the tensor and grow the buffers once
+	if err != nil {
+		b.Fatal(err)
+	}
+	runs := res.Runs
+	bareRuns := func() time.Duration {
+		t := time.Now()
+		for r := 0; r < runs; r++ {
+			if err := m.sess.Run(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return time.Since(t)
+	}
+	var seg, bare, pre, inf, post []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%2 == 1 {
+			bare = append(bare, bareRuns())
+		}
+		t0 := time.Now()
+		res, err := m.Segment(frame)
+		if err != nil {
+			b.Fatal(err)
+		}
+		seg = append(seg, time.Since(t0))
+		pre = append(pre, res.Preprocess)
+		inf = append(inf, res.Inference)
+		post = append(post, res.Postprocess)
+		if res.Runs != runs {
+			b.Fatalf("%d windows, then %d", runs, res.Runs)
+		}
+		if i%2 == 0 {
+			bare = append(bare, bareRuns())
+		}
+	}
+	b.StopTimer()
+	ms, mb := median(seg), median(bare)
+	b.ReportMetric(float64(ms.Microseconds())/1000, "segment_ms")
+	b.ReportMetric(float64(mb.Microseconds())/1000, "bare_run_ms")
+	b.ReportMetric(float64(ms)/float64(mb), "x_bare")
+	b.ReportMetric(float64(median(pre).Microseconds())/1000, "pre_ms")
+	b.ReportMetric(float64(median(inf).Microseconds())/1000, "inference_ms")
+	b.ReportMetric(float64(median(post).Microseconds())/1000, "post_ms")
+	b.ReportMetric(float64(runs), "windows")
 }
