@@ -193,19 +193,7 @@ func TestShutdownOrder(t *testing.T) {
 // records, releases the others for a retry and sets aside (keeps, never
 // deletes) one the uplink cannot encode (mock publisher for this branch).
 func TestDrainAcksOnlyConfirmed(t *testing.T) {
-	needModel(t)
-	cfg := testConfig(t)
-	a, err := New(cfg, Options{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	for i, f := range sampleFrames(t)[:5] {
-		data, _ := os.ReadFile(f)
-		if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a := agentWithFrames(t, 5)
 	outcomes := []uplink.Outcome{uplink.Confirmed, uplink.Nacked, uplink.Confirmed, uplink.TimedOut, uplink.Unsent}
 	pub := publishFunc(func(ctx context.Context, msgs []wire.Message) ([]uplink.Result, error) {
 		res := make([]uplink.Result, len(msgs))
@@ -331,19 +319,7 @@ func TestAckRetried(t *testing.T) {
 // long a failover kept them waiting (mock publisher for this branch; the
 // cluster test measures real failovers with it).
 func TestDrainMeasuresPublishWait(t *testing.T) {
-	needModel(t)
-	cfg := testConfig(t)
-	a, err := New(cfg, Options{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	for i, f := range sampleFrames(t)[:3] {
-		data, _ := os.ReadFile(f)
-		if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a := agentWithFrames(t, 3)
 	const down = 700 * time.Millisecond
 	upAt := time.Now().Add(down)
 	pub := publishFunc(func(ctx context.Context, msgs []wire.Message) ([]uplink.Result, error) {
@@ -455,4 +431,23 @@ func TestDrainResumesWhenConnected(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// agentWithFrames returns an agent of the test config (closed on cleanup)
+// whose spool holds the first n sample frames, captured now.
+func agentWithFrames(t *testing.T, n int) *Agent {
+	t.Helper()
+	needModel(t)
+	a, err := New(testConfig(t), Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	for i, f := range sampleFrames(t)[:n] {
+		data, _ := os.ReadFile(f)
+		if err := a.pipe.handle(context.Background(), &source.Capture{Source: "dir", Name: fmt.Sprint(i), Data: data, Time: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a
 }
