@@ -172,22 +172,16 @@ func attach(raw string) (*Broker, error) {
 }
 
 func start() (*Broker, error) {
-	epmdPath, err := findEpmd()
+	epmd, port, err := startEpmd()
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freeport.Ports(1)
+	b, err := newNode(port, "", "")
 	if err != nil {
+		_ = syscall.Kill(-epmd.Process.Pid, syscall.SIGKILL)
 		return nil, err
 	}
-	b, err := newNode(ports[0], "", "")
-	if err != nil {
-		return nil, err
-	}
-	if b.epmd, err = startEpmd(epmdPath, ports[0]); err != nil {
-		_ = os.RemoveAll(b.dir)
-		return nil, err
-	}
+	b.epmd = epmd
 	if err := b.boot(); err != nil {
 		_ = b.shutdown(syscall.SIGKILL)
 		_ = os.RemoveAll(b.dir)
@@ -278,14 +272,23 @@ cluster_formation.classic_config.nodes.1 = %s
 	return b, nil
 }
 
-// startEpmd starts a private epmd on 127.0.0.1:port.
-func startEpmd(path string, port int) (*exec.Cmd, error) {
-	cmd := exec.Command(path, "-port", strconv.Itoa(port), "-address", "127.0.0.1")
+// startEpmd starts a private epmd on 127.0.0.1 and returns it with its
+// port.
+func startEpmd() (*exec.Cmd, int, error) {
+	path, err := findEpmd()
+	if err != nil {
+		return nil, 0, err
+	}
+	ports, err := freeport.Ports(1)
+	if err != nil {
+		return nil, 0, err
+	}
+	cmd := exec.Command(path, "-port", strconv.Itoa(ports[0]), "-address", "127.0.0.1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start epmd: %w", err)
+		return nil, 0, fmt.Errorf("start epmd: %w", err)
 	}
-	return cmd, nil
+	return cmd, ports[0], nil
 }
 
 func findEpmd() (string, error) {

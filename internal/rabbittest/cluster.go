@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/forestwatch/forest/internal/freeport"
 )
 
 // Cluster is a RabbitMQ cluster of nodes started by the harness, all on
@@ -67,29 +65,23 @@ func startCluster(n int) (*Cluster, error) {
 	if n < 1 {
 		return nil, errors.New("a cluster needs at least one node")
 	}
-	epmdPath, err := findEpmd()
-	if err != nil {
-		return nil, err
-	}
-	ports, err := freeport.Ports(1)
-	if err != nil {
-		return nil, err
-	}
 	key := make([]byte, 16)
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
 	cookie := "FOREST" + strings.ToUpper(hex.EncodeToString(key))
 	c := &Cluster{}
-	if c.epmd, err = startEpmd(epmdPath, ports[0]); err != nil {
+	epmd, port, err := startEpmd()
+	if err != nil {
 		return nil, err
 	}
+	c.epmd = epmd
 	for i := range n {
 		peer := ""
 		if i > 0 {
 			peer = c.Nodes[0].node
 		}
-		b, err := newNode(ports[0], cookie, peer)
+		b, err := newNode(port, cookie, peer)
 		if err != nil {
 			c.kill()
 			return nil, err
