@@ -13,7 +13,7 @@
 # canopy-aerial-v1, with its default Auto tiling on 2 ONNX Runtime threads on a
 # 2048×2048 aerial frame: the held-out OAM-TCD tile in segment/testdata/aerial
 # mirrored edge to edge, the same pixels as BenchmarkSegmentAerial's 2048²
-# frame, written to a temp dir by internal/benchframe. Each process segments the
+# frame, written to a temp dir by internal/benchframe/cmd/benchframe. Each process segments the
 # frame 1+N times (N = FOREST_QEMU_BENCH_RUNS, default 3) and the first, warm-up
 # call is dropped; the amd64 binary runs before and after the emulated arm64 one
 # so both see the machine's load. It prints the medians of the `segment_ms`

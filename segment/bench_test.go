@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/forestwatch/forest/internal/benchframe"
 )
 
 const shippedModel = "models/forest-unet-v1.onnx"
@@ -128,16 +130,7 @@ func TestNoRSSGrowth(t *testing.T) {
 // mirrored edge to edge (the tiling costs the same whatever the content).
 func aerialFrame(tb testing.TB, w, h int) *image.NRGBA {
 	tb.Helper()
-	src := toRGB(sampleTile(tb).img, nil)
-	out := image.NewNRGBA(image.Rect(0, 0, w, h))
-	for y := 0; y < h; y++ {
-		sy := mirror(y, 640)
-		for x := 0; x < w; x++ {
-			s := src[3*(sy*640+mirror(x, 640)):]
-			copy(out.Pix[y*out.Stride+4*x:], []byte{s[0], s[1], s[2], 255})
-		}
-	}
-	return out
+	return benchframe.Mirrored(sampleTile(tb).img, w, h)
 }
 
 // BenchmarkSegmentAerial times the aerial model with the package's default tiling (Auto) on
