@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import UNet, metadata_props_bytes, otsu  # noqa: E402
+from train import UNet, export, otsu  # noqa: E402
 
 # Ground pixel size of each source, metres.
 GSD_OAM = 0.32   # OAM-TCD 2048² tiles at ≈10 cm, downscaled to 640²
@@ -359,18 +359,6 @@ def baseline(scenes, names):
 
 # ---------------------------------------------------------------------------- training
 
-def export(model, path, props):
-    model.eval()
-    tmp = path + ".tmp"
-    torch.onnx.export(model, torch.zeros(1, 3, INPUT, INPUT), tmp, input_names=["image"], output_names=["logits"],
-                      opset_version=13, do_constant_folding=True)
-    with open(tmp, "rb") as f:
-        data = f.read()
-    with open(path, "wb") as f:
-        f.write(data + metadata_props_bytes(props))
-    os.remove(tmp)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/shared/data")
@@ -544,7 +532,7 @@ def main():
     if args.final or args.report_test:
         props["forest.test_crown_recall"] = f"{res['test_metrics']['crown_recall']:.4f}"
         props["forest.test_outside_box_share"] = f"{res['test_metrics']['outside_box_share']:.4f}"
-    export(ema, args.out, props)
+    export(ema, args.out, mean, std, props, size=INPUT)
     res["onnx_bytes"] = os.path.getsize(args.out)
     with open(args.out + ".metrics.json", "w") as f:
         json.dump(res, f, indent=1)
