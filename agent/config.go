@@ -491,13 +491,5 @@ func (u *UplinkConfig) Brokers() []string {
 func (c *Config) brokerURLs() ([]string, error) {
 	u := c.Uplink
 	cr := config.Credentials{Prefix: "uplink", User: u.User, PasswordFile: u.PasswordFile, PasswordEnv: u.PasswordEnv}
-	var out []string
-	for _, raw := range u.Brokers() {
-		s, err := cr.URL(raw)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
-	}
-	return out, nil
+	return cr.URLs(u.Brokers())
 }

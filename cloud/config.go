@@ -257,15 +257,7 @@ func (a *AMQPConfig) Brokers() []string {
 func (c *Config) BrokerURLs() ([]string, error) {
 	a := c.AMQP
 	cr := config.Credentials{Prefix: "amqp", User: a.User, PasswordFile: a.PasswordFile, PasswordEnv: a.PasswordEnv}
-	var out []string
-	for _, raw := range a.Brokers() {
-		u, err := cr.URL(raw)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, nil
+	return cr.URLs(a.Brokers())
 }
 
 func ptr[T any](v T) *T { return &v }

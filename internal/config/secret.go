@@ -27,39 +27,56 @@ type Credentials struct {
 	PasswordEnv  string
 }
 
-// URL returns raw with the user and password filled in. The password is
-// escaped as the URL needs, so it may hold any character. A user or
-// password already in raw stays unless c sets one.
-func (c Credentials) URL(raw string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "", Bad(c.Prefix+".url", "not a URL: %v", err)
+// URLs returns each of raws with the user and password filled in. The
+// password is read once, and escaped as a URL needs, so it may hold any
+// character. A user or password already in a URL stays unless c sets one.
+func (c Credentials) URLs(raws []string) ([]string, error) {
+	us := make([]*url.URL, len(raws))
+	for i, raw := range raws {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, Bad(c.Prefix+".url", "not a URL: %v", err)
+		}
+		us[i] = u
 	}
-	user := c.User
-	if user == "" && u.User != nil {
-		user = u.User.Username()
+	if len(us) == 0 {
+		return nil, nil // offline: no password is needed
 	}
+	var pw string
+	var havePW bool
 	switch {
 	case c.PasswordFile != "":
-		pw, err := ReadSecret(c.Prefix+".password_file", c.PasswordFile)
+		p, err := ReadSecret(c.Prefix+".password_file", c.PasswordFile)
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		u.User = url.UserPassword(user, pw)
+		pw, havePW = p, true
 	case c.PasswordEnv != "":
-		pw, ok := os.LookupEnv(c.PasswordEnv)
+		p, ok := os.LookupEnv(c.PasswordEnv)
 		if !ok {
-			return "", Bad(c.Prefix+".password_env", "environment variable %s is not set", c.PasswordEnv)
+			return nil, Bad(c.Prefix+".password_env", "environment variable %s is not set", c.PasswordEnv)
 		}
-		u.User = url.UserPassword(user, pw)
-	case c.User != "":
-		if pw, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(user, pw)
-		} else {
-			u.User = url.User(user)
-		}
+		pw, havePW = p, true
 	}
-	return u.String(), nil
+	out := make([]string, len(us))
+	for i, u := range us {
+		user := c.User
+		if user == "" && u.User != nil {
+			user = u.User.Username()
+		}
+		switch {
+		case havePW:
+			u.User = url.UserPassword(user, pw)
+		case c.User != "":
+			if p, ok := u.User.Password(); ok {
+				u.User = url.UserPassword(user, p)
+			} else {
+				u.User = url.User(user)
+			}
+		}
+		out[i] = u.String()
+	}
+	return out, nil
 }
 
 // Redact hides the password in a URL for messages and logs.
