@@ -62,6 +62,39 @@ def split_draw():
 TEST_OAM, VAL_OAM = split_draw()
 assert TEST_OAM == ["0002", "0003", "0011", "0015"] and VAL_OAM == ["0006", "0008", "0017"], (TEST_OAM, VAL_OAM)
 
+# Threshold choice by cross-validation (--cv-fold): the 12 eligible tiles that are not test tiles,
+# validation tiles included, are shuffled once (seed 18) and cut into 3 folds of 4; each fold run
+# trains on everything else but the test tiles and records its held-out tiles' counts at every
+# threshold of CV_THRESHOLDS, and --cv-pool chooses the threshold from the counts of all folds.
+CV_FOLDS = 3
+CV_THRESHOLDS = THRESHOLDS + [0.6, 0.7, 0.8]
+
+
+def cv_draw():
+    tiles = [t for t in ELIGIBLE_OAM if t not in TEST_OAM]
+    random.Random(SPLIT_SEED).shuffle(tiles)
+    n = len(tiles) // CV_FOLDS
+    return [sorted(tiles[k * n:(k + 1) * n]) for k in range(CV_FOLDS)]
+
+
+def cv_pool(paths):
+    """Pool the fold runs' held-out counts and choose the threshold the way issue 18's bar reads:
+    the one whose worse margin, min(crown recall - 0.80, 0.25 - outside-box share), is largest."""
+    folds = [json.load(open(p)) for p in paths]
+    held = sorted(t for f in folds for t in f["validation"])
+    want = sorted(t for fold in cv_draw() for t in fold)
+    if held != want:
+        sys.exit(f"the fold runs hold out {held}, the folds are {want}")
+    pooled = {}
+    for p in CV_THRESHOLDS:
+        c = [sum(f["cv_counts"][str(p)][i] for f in folds) for i in range(4)]
+        pooled[p] = (c[0] / c[1], c[2] / max(1, c[3]))
+        print(f"threshold {p}: pooled crown recall {pooled[p][0]:.4f} outside-box share {pooled[p][1]:.4f} "
+              f"margin {min(pooled[p][0] - 0.80, 0.25 - pooled[p][1]):+.4f}")
+    best = max(CV_THRESHOLDS, key=lambda p: min(pooled[p][0] - 0.80, 0.25 - pooled[p][1]))
+    print("chosen threshold", best)
+    return best
+
 
 CROWN_POWER = 0.0  # crown pixels weigh (A0 / ellipse area) ** CROWN_POWER (set from --crown-power)
 CROWN_A0 = 400.0   # px², about a 23 px crown at the source's resolution
@@ -335,7 +368,8 @@ def evaluate(model, scenes, names, mean, std, tau):
         rec_all += rec
         out += o
         tot += t
-    return {"crown_recall": float(np.mean(rec_all)), "outside_box_share": out / max(1, tot), "crowns": len(rec_all), "tiles": per}
+    return {"crown_recall": float(np.mean(rec_all)), "outside_box_share": out / max(1, tot), "crowns": len(rec_all),
+            "counts": [float(np.sum(rec_all)), len(rec_all), out, tot], "tiles": per}
 
 
 def exg_otsu(img):
@@ -393,7 +427,13 @@ def main():
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
+    ap.add_argument("--cv-fold", type=int, default=-1, help=f"hold out cross-validation fold K (0..{CV_FOLDS - 1}) instead of the validation tiles")
+    ap.add_argument("--cv-pool", nargs="+", default=[], metavar="METRICS_JSON",
+                    help="print the folds' pooled figures at each threshold and the threshold chosen from them, then exit")
     args = ap.parse_args()
+    if args.cv_pool:
+        cv_pool(args.cv_pool)
+        return
     # Recorded in <out>.metrics.json, so that every model names the run that made it.
     command = " ".join(["/usr/bin/python3", "segment/train/train_aerial.py"] + sys.argv[1:])
     with open(os.path.abspath(__file__), "rb") as f:
@@ -410,7 +450,7 @@ def main():
 
     scenes = load(args.data)
     test = TEST_OAM + TEST_NEON
-    val = [] if args.final else VAL_OAM
+    val = [] if args.final else cv_draw()[args.cv_fold] if args.cv_fold >= 0 else VAL_OAM
     train_oam = [n for n in ALL_OAM if n not in TEST_OAM and n not in val]
     print(f"train OAM {train_oam} + {TRAIN_NEON}; validation {val}; test {test}", flush=True)
 
@@ -490,6 +530,9 @@ def main():
             sweep[p] = [ev["crown_recall"], ev["outside_box_share"]]
             print(f"threshold {p}: val crown recall {ev['crown_recall']:.4f} outside-box share {ev['outside_box_share']:.4f}", flush=True)
         res["val_threshold_sweep"] = sweep
+    if args.cv_fold >= 0:
+        # [sum of crown shares, crowns, tree pixels outside every box, tree pixels] per threshold
+        res["cv_counts"] = {str(p): evaluate(ema, scenes, val, mean, std, math.log(p / (1 - p)))["counts"] for p in CV_THRESHOLDS}
     if args.threshold == "auto":
         assert val, "--threshold auto needs validation tiles"
         threshold = max(THRESHOLDS, key=lambda p: sweep[p][0] - sweep[p][1])
