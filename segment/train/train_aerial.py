@@ -85,13 +85,13 @@ def cv_pool(paths):
     want = sorted(t for fold in cv_draw() for t in fold)
     if held != want:
         sys.exit(f"the fold runs hold out {held}, the folds are {want}")
-    pooled = {}
+    margin = {}
     for p in CV_THRESHOLDS:
         c = [sum(f["cv_counts"][str(p)][i] for f in folds) for i in range(4)]
-        pooled[p] = (c[0] / c[1], c[2] / max(1, c[3]))
-        print(f"threshold {p}: pooled crown recall {pooled[p][0]:.4f} outside-box share {pooled[p][1]:.4f} "
-              f"margin {min(pooled[p][0] - 0.80, 0.25 - pooled[p][1]):+.4f}")
-    best = max(CV_THRESHOLDS, key=lambda p: min(pooled[p][0] - 0.80, 0.25 - pooled[p][1]))
+        recall, outside = c[0] / c[1], c[2] / max(1, c[3])
+        margin[p] = min(recall - 0.80, 0.25 - outside)
+        print(f"threshold {p}: pooled crown recall {recall:.4f} outside-box share {outside:.4f} margin {margin[p]:+.4f}")
+    best = max(CV_THRESHOLDS, key=margin.get)
     print("chosen threshold", best)
     return best
 
