@@ -81,7 +81,7 @@ frames=("$root"/firmware/testdata/frames/*.jpg)
 if [ -n "$bench" ]; then
 	GO=${GO:-go}
 	command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
-	"$GO" run ./internal/benchframe -size 2048x2048 -o "$work/aerial-2048.png" segment/testdata/aerial/oam-tcd-0002.jpg
+	"$GO" run ./internal/benchframe/cmd/benchframe -size 2048x2048 -o "$work/aerial-2048.png" segment/testdata/aerial/oam-tcd-0002.jpg
 fi
 qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
 # Run from $work (outside the checkout, so the agent does not find
