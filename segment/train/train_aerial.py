@@ -353,12 +353,18 @@ def box_metrics(pred, boxes):
     return rec, int((pred & ~inside).sum()), int(pred.sum())
 
 
-def evaluate(model, scenes, names, mean, std, tau):
+def tile_logits(model, scenes, names, mean, std):
+    """The model's logits for each named scene, run as the Go package runs it."""
+    return {n: segment_logits(model, scenes[n].img, mean, std) for n in names}
+
+
+def evaluate(scenes, logits, tau):
+    """Crown recall and outside-box share of the scenes in logits, tree where logit > tau."""
     per = {}
     rec_all, out, tot = [], 0, 0
-    for n in names:
+    for n, lg in logits.items():
         s = scenes[n]
-        pred = segment_logits(model, s.img, mean, std) > tau
+        pred = lg > tau
         pred &= ~pure_nodata(s.img)
         rec, o, t = box_metrics(pred, s.boxes)
         nd = nodata(s.img)
@@ -509,7 +515,7 @@ def main():
             el = time.time() - t0
             print(f"step {step} loss {loss.item():.4f} {el:.0f}s ({el / step:.2f}s/step)", flush=True)
         if not args.time_steps and val and (step % args.eval_every == 0 or step == args.steps):
-            ev = evaluate(ema, scenes, val, mean, std, 0.0)
+            ev = evaluate(scenes, tile_logits(ema, scenes, val, mean, std), 0.0)
             history.append({"step": step, "crown_recall": ev["crown_recall"], "outside_box_share": ev["outside_box_share"]})
             print(f"eval step {step}: val crown recall {ev['crown_recall']:.4f} outside-box share {ev['outside_box_share']:.4f} "
                   + " ".join(f"{k}:{v['crown_recall']}/{v['outside_box_share']}" for k, v in ev["tiles"].items()), flush=True)
@@ -523,16 +529,17 @@ def main():
         trained_args = vars(args)
     res = {"params": nparams, "args": trained_args, "command": command, "script_sha256": script_sha256, "mean": mean.tolist(), "std": std.tolist(), "history": history,
            "train": train_oam + TRAIN_NEON, "validation": val, "test": test, "torch": torch.__version__}
+    val_logits = tile_logits(ema, scenes, val, mean, std)
     if val:
         sweep = {}
         for p in THRESHOLDS:
-            ev = evaluate(ema, scenes, val, mean, std, math.log(p / (1 - p)))
+            ev = evaluate(scenes, val_logits, math.log(p / (1 - p)))
             sweep[p] = [ev["crown_recall"], ev["outside_box_share"]]
             print(f"threshold {p}: val crown recall {ev['crown_recall']:.4f} outside-box share {ev['outside_box_share']:.4f}", flush=True)
         res["val_threshold_sweep"] = sweep
     if args.cv_fold >= 0:
         # [sum of crown shares, crowns, tree pixels outside every box, tree pixels] per threshold
-        res["cv_counts"] = {str(p): evaluate(ema, scenes, val, mean, std, math.log(p / (1 - p)))["counts"] for p in CV_THRESHOLDS}
+        res["cv_counts"] = {str(p): evaluate(scenes, val_logits, math.log(p / (1 - p)))["counts"] for p in CV_THRESHOLDS}
     if args.threshold == "auto":
         assert val, "--threshold auto needs validation tiles"
         threshold = max(THRESHOLDS, key=lambda p: sweep[p][0] - sweep[p][1])
@@ -542,11 +549,11 @@ def main():
     tau = math.log(threshold / (1 - threshold))
     print("threshold", threshold, flush=True)
     if val:
-        res["val"] = evaluate(ema, scenes, val, mean, std, tau)
+        res["val"] = evaluate(scenes, val_logits, tau)
         res["val_baseline_exg_otsu"] = baseline(scenes, val)
         print("val", json.dumps(res["val"]), "\nval baseline", json.dumps(res["val_baseline_exg_otsu"]), flush=True)
     if args.final or args.report_test:
-        res["test_metrics"] = evaluate(ema, scenes, test, mean, std, tau)
+        res["test_metrics"] = evaluate(scenes, tile_logits(ema, scenes, test, mean, std), tau)
         res["test_baseline_exg_otsu"] = baseline(scenes, test)
         print("test", json.dumps(res["test_metrics"]), "\ntest baseline", json.dumps(res["test_baseline_exg_otsu"]), flush=True)
     res["minutes"] = (time.time() - t0) / 60
