@@ -2,6 +2,7 @@ package packaging
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +79,20 @@ func TestUnitDirectives(t *testing.T) {
 		if len(s[k]) == 0 {
 			t.Errorf("%s not set", k)
 		}
+	}
+	// GOMEMLIMIT stays under MemoryHigh, so the collector tightens before
+	// the kernel throttles the service.
+	var limit, high int64
+	for _, e := range s["Environment"] {
+		if v, ok := strings.CutPrefix(e, "GOMEMLIMIT="); ok {
+			fmt.Sscanf(v, "%dMiB", &limit)
+		}
+	}
+	if len(s["MemoryHigh"]) > 0 {
+		fmt.Sscanf(s["MemoryHigh"][0], "%dM", &high)
+	}
+	if limit <= 0 || high <= 0 || limit >= high || limit < high/2 {
+		t.Errorf("Environment GOMEMLIMIT=%dMiB against MemoryHigh=%dM: want a soft limit in MiB between half of MemoryHigh and MemoryHigh", limit, high)
 	}
 	u := unit(t)["Unit"]
 	if len(u["StartLimitIntervalSec"]) == 0 || len(u["StartLimitBurst"]) == 0 {
