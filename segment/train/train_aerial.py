@@ -100,6 +100,7 @@ CROWN_POWER = 0.0  # crown pixels weigh (A0 / ellipse area) ** CROWN_POWER (set 
 CROWN_A0 = 400.0   # px², about a 23 px crown at the source's resolution
 CROWN_MAX = 2.0    # cap of that weight
 RING, RING_WEIGHT = 0, 1.0  # pixels within RING px outside every box weigh RING_WEIGHT (set from --ring)
+SHADOW_WEIGHT = 2.0  # dark pixels (luma < 70) outside every box weigh this (set from --shadow-weight)
 HUE, SAT = 0.08, (0.5, 1.4)  # photometric jitter (set from --hue, --sat)
 
 
@@ -157,8 +158,8 @@ def labels(img, boxes):
     H, W = img.shape[:2]
     target = np.zeros((H, W), np.uint8)
     lum = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    # Outside every box: not tree. Dark pixels (shadows) count double.
-    weight = np.where(lum < 70, 2.0, 1.0).astype(np.float32)
+    # Outside every box: not tree. Dark pixels (shadows) weigh SHADOW_WEIGHT.
+    weight = np.where(lum < 70, SHADOW_WEIGHT, 1.0).astype(np.float32)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5
     crowns = []
     inside = np.zeros((H, W), bool)
@@ -430,6 +431,7 @@ def main():
     ap.add_argument("--ellipse", type=float, default=0.9,
                     help="positives: the ellipse inscribed in each crown box, scaled by this (1: the whole inscribed ellipse)")
     ap.add_argument("--crown-max", type=float, default=2.0, help="cap of the crown weight")
+    ap.add_argument("--shadow-weight", type=float, default=2.0, help="weight of dark pixels (luma < 70) outside every box")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
@@ -445,8 +447,8 @@ def main():
     with open(os.path.abspath(__file__), "rb") as f:
         script_sha256 = hashlib.sha256(f.read()).hexdigest()
 
-    global CROWN_POWER, CROWN_MAX, HUE, SAT, SCALE_MODE, RING, RING_WEIGHT, ELLIPSE
-    ELLIPSE = args.ellipse
+    global CROWN_POWER, CROWN_MAX, HUE, SAT, SCALE_MODE, RING, RING_WEIGHT, ELLIPSE, SHADOW_WEIGHT
+    ELLIPSE, SHADOW_WEIGHT = args.ellipse, args.shadow_weight
     CROWN_POWER, CROWN_MAX, HUE, SAT = args.crown_power, args.crown_max, args.hue, tuple(float(v) for v in args.sat.split(","))
     SCALE_MODE, RING, RING_WEIGHT = args.scale_mode, args.ring, args.ring_weight
     torch.set_num_threads(args.threads)
