@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"image"
 	"image/color"
+	"image/draw"
 	"image/png"
 	"math"
 	"slices"
@@ -220,6 +221,36 @@ func TestMaskPNGAndOverlay(t *testing.T) {
 	g, ok := back.(*image.Gray)
 	if !ok || !slices.Equal(g.Pix, mask.Pix) || len(data) > 200 {
 		t.Fatalf("mask png round trip: %T, %d bytes", back, len(data))
+	}
+	// A mask with ragged edges, seen through a sub-image (stride wider than
+	// the rows, origin not at 0,0): the same pixels come back, in about the
+	// bytes image/png's default encoding takes.
+	big := image.NewGray(image.Rect(0, 0, 700, 500))
+	for y := 0; y < 500; y++ {
+		for x := 0; x < 700; x++ {
+			if (x-350)*(x-350)+(y-250)*(y-250)*2 < 200*200+(x*y*7919)%5000 {
+				big.Pix[y*big.Stride+x] = 255
+			}
+		}
+	}
+	sub := big.SubImage(image.Rect(13, 7, 613, 407)).(*image.Gray)
+	data, err = MaskPNG(sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err = png.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := image.NewGray(image.Rect(0, 0, 600, 400))
+	draw.Draw(want, want.Bounds(), sub, sub.Bounds().Min, draw.Src)
+	if g, ok := back.(*image.Gray); !ok || !slices.Equal(g.Pix, want.Pix) {
+		t.Fatalf("sub-image mask png round trip: %T differs", back)
+	}
+	var std bytes.Buffer
+	png.Encode(&std, sub)
+	if len(data) > std.Len()*11/10 {
+		t.Errorf("mask png %d bytes, image/png %d", len(data), std.Len())
 	}
 	if _, err := MaskPNG(nil); err == nil {
 		t.Fatal("MaskPNG(nil) succeeded")
