@@ -13,10 +13,10 @@ import (
 // reader's usual gray image). Every row but the first is written with the
 // PNG "Up" filter (its difference from the row above: zero wherever the
 // mask does not change), then compressed at zlib's default level. On a
-// 12-MP aerial mask that is as small as image/png's default encoding and
-// 1.6 times as fast (65 against 104 ms), and 20 % larger than its best
-// compression at a 35th of the time: image/png tries five filters on
-// every row.
+// 12-MP aerial mask that is as small as image/png's default encoding (2 %
+// larger on the 256² satellite masks) and 1.6 times as fast (65 against
+// 104 ms), and 20 % larger than its best compression at a 35th of the
+// time: image/png tries five filters on every row.
 func MaskPNG(mask *image.Gray) ([]byte, error) {
 	if mask == nil || mask.Bounds().Empty() {
 		return nil, ErrEmptyImage
