@@ -1,16 +1,13 @@
 package cloud
 
 import (
-	"bufio"
 	"bytes"
 	"compress/zlib"
-	"encoding/binary"
-	"hash/crc32"
 	"image"
 	"image/color"
 	"image/png"
-	"io"
-	"sync"
+
+	"github.com/forestwatch/forest/internal/fastpng"
 )
 
 // encodePNG encodes a decoded legacy image as PNG for readers that need
@@ -27,9 +24,9 @@ import (
 func encodePNG(img image.Image) ([]byte, error) {
 	switch m := img.(type) {
 	case *image.YCbCr:
-		return fastPNG(m.Rect, 3, ycbcrRows(m))
+		return fastpng.Encode(m.Rect, 3, zlib.HuffmanOnly, ycbcrRows(m))
 	case *image.Gray:
-		return fastPNG(m.Rect, 1, func(y int, row []byte) {
+		return fastpng.Encode(m.Rect, 1, zlib.HuffmanOnly, func(y int, row []byte) {
 			o := (y - m.Rect.Min.Y) * m.Stride
 			copy(row, m.Pix[o:o+m.Rect.Dx()])
 		})
@@ -73,74 +70,4 @@ func ycbcrRows(m *image.YCbCr) func(y int, row []byte) {
 			row[3*i], row[3*i+1], row[3*i+2] = color.YCbCrToRGB(ys[i], m.Cb[ci], m.Cr[ci])
 		}
 	}
-}
-
-// zlibWriters are reused: a compressor holds about 1 MB of tables.
-var zlibWriters = sync.Pool{New: func() any {
-	w, _ := zlib.NewWriterLevel(io.Discard, zlib.HuffmanOnly)
-	return w
-}}
-
-// fastPNG writes an 8-bit PNG of r with channels 1 (gray) or 3 (RGB),
-// asking fill for each row's samples.
-func fastPNG(r image.Rectangle, channels int, fill func(y int, row []byte)) ([]byte, error) {
-	w, h := r.Dx(), r.Dy()
-	var out bytes.Buffer
-	out.Grow(h*(1+channels*w) + 1024) // photos barely compress
-	out.WriteString("\x89PNG\r\n\x1a\n")
-	var ihdr [13]byte
-	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
-	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
-	ihdr[8] = 8 // bit depth
-	ihdr[9] = 0 // gray
-	if channels == 3 {
-		ihdr[9] = 2 // RGB
-	}
-	writeChunk(&out, "IHDR", ihdr[:])
-	// IDAT chunks of at most 64 KB, as image/png writes them.
-	idat := bufio.NewWriterSize(chunkWriter{&out}, 64<<10)
-	zw := zlibWriters.Get().(*zlib.Writer)
-	defer zlibWriters.Put(zw)
-	zw.Reset(idat)
-	prev, cur := make([]byte, channels*w), make([]byte, channels*w)
-	line := make([]byte, 1+channels*w)
-	line[0] = 2 // filter "up": each byte minus the one above
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		fill(y, cur)
-		for i, v := range cur {
-			line[1+i] = v - prev[i]
-		}
-		if _, err := zw.Write(line); err != nil {
-			return nil, err
-		}
-		prev, cur = cur, prev
-	}
-	if err := zw.Close(); err != nil {
-		return nil, err
-	}
-	if err := idat.Flush(); err != nil {
-		return nil, err
-	}
-	writeChunk(&out, "IEND", nil)
-	return out.Bytes(), nil
-}
-
-// chunkWriter writes each Write as one IDAT chunk.
-type chunkWriter struct{ out *bytes.Buffer }
-
-func (c chunkWriter) Write(p []byte) (int, error) {
-	writeChunk(c.out, "IDAT", p)
-	return len(p), nil
-}
-
-func writeChunk(out *bytes.Buffer, typ string, data []byte) {
-	var hdr [8]byte
-	binary.BigEndian.PutUint32(hdr[:4], uint32(len(data)))
-	copy(hdr[4:], typ)
-	out.Write(hdr[:])
-	out.Write(data)
-	crc := crc32.Update(crc32.ChecksumIEEE(hdr[4:]), crc32.IEEETable, data)
-	var c [4]byte
-	binary.BigEndian.PutUint32(c[:], crc)
-	out.Write(c[:])
 }
