@@ -485,6 +485,7 @@ def main():
     # OAM tiles weighted by labelled area, the NEON image by --neon-share.
     t0 = time.time()
     history = []
+    val_logits = None  # of the current EMA weights, once evaluated
     for step in range(1, nsteps + 1):
         bi, bt, bw = [], [], []
         for _ in range(args.batch):
@@ -517,7 +518,8 @@ def main():
             el = time.time() - t0
             print(f"step {step} loss {loss.item():.4f} {el:.0f}s ({el / step:.2f}s/step)", flush=True)
         if not args.time_steps and val and (step % args.eval_every == 0 or step == args.steps):
-            ev = evaluate(scenes, tile_logits(ema, scenes, val, mean, std), 0.0)
+            val_logits = tile_logits(ema, scenes, val, mean, std)
+            ev = evaluate(scenes, val_logits, 0.0)
             history.append({"step": step, "crown_recall": ev["crown_recall"], "outside_box_share": ev["outside_box_share"]})
             print(f"eval step {step}: val crown recall {ev['crown_recall']:.4f} outside-box share {ev['outside_box_share']:.4f} "
                   + " ".join(f"{k}:{v['crown_recall']}/{v['outside_box_share']}" for k, v in ev["tiles"].items()), flush=True)
@@ -531,7 +533,8 @@ def main():
         trained_args = vars(args)
     res = {"params": nparams, "args": trained_args, "command": command, "script_sha256": script_sha256, "mean": mean.tolist(), "std": std.tolist(), "history": history,
            "train": train_oam + TRAIN_NEON, "validation": val, "test": test, "torch": torch.__version__}
-    val_logits = tile_logits(ema, scenes, val, mean, std)
+    if val_logits is None:  # with --from; else the loop last evaluated these same weights
+        val_logits = tile_logits(ema, scenes, val, mean, std)
     if val:
         sweep = {}
         for p in THRESHOLDS:
