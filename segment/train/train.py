@@ -112,6 +112,10 @@ class UNet(nn.Module):
             mu = inp.mean(dim=(2, 3), keepdim=True)
             var = ((inp - mu) ** 2).mean(dim=(2, 3), keepdim=True)
             x = torch.cat([inp, (inp - mu) / torch.sqrt(var + 0.01)], 1)
+        return self.body(x, inp.shape[2:])
+
+    def body(self, x, size):
+        """The network from its (3- or 6-channel) input to logits of the given size."""
         x0 = self.e0(self.stem(x))
         x1 = self.e1(F.max_pool2d(x0, 2))
         x2 = self.e2(F.max_pool2d(x1, 2))
@@ -123,7 +127,7 @@ class UNet(nn.Module):
         y = self.d2(up(y, x2))
         y = self.d1(up(y, x1))
         y = self.d0(up(y, x0))
-        return F.interpolate(self.head(y), size=inp.shape[2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.head(y), size=size, mode="bilinear", align_corners=False)
 
 
 class TTA(nn.Module):
@@ -256,11 +260,14 @@ def metadata_props_bytes(props):
     return b"".join(field(14, field(1, k.encode()) + field(2, v.encode())) for k, v in props.items())
 
 
-def export(model, path, mean, std, props, size=256):
+def export(model, path, mean, std, props, size=256, extra=None):
+    """Write model as ONNX with input "image" (1x3xsize x size) and any extra inputs ({name:
+    example tensor}, after it), output "logits", and props as metadata."""
     model.eval()
     tmp = path + ".tmp"
-    x = torch.zeros(1, 3, size, size)
-    torch.onnx.export(model, x, tmp, input_names=["image"], output_names=["logits"], opset_version=13,
+    extra = extra or {}
+    x = (torch.zeros(1, 3, size, size),) + tuple(extra.values())
+    torch.onnx.export(model, x, tmp, input_names=["image"] + list(extra), output_names=["logits"], opset_version=13,
                       do_constant_folding=True)
     with open(tmp, "rb") as f:
         data = f.read()

@@ -108,6 +108,32 @@ class Scene:
     def __init__(self, name, img, boxes, gsd):
         self.name, self.img, self.boxes, self.gsd = name, img, boxes, gsd
         self.target, self.weight = labels(img, boxes)
+        # About 20,000 of the scene's pixels (no-data left out), 0..1: what --frame-norm
+        # computes the frame's statistics from, after the crop's own colour jitter.
+        k = max(1, int(math.sqrt(img.shape[0] * img.shape[1] / 20000)))
+        sub = img[::k, ::k]
+        self.thumb = sub[~pure_nodata(sub)].astype(np.float32) / 255
+
+
+class FrameUNet(UNet):
+    """--frame-norm: the U-Net fed each pixel twice, normalised by the training pixels' statistics
+    and standardised by its whole frame's (per channel, no-data left out). The frame's statistics
+    come in as a second input, [N, 6]: the three channel means and variances of the frame in the
+    first normalisation, so that every window of one frame sees the same standardisation (no
+    seams), unlike the satellite model's per-window one."""
+
+    def __init__(self, ch, stride):
+        super().__init__(ch, adaptive=True, stride=stride)
+
+    def forward(self, inp, stats):
+        mu, var = stats[:, :3, None, None], stats[:, 3:, None, None]
+        return self.body(torch.cat([inp, (inp - mu) / torch.sqrt(var + 0.01)], 1), inp.shape[2:])
+
+
+def frame_stats(px, mean, std):
+    """[1, 6] statistics of pixels px ([N, 3], 0..1) after the global normalisation."""
+    z = (torch.as_tensor(px, dtype=torch.float32) - mean) / std
+    return torch.cat([z.mean(0), z.var(0, unbiased=False)])[None]
 
 
 def load(data):
@@ -199,9 +225,10 @@ def resize(a, size, resample):
     return np.array(Image.fromarray(a).resize(size, resample))
 
 
-def sample(scene, rng, crop):
+def sample(scene, rng, crop, frame=False):
     """A random crop at a random pixel size (SCALE_MODE: relative to the source's, or absolute
-    in GSD_RANGE): image uint8, target, weight."""
+    in GSD_RANGE): image uint8, target, weight, and with frame its scene's pixels under the
+    crop's colour jitter."""
     if SCALE_MODE == "relative":
         g = scene.gsd * math.exp(rng.uniform(math.log(SCALE_JITTER[0]), math.log(SCALE_JITTER[1])))
     else:
@@ -226,8 +253,10 @@ def sample(scene, rng, crop):
     img, t, w = np.ascontiguousarray(img), np.ascontiguousarray(t), np.ascontiguousarray(w).copy()
     if rng.random() < 0.15:
         img, t, w = fake_nodata(img, t, w, rng)
-    img = photometric(img, rng)
-    return img, t, w
+    if frame:
+        img, thumb = photometric(img, rng, scene.thumb)
+        return img, t, w, thumb
+    return photometric(img, rng), t, w
 
 
 def fake_nodata(img, t, w, rng):
@@ -245,26 +274,32 @@ def fake_nodata(img, t, w, rng):
     return img, t, w
 
 
-def photometric(img, rng):
+def photometric(img, rng, thumb=None):
     """Brightness, contrast, saturation, hue, per-channel gain, gamma, blur, noise, JPEG.
-    Pure black and white pixels (no-data) stay pure."""
+    Pure black and white pixels (no-data) stay pure. With thumb (the scene's pixels, 0..1), also
+    returns them under the same global colour transform: the jittered frame's pixels."""
     pure = (img.max(2) == 0) | (img.min(2) == 255)
-    f = img.astype(np.float32) / 255
-    f = f ** rng.uniform(0.75, 1.35)
-    f = f * rng.uniform(0.65, 1.45)
-    mu = f.mean()
-    f = (f - mu) * rng.uniform(0.7, 1.4) + mu
-    gray = f @ np.array([0.299, 0.587, 0.114], np.float32)
-    f = gray[..., None] + (f - gray[..., None]) * rng.uniform(*SAT)
-    f = f * np.array([rng.uniform(0.9, 1.1) for _ in range(3)], np.float32)
+    gamma, gain = rng.uniform(0.75, 1.35), rng.uniform(0.65, 1.45)
+    mu = float(((img.astype(np.float32) / 255) ** gamma * gain).mean())
+    contrast, sat = rng.uniform(0.7, 1.4), rng.uniform(*SAT)
+    gains = np.array([rng.uniform(0.9, 1.1) for _ in range(3)], np.float32)
     h = rng.uniform(-HUE, HUE) * math.pi  # hue rotation about the gray axis
+    R = None
     if h:
         c, s = math.cos(h), math.sin(h)
         k = np.ones(3, np.float32) / math.sqrt(3)
         K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], np.float32)
         R = c * np.eye(3, dtype=np.float32) + s * K + (1 - c) * np.outer(k, k)
-        f = f @ R.T
-    out = np.clip(f * 255, 0, 255)
+
+    def colour(f):
+        f = (f ** gamma) * gain
+        f = (f - mu) * contrast + mu
+        gray = f @ np.array([0.299, 0.587, 0.114], np.float32)
+        f = gray[..., None] + (f - gray[..., None]) * sat
+        f = f * gains
+        return f if R is None else f @ R.T
+
+    out = np.clip(colour(img.astype(np.float32) / 255) * 255, 0, 255)
     if rng.random() < 0.3:
         out = out + np.random.normal(0, rng.uniform(2, 8), out.shape)
     out = np.clip(out, 0, 255).astype(np.uint8)
@@ -276,7 +311,9 @@ def photometric(img, rng):
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=rng.randint(45, 95))
         im = Image.open(buf).convert("RGB")
-    return np.array(im)
+    if thumb is None:
+        return np.array(im)
+    return np.array(im), np.clip(colour(thumb), 0, 1)
 
 
 # ---------------------------------------------------------------------------- inference as Go does it
@@ -311,6 +348,9 @@ def segment_logits(model, img, mean, std, t=INPUT):
     """Blended logits at img's size, windows of t at full resolution overlapping by t/8 (smaller
     sides reflect-padded), exactly as segment.Model does by default."""
     H, W = img.shape[:2]
+    stats = None
+    if isinstance(model, FrameUNet):
+        stats = frame_stats(img[~pure_nodata(img)].astype(np.float32) / 255, mean, std)
     o = t // 8
     ph, pw = max(H, t), max(W, t)
     if ph != H or pw != W:
@@ -324,7 +364,7 @@ def segment_logits(model, img, mean, std, t=INPUT):
             for i, x in enumerate(xs):
                 win = img[y:y + t, x:x + t].astype(np.float32)
                 xt = (torch.from_numpy(win).permute(2, 0, 1)[None] / 255.0 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-                lg = model(xt)[0, 0].numpy().astype(np.float64)
+                lg = (model(xt) if stats is None else model(xt, stats))[0, 0].numpy().astype(np.float64)
                 acc[y:y + t, x:x + t] += lg * wy[j][:, None] * wx[i][None, :]
     model.train()
     return acc[:H, :W]
@@ -432,6 +472,8 @@ def main():
                     help="positives: the ellipse inscribed in each crown box, scaled by this (1: the whole inscribed ellipse)")
     ap.add_argument("--crown-max", type=float, default=2.0, help="cap of the crown weight")
     ap.add_argument("--shadow-weight", type=float, default=2.0, help="weight of dark pixels (luma < 70) outside every box")
+    ap.add_argument("--frame-norm", action="store_true",
+                    help="feed each pixel also standardised by its whole frame's statistics (a second model input)")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
@@ -468,7 +510,11 @@ def main():
     std = torch.tensor(px[keep].std(0), dtype=torch.float32)
     print("mean", mean.tolist(), "std", std.tolist(), flush=True)
 
-    model = UNet(tuple(int(c) for c in args.width.split(",")), adaptive=False, stride=args.stem_stride)
+    width = tuple(int(c) for c in args.width.split(","))
+    if args.frame_norm:
+        model = FrameUNet(width, stride=args.stem_stride)
+    else:
+        model = UNet(width, adaptive=False, stride=args.stem_stride)
     nparams = sum(p.numel() for p in model.parameters())
     print("params", nparams, flush=True)
     ema = copy.deepcopy(model)
@@ -487,15 +533,17 @@ def main():
     history = []
     val_logits = None  # of the current EMA weights, once evaluated
     for step in range(1, nsteps + 1):
-        bi, bt, bw = [], [], []
+        bi, bt, bw, bs = [], [], [], []
         for _ in range(args.batch):
             n = rng.choice(TRAIN_NEON) if rng.random() < args.neon_share else rng.choice(train_oam)
-            a, t, w = sample(scenes[n], rng, args.crop)
+            a, t, w, *thumb = sample(scenes[n], rng, args.crop, args.frame_norm)
             bi.append(a); bt.append(t); bw.append(w)
+            if thumb:
+                bs.append(frame_stats(thumb[0], mean, std))
         x = (torch.from_numpy(np.stack(bi)).float().permute(0, 3, 1, 2) / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         y = torch.from_numpy(np.stack(bt)).float().unsqueeze(1)
         w = torch.from_numpy(np.stack(bw)).float().unsqueeze(1)
-        logit = model(x)
+        logit = model(x, torch.cat(bs)) if bs else model(x)
         bce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
         if args.focal > 0:  # focal loss: easy pixels (p_true near 1) weigh less
             pt = torch.exp(-bce.detach())
@@ -584,10 +632,13 @@ def main():
         "forest.license": "model: same as repository; training data OAM-TCD, Restor Foundation (CC BY 4.0), "
                           "OpenAerialMap contributors; NSF NEON imagery (CC0/CC BY 4.0) with DeepForest boxes (MIT)",
     }
+    if args.frame_norm:
+        props["forest.frame_stats_input"] = "frame_stats"
     if args.final or args.report_test:
         props["forest.test_crown_recall"] = f"{res['test_metrics']['crown_recall']:.4f}"
         props["forest.test_outside_box_share"] = f"{res['test_metrics']['outside_box_share']:.4f}"
-    export(ema, args.out, mean, std, props, size=INPUT)
+    export(ema, args.out, mean, std, props, size=INPUT,
+           extra={"frame_stats": torch.zeros(1, 6)} if args.frame_norm else None)
     res["onnx_bytes"] = os.path.getsize(args.out)
     with open(args.out + ".metrics.json", "w") as f:
         json.dump(res, f, indent=1)
