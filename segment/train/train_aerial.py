@@ -102,6 +102,7 @@ CROWN_MAX = 2.0    # cap of that weight
 RING, RING_WEIGHT = 0, 1.0  # pixels within RING px outside every box weigh RING_WEIGHT (set from --ring)
 SHADOW_WEIGHT = 2.0  # dark pixels (luma < 70) outside every box weigh this (set from --shadow-weight)
 HUE, SAT = 0.08, (0.5, 1.4)  # photometric jitter (set from --hue, --sat)
+FRAME_CONTEXT = "scene"  # --frame-norm: the training crop's frame (set from --frame-context)
 
 
 class Scene:
@@ -254,7 +255,19 @@ def sample(scene, rng, crop, frame=False):
     if rng.random() < 0.15:
         img, t, w = fake_nodata(img, t, w, rng)
     if frame:
-        img, thumb = photometric(img, rng, scene.thumb)
+        ctx = scene.thumb
+        if FRAME_CONTEXT == "random":
+            # The frame is a square of the scene around the crop, from the crop itself to the
+            # whole scene: frames of closed canopy are rare among the scenes, crops of it are not.
+            c = int(round(math.exp(rng.uniform(math.log(ri), math.log(min(H, W))))))
+            cy = rng.randint(max(0, y + ri - c), min(y, H - c))
+            cx = rng.randint(max(0, x + ri - c), min(x, W - c))
+            k = max(1, int(c / math.sqrt(20000)))
+            sub = scene.img[cy:cy + c:k, cx:cx + c:k]
+            ctx = sub[~pure_nodata(sub)].astype(np.float32) / 255
+            if len(ctx) == 0:
+                ctx = scene.thumb
+        img, thumb = photometric(img, rng, ctx)
         return img, t, w, thumb
     return photometric(img, rng), t, w
 
@@ -474,6 +487,8 @@ def main():
     ap.add_argument("--shadow-weight", type=float, default=2.0, help="weight of dark pixels (luma < 70) outside every box")
     ap.add_argument("--frame-norm", action="store_true",
                     help="feed each pixel also standardised by its whole frame's statistics (a second model input)")
+    ap.add_argument("--frame-context", choices=["scene", "random"], default="scene",
+                    help="--frame-norm in training: the crop's frame is its whole scene, or a random square around it")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
@@ -489,8 +504,8 @@ def main():
     with open(os.path.abspath(__file__), "rb") as f:
         script_sha256 = hashlib.sha256(f.read()).hexdigest()
 
-    global CROWN_POWER, CROWN_MAX, HUE, SAT, SCALE_MODE, RING, RING_WEIGHT, ELLIPSE, SHADOW_WEIGHT
-    ELLIPSE, SHADOW_WEIGHT = args.ellipse, args.shadow_weight
+    global CROWN_POWER, CROWN_MAX, HUE, SAT, SCALE_MODE, RING, RING_WEIGHT, ELLIPSE, SHADOW_WEIGHT, FRAME_CONTEXT
+    ELLIPSE, SHADOW_WEIGHT, FRAME_CONTEXT = args.ellipse, args.shadow_weight, args.frame_context
     CROWN_POWER, CROWN_MAX, HUE, SAT = args.crown_power, args.crown_max, args.hue, tuple(float(v) for v in args.sat.split(","))
     SCALE_MODE, RING, RING_WEIGHT = args.scale_mode, args.ring, args.ring_weight
     torch.set_num_threads(args.threads)
