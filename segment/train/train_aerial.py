@@ -451,6 +451,18 @@ def baseline(scenes, names):
     return {"crown_recall": float(np.mean(rec_all)), "outside_box_share": out / max(1, tot), "crowns": len(rec_all), "tiles": per}
 
 
+def coverage(model, folder, mean, std, threshold):
+    """Print the share of each image in folder that model marks tree at threshold, and the median
+    (a check on unlabelled frames, such as the closed forest of the Montseny patches)."""
+    tau = math.log(threshold / (1 - threshold))
+    cov = []
+    for f in sorted(os.listdir(folder)):
+        img = np.array(Image.open(os.path.join(folder, f)).convert("RGB"))
+        cov.append(float((segment_logits(model, img, mean, std) > tau).mean()))
+        print(f"{f}: {cov[-1]:.3f}", flush=True)
+    print(f"{len(cov)} images: median coverage {np.median(cov):.3f}, min {min(cov):.3f}, max {max(cov):.3f}")
+
+
 # ---------------------------------------------------------------------------- training
 
 def main():
@@ -492,6 +504,9 @@ def main():
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
+    ap.add_argument("--coverage-of", metavar="DIR", default="",
+                    help="with --from (and the run's split options): print the share of each image in DIR marked tree, "
+                         "and the median, then exit")
     ap.add_argument("--cv-fold", type=int, default=-1, help=f"hold out cross-validation fold K (0..{CV_FOLDS - 1}) instead of the validation tiles")
     ap.add_argument("--cv-pool", nargs="+", default=[], metavar="METRICS_JSON",
                     help="print the folds' pooled figures at each threshold and the threshold chosen from them, then exit")
@@ -543,6 +558,9 @@ def main():
         ema.load_state_dict(ck["state"])
         trained = ck
         nsteps = 0
+        if args.coverage_of:
+            coverage(ema, args.coverage_of, mean, std, 0.5 if args.threshold == "auto" else float(args.threshold))
+            return
     # OAM tiles weighted by labelled area, the NEON image by --neon-share.
     t0 = time.time()
     history = []
