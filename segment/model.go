@@ -212,6 +212,16 @@ func (m *Model) init(path string, data []byte) error {
 	if !ok {
 		return fmt.Errorf("%w: %s %q is not a graph input (have %s)", ErrMetadata, KeyInputName, info.InputName, ioNames(ins))
 	}
+	if len(ins) > 1 {
+		// ONNX Runtime would accept the session and fail every Run on the input left unfed.
+		var extra []ort.InputOutputInfo
+		for _, io := range ins {
+			if io.Name != info.InputName {
+				extra = append(extra, io)
+			}
+		}
+		return fmt.Errorf("%w: the graph has inputs %s besides %q, and the package feeds only the image", ErrUnsupportedModel, ioNames(extra), info.InputName)
+	}
 	outInfo, ok := findIO(outs, info.OutputName)
 	if !ok {
 		return fmt.Errorf("%w: %s %q is not a graph output (have %s)", ErrMetadata, KeyOutputName, info.OutputName, ioNames(outs))

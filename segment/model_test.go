@@ -117,6 +117,16 @@ func TestMissingMetadata(t *testing.T) {
 	}
 }
 
+// TestExtraInputRefused: a graph input the package does not feed is refused at Load, not
+// left to fail every frame.
+func TestExtraInputRefused(t *testing.T) {
+	requireRuntime(t)
+	_, err := Load("testdata/tiny-two-inputs.onnx", Options{})
+	if !errors.Is(err, ErrUnsupportedModel) || !contains(err.Error(), `"frame_stats"`) {
+		t.Fatalf("Load with an input the package does not feed: %v", err)
+	}
+}
+
 func TestInvalidMetadata(t *testing.T) {
 	requireRuntime(t)
 	cases := []struct {

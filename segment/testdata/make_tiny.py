@@ -8,6 +8,8 @@ tiny.onnx           the same graph with the forest.* metadata contract (mean 0.5
                     scale 1/255, logits, classes "forest"), so logit = G/127.5 - 1 and a
                     pixel is forest (p > 0.5) exactly when G > 127.5.
 tiny-2class-nometa.onnx  1x3x32x32 -> 1x2x32x32, channel 0 = -green, channel 1 = +green.
+tiny-two-inputs.onnx  tiny.onnx's metadata on a graph with a second input, frame_stats (1x6),
+                    that the package does not feed: Load must refuse it.
 """
 import os, sys
 
@@ -28,10 +30,17 @@ def conv(weights):
     return c.eval()
 
 
-def export(model, name, props=None):
+class MinusSecondInput(nn.Module):
+    def forward(self, image, stats):
+        return image[:, 1:2] - stats[:, 1].view(-1, 1, 1, 1)
+
+
+def export(model, name, props=None, second_input=False):
     path = os.path.join(here, name)
-    torch.onnx.export(model, torch.zeros(1, 3, 32, 32), path, input_names=["image"], output_names=["logits"],
-                      opset_version=13)
+    args, names = (torch.zeros(1, 3, 32, 32),), ["image"]
+    if second_input:
+        args, names = args + (torch.zeros(1, 6),), names + ["frame_stats"]
+    torch.onnx.export(model, args, path, input_names=names, output_names=["logits"], opset_version=13)
     if props:
         with open(path, "ab") as f:
             f.write(metadata_props_bytes(props))
@@ -40,11 +49,13 @@ def export(model, name, props=None):
 
 torch.manual_seed(0)
 export(conv([[0, 1, 0]]), "tiny-nometa.onnx")
-export(conv([[0, 1, 0]]), "tiny.onnx", {
+tiny = {
     "forest.model_id": "tiny-green", "forest.name": "tiny test model", "forest.version": "0.0.1",
     "forest.input_name": "image", "forest.output_name": "logits", "forest.layout": "NCHW",
     "forest.input_size": "32x32", "forest.size_multiple": "8", "forest.scale": repr(1 / 255.0),
     "forest.mean": "0.5,0.5,0.5", "forest.std": "0.5,0.5,0.5", "forest.output": "logits",
     "forest.classes": "forest",
-})
+}
+export(conv([[0, 1, 0]]), "tiny.onnx", tiny)
 export(conv([[0, -1, 0], [0, 1, 0]]), "tiny-2class-nometa.onnx")
+export(MinusSecondInput(), "tiny-two-inputs.onnx", tiny, second_input=True)
