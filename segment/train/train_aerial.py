@@ -109,11 +109,15 @@ class Scene:
     def __init__(self, name, img, boxes, gsd):
         self.name, self.img, self.boxes, self.gsd = name, img, boxes, gsd
         self.target, self.weight = labels(img, boxes)
-        # About 20,000 of the scene's pixels (no-data left out), 0..1: what --frame-norm
-        # computes the frame's statistics from, after the crop's own colour jitter.
-        k = max(1, int(math.sqrt(img.shape[0] * img.shape[1] / 20000)))
-        sub = img[::k, ::k]
-        self.thumb = sub[~pure_nodata(sub)].astype(np.float32) / 255
+        self.thumb = frame_pixels(img)
+
+
+def frame_pixels(img):
+    """About 20,000 of img's pixels (no-data left out), 0..1: what --frame-norm computes a
+    training frame's statistics from, after the crop's own colour jitter."""
+    k = max(1, int(math.sqrt(img.shape[0] * img.shape[1] / 20000)))
+    sub = img[::k, ::k]
+    return sub[~pure_nodata(sub)].astype(np.float32) / 255
 
 
 class FrameUNet(UNet):
@@ -262,9 +266,7 @@ def sample(scene, rng, crop, frame=False):
             c = int(round(math.exp(rng.uniform(math.log(ri), math.log(min(H, W))))))
             cy = rng.randint(max(0, y + ri - c), min(y, H - c))
             cx = rng.randint(max(0, x + ri - c), min(x, W - c))
-            k = max(1, int(c / math.sqrt(20000)))
-            sub = scene.img[cy:cy + c:k, cx:cx + c:k]
-            ctx = sub[~pure_nodata(sub)].astype(np.float32) / 255
+            ctx = frame_pixels(scene.img[cy:cy + c, cx:cx + c])
             if len(ctx) == 0:
                 ctx = scene.thumb
         img, thumb = photometric(img, rng, ctx)
@@ -498,7 +500,8 @@ def main():
     ap.add_argument("--crown-max", type=float, default=2.0, help="cap of the crown weight")
     ap.add_argument("--shadow-weight", type=float, default=2.0, help="weight of dark pixels (luma < 70) outside every box")
     ap.add_argument("--frame-norm", action="store_true",
-                    help="feed each pixel also standardised by its whole frame's statistics (a second model input)")
+                    help="feed each pixel also standardised by its whole frame's statistics, a second model input "
+                         "(an experiment, not shipped: the Go package refuses a model with a second input)")
     ap.add_argument("--frame-context", choices=["scene", "random"], default="scene",
                     help="--frame-norm in training: the crop's frame is its whole scene, or a random square around it")
     ap.add_argument("--version", default="1.0.0")
