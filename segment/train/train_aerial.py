@@ -127,11 +127,14 @@ class FrameUNet(UNet):
     first normalisation, so that every window of one frame sees the same standardisation (no
     seams), unlike the satellite model's per-window one."""
 
-    def __init__(self, ch, stride):
+    def __init__(self, ch, stride, mix=1.0):
         super().__init__(ch, adaptive=True, stride=stride)
+        self.mix = mix  # --frame-mix: the frame's statistics are shrunk this far from the training set's (0, 1)
 
     def forward(self, inp, stats):
         mu, var = stats[:, :3, None, None], stats[:, 3:, None, None]
+        if self.mix != 1:
+            mu, var = mu * self.mix, var * self.mix + (1 - self.mix)
         return self.body(torch.cat([inp, (inp - mu) / torch.sqrt(var + 0.01)], 1), inp.shape[2:])
 
 
@@ -504,6 +507,9 @@ def main():
                          "(an experiment, not shipped: the Go package refuses a model with a second input)")
     ap.add_argument("--frame-context", choices=["scene", "random"], default="scene",
                     help="--frame-norm in training: the crop's frame is its whole scene, or a random square around it")
+    ap.add_argument("--frame-mix", type=float, default=1.0,
+                    help="--frame-norm: standardise by statistics this share of the way from the training set's "
+                         "(mean 0, variance 1 after normalisation) to the frame's")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
@@ -545,7 +551,7 @@ def main():
 
     width = tuple(int(c) for c in args.width.split(","))
     if args.frame_norm:
-        model = FrameUNet(width, stride=args.stem_stride)
+        model = FrameUNet(width, stride=args.stem_stride, mix=args.frame_mix)
     else:
         model = UNet(width, adaptive=False, stride=args.stem_stride)
     nparams = sum(p.numel() for p in model.parameters())
