@@ -26,10 +26,7 @@ func encodePNG(img image.Image) ([]byte, error) {
 	case *image.YCbCr:
 		return fastpng.Encode(m.Rect, 3, zlib.HuffmanOnly, ycbcrRows(m))
 	case *image.Gray:
-		return fastpng.Encode(m.Rect, 1, zlib.HuffmanOnly, func(y int, row []byte) {
-			o := (y - m.Rect.Min.Y) * m.Stride
-			copy(row, m.Pix[o:o+m.Rect.Dx()])
-		})
+		return fastpng.Gray(m, zlib.HuffmanOnly)
 	}
 	var buf bytes.Buffer
 	enc := png.Encoder{CompressionLevel: png.BestSpeed}

@@ -20,10 +20,7 @@ func MaskPNG(mask *image.Gray) ([]byte, error) {
 	if mask == nil || mask.Bounds().Empty() {
 		return nil, ErrEmptyImage
 	}
-	b := mask.Bounds()
-	data, err := fastpng.Encode(b, 1, zlib.DefaultCompression, func(y int, row []byte) {
-		copy(row, mask.Pix[mask.PixOffset(b.Min.X, y):])
-	})
+	data, err := fastpng.Gray(mask, zlib.DefaultCompression)
 	if err != nil {
 		return nil, fmt.Errorf("encode mask png: %w", err)
 	}

@@ -77,6 +77,13 @@ func Encode(r image.Rectangle, channels, level int, fill func(y int, row []byte)
 	return out.Bytes(), nil
 }
 
+// Gray writes m as an 8-bit gray PNG at zlib level.
+func Gray(m *image.Gray, level int) ([]byte, error) {
+	return Encode(m.Rect, 1, level, func(y int, row []byte) {
+		copy(row, m.Pix[m.PixOffset(m.Rect.Min.X, y):])
+	})
+}
+
 // chunkWriter writes each Write as one IDAT chunk.
 type chunkWriter struct{ out *bytes.Buffer }
 
