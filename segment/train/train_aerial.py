@@ -235,8 +235,8 @@ def resize(a, size, resample):
 
 def sample(scene, rng, crop, frame=False):
     """A random crop at a random pixel size (SCALE_MODE: relative to the source's, or absolute
-    in GSD_RANGE): image uint8, target, weight, and with frame its scene's pixels under the
-    crop's colour jitter."""
+    in GSD_RANGE): image uint8, target, weight, and with frame its frame's pixels under the
+    crop's colour jitter (else None)."""
     if SCALE_MODE == "relative":
         g = scene.gsd * math.exp(rng.uniform(math.log(SCALE_JITTER[0]), math.log(SCALE_JITTER[1])))
     else:
@@ -261,6 +261,7 @@ def sample(scene, rng, crop, frame=False):
     img, t, w = np.ascontiguousarray(img), np.ascontiguousarray(t), np.ascontiguousarray(w).copy()
     if rng.random() < 0.15:
         img, t, w = fake_nodata(img, t, w, rng)
+    ctx = None
     if frame:
         ctx = scene.thumb
         if FRAME_CONTEXT == "random":
@@ -272,9 +273,8 @@ def sample(scene, rng, crop, frame=False):
             ctx = frame_pixels(scene.img[cy:cy + c, cx:cx + c])
             if len(ctx) == 0:
                 ctx = scene.thumb
-        img, thumb = photometric(img, rng, ctx)
-        return img, t, w, thumb
-    return photometric(img, rng), t, w
+    img, ctx = photometric(img, rng, ctx)
+    return img, t, w, ctx
 
 
 def fake_nodata(img, t, w, rng):
@@ -294,8 +294,8 @@ def fake_nodata(img, t, w, rng):
 
 def photometric(img, rng, thumb=None):
     """Brightness, contrast, saturation, hue, per-channel gain, gamma, blur, noise, JPEG.
-    Pure black and white pixels (no-data) stay pure. With thumb (the scene's pixels, 0..1), also
-    returns them under the same global colour transform: the jittered frame's pixels."""
+    Pure black and white pixels (no-data) stay pure. Returns the image and thumb (a frame's
+    pixels, 0..1, or None) under the same global colour transform."""
     pure = (img.max(2) == 0) | (img.min(2) == 255)
     gamma, gain = rng.uniform(0.75, 1.35), rng.uniform(0.65, 1.45)
     mu = float(((img.astype(np.float32) / 255) ** gamma * gain).mean())
@@ -329,9 +329,7 @@ def photometric(img, rng, thumb=None):
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=rng.randint(45, 95))
         im = Image.open(buf).convert("RGB")
-    if thumb is None:
-        return np.array(im)
-    return np.array(im), np.clip(colour(thumb), 0, 1)
+    return np.array(im), None if thumb is None else np.clip(colour(thumb), 0, 1)
 
 
 # ---------------------------------------------------------------------------- inference as Go does it
@@ -523,6 +521,8 @@ def main():
     if args.cv_pool:
         cv_pool(args.cv_pool)
         return
+    if args.coverage_of and not args.init:
+        sys.exit("--coverage-of needs --from: the weights to run")
     # Recorded in <out>.metrics.json, so that every model names the run that made it.
     command = " ".join(["/usr/bin/python3", "segment/train/train_aerial.py"] + sys.argv[1:])
     with open(os.path.abspath(__file__), "rb") as f:
@@ -578,10 +578,10 @@ def main():
         bi, bt, bw, bs = [], [], [], []
         for _ in range(args.batch):
             n = rng.choice(TRAIN_NEON) if rng.random() < args.neon_share else rng.choice(train_oam)
-            a, t, w, *thumb = sample(scenes[n], rng, args.crop, args.frame_norm)
+            a, t, w, fp = sample(scenes[n], rng, args.crop, args.frame_norm)
             bi.append(a); bt.append(t); bw.append(w)
-            if thumb:
-                bs.append(frame_stats(thumb[0], mean, std))
+            if fp is not None:
+                bs.append(frame_stats(fp, mean, std))
         x = (torch.from_numpy(np.stack(bi)).float().permute(0, 3, 1, 2) / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         y = torch.from_numpy(np.stack(bt)).float().unsqueeze(1)
         w = torch.from_numpy(np.stack(bw)).float().unsqueeze(1)
