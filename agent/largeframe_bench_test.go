@@ -139,7 +139,7 @@ log: {level: debug}
 			continue
 		}
 		// Per-frame times from the agent's own log, in the order the frames
-		// were given; the first pair warms up, the median ignores it.
+		// were given; the median keeps the first pair's warm-up out of the figure.
 		var pipe, ratios []float64
 		for i, m := range regexp.MustCompile(`msg="frame spooled".* ms=(\d+)`).FindAllStringSubmatch(stderr.String(), -1) {
 			v, _ := strconv.ParseFloat(m[1], 64)
