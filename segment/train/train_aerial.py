@@ -18,11 +18,13 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import UNet, export, otsu  # noqa: E402
+from train import DS, Block, UNet, export, otsu  # noqa: E402
+import mobilenet_v2  # noqa: E402
 
 # Ground pixel size of each source, metres.
 GSD_OAM = 0.32   # OAM-TCD 2048² tiles at ≈10 cm, downscaled to 640²
@@ -136,6 +138,35 @@ class FrameUNet(UNet):
         if self.mix != 1:
             mu, var = mu * self.mix, var * self.mix + (1 - self.mix)
         return self.body(torch.cat([inp, (inp - mu) / torch.sqrt(var + 0.01)], 1), inp.shape[2:])
+
+
+class MobileUNet(nn.Module):
+    """--encoder mobilenet_v2: the first blocks of ImageNet's MobileNetV2 (pretrained, see
+    mobilenet_v2.py; to stride 16, 64 channels) with a small U-Net decoder of the repo's blocks
+    back to stride 2, then bilinear to the input size like UNet. The input comes normalised by
+    the training pixels' mean and std (the model contract); the encoder wants RGB in [-1, 1], so
+    the first operation undoes the normalisation."""
+
+    def __init__(self, mean, std, last=7):
+        super().__init__()
+        self.register_buffer("scale", (2 * std).view(1, 3, 1, 1))
+        self.register_buffer("shift", (2 * mean - 1).view(1, 3, 1, 1))
+        self.encoder = mobilenet_v2.Encoder(last)
+        c2, c4, c8, c16 = self.encoder.channels
+        self.ctx = DS(c16, c16, dil=4)
+        self.d8 = Block(c16 + c8, 48)
+        self.d4 = Block(48 + c4, 32)
+        self.d2 = Block(32 + c2, 24)
+        self.head = nn.Conv2d(24, 1, 1)
+
+    def forward(self, inp):
+        f2, f4, f8, f16 = self.encoder(inp * self.scale + self.shift)
+        y = f16 + self.ctx(f16)
+        up = lambda a, b: torch.cat([F.interpolate(a, size=b.shape[2:], mode="bilinear", align_corners=False), b], 1)
+        y = self.d8(up(y, f8))
+        y = self.d4(up(y, f4))
+        y = self.d2(up(y, f2))
+        return F.interpolate(self.head(y), size=inp.shape[2:], mode="bilinear", align_corners=False)
 
 
 def frame_stats(px, mean, std):
@@ -508,6 +539,11 @@ def main():
     ap.add_argument("--frame-mix", type=float, default=1.0,
                     help="--frame-norm: standardise by statistics this share of the way from the training set's "
                          "(mean 0, variance 1 after normalisation) to the frame's")
+    ap.add_argument("--encoder", choices=["unet", "mobilenet_v2"], default="unet",
+                    help="mobilenet_v2: an ImageNet-pretrained MobileNetV2 encoder (weights from fetch_mobilenet_v2.sh)")
+    ap.add_argument("--pretrained", default=".cache/pretrained", metavar="DIR",
+                    help="where fetch_mobilenet_v2.sh wrote mobilenet_v2.json and mobilenet_v2.bin")
+    ap.add_argument("--encoder-lr", type=float, default=0.1, help="--encoder mobilenet_v2: the encoder's learning rate, times --lr")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
@@ -550,15 +586,27 @@ def main():
     print("mean", mean.tolist(), "std", std.tolist(), flush=True)
 
     width = tuple(int(c) for c in args.width.split(","))
-    if args.frame_norm:
+    groups = None
+    if args.encoder == "mobilenet_v2":
+        if args.frame_norm:
+            sys.exit("--frame-norm works with --encoder unet only")
+        model = MobileUNet(mean, std)
+        if not args.init:
+            d = args.pretrained
+            mobilenet_v2.load_keras(model.encoder, mobilenet_v2.keras_weights(d + "/mobilenet_v2.json", d + "/mobilenet_v2.bin"))
+        enc = list(model.encoder.parameters())
+        rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+        groups = [{"params": enc, "lr": args.lr * args.encoder_lr}, {"params": rest, "lr": args.lr}]
+    elif args.frame_norm:
         model = FrameUNet(width, stride=args.stem_stride, mix=args.frame_mix)
     else:
         model = UNet(width, adaptive=False, stride=args.stem_stride)
     nparams = sum(p.numel() for p in model.parameters())
     print("params", nparams, flush=True)
     ema = copy.deepcopy(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    opt = torch.optim.AdamW(groups or model.parameters(), lr=args.lr, weight_decay=1e-4)
+    max_lr = [g["lr"] for g in groups] if groups else args.lr
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=args.steps, pct_start=0.1)
     nsteps = args.time_steps or args.steps
     if args.init:
         ck = torch.load(args.init)
