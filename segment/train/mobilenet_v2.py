@@ -62,17 +62,15 @@ class Encoder(nn.Module):
             blocks.append(InvertedResidual(cin, t, c, s))
             cin = c
         self.blocks = nn.ModuleList(blocks)
-        self.channels = []
-        for i, (t, c, s) in enumerate(BLOCKS[:last + 1]):
-            if i == last or BLOCKS[i + 1][2] == 2:
-                self.channels.append(c)
+        self.taps = [i for i in range(last + 1) if i == last or BLOCKS[i + 1][2] == 2]
+        self.channels = [BLOCKS[i][1] for i in self.taps]
 
     def forward(self, x):
         x = run(self.stem, x)
         outs = []
         for i, b in enumerate(self.blocks):
             x = b(x)
-            if i == len(self.blocks) - 1 or BLOCKS[i + 1][2] == 2:
+            if i in self.taps:
                 outs.append(x)
         return outs
 
