@@ -25,19 +25,19 @@ const aerialModel = "models/canopy-aerial-v1.onnx"
 //     every tree is boxed, so a tree pixel outside all boxes is a false positive.
 //
 // Issue 18 sets the bar on the held-out tiles at crown recall >= 0.80 and outside-box share
-// <= 0.25, both far better than excess green + Otsu. canopy-aerial-v1 1.1.0 DOES NOT MEET IT:
-// here it finds 0.62 of each held-out crown (excess green + Otsu 0.52) with an outside-box share
-// of 0.21 (excess green + Otsu 0.43; models/CANOPY_AERIAL.md). The bounds below are the level it
+// <= 0.25, both far better than excess green + Otsu. canopy-aerial-v1 2.0.0 DOES NOT MEET IT:
+// here it finds 0.72 of each held-out crown (excess green + Otsu 0.52; 1.1.0 found 0.62) with
+// an outside-box share of 0.16 (excess green + Otsu 0.43; models/CANOPY_AERIAL.md). The bounds below are the level it
 // really reaches, with a margin of about 0.03, so that a model that regresses, or the
 // satellite model put in its place (it marks under 1 % of each crown), fails; they are not the
 // issue's bar, which aerialIssueBar* keep for the log.
 const (
-	aerialMinCrownRecall = 0.58
-	aerialMaxOutside     = 0.23
+	aerialMinCrownRecall = 0.69
+	aerialMaxOutside     = 0.19
 	// Against excess green + Otsu on the same tiles: at most this fraction of its outside-box
-	// share (measured: 0.48), and at least this much more crown recall (measured: +0.10).
-	aerialOutsideVsBaseline = 0.55
-	aerialRecallVsBaseline  = 0.08
+	// share (measured: 0.38), and at least this much more crown recall (measured: +0.20).
+	aerialOutsideVsBaseline = 0.45
+	aerialRecallVsBaseline  = 0.15
 	// Issue 18's bar, not met (logged, not asserted).
 	aerialIssueBarRecall  = 0.80
 	aerialIssueBarOutside = 0.25
@@ -47,9 +47,9 @@ const (
 	// Otsu threshold. The figures of record are this test's.
 	aerialMatchTolerance = 0.03
 	// The sample tile in testdata (held-out tile 0002): its figures with a margin.
-	// (Measured: crown recall 0.47, outside-box share 0.34.)
-	sampleMinRecall  = 0.43
-	sampleMaxOutside = 0.37
+	// (Measured: crown recall 0.67, outside-box share 0.18.)
+	sampleMinRecall  = 0.63
+	sampleMaxOutside = 0.21
 	// No-data: a pure black or white pixel (every sample <= 2 or >= 253) is never tree (the
 	// package clears it); of the no-data area with its JPEG fringe (nodataRegion), at most
 	// this share may be tree.

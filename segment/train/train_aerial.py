@@ -724,6 +724,9 @@ def main():
     }
     if args.frame_norm:
         props["forest.frame_stats_input"] = "frame_stats"
+    if args.encoder == "mobilenet_v2":
+        props["forest.license"] += ("; encoder initialised from Keras's ImageNet MobileNetV2 weights "
+                                    "as shipped in the npm package nsfwjs 4.4.0 (MIT, Infinite Red)")
     if args.final or args.report_test:
         props["forest.test_crown_recall"] = f"{res['test_metrics']['crown_recall']:.4f}"
         props["forest.test_outside_box_share"] = f"{res['test_metrics']['outside_box_share']:.4f}"
