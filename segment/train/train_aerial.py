@@ -3,15 +3,17 @@
 
 Run from the repository root:
 
-    /usr/bin/python3 segment/train/train_aerial.py --data /work/shared/data \\
-        --out segment/models/canopy-aerial-v1.onnx
+    bash segment/train/fetch_mobilenet_v2.sh
+    /usr/bin/python3 segment/train/train_aerial.py --data /work/shared/data --encoder mobilenet_v2 \\
+        --crown-power 0.5 --out segment/models/canopy-aerial-v1.onnx
 
 The labels are boxes, not masks, so the model is trained with weak supervision (see
 ../models/CANOPY_AERIAL.md): the ellipse inscribed in each crown box is tree, the rest of a box is
 ignored, everything outside every box of a fully labelled tile is not tree, shadows and no-data
 borders are weighted as hard negatives and large canopy-group boxes are ignored. Writes the ONNX
 model (the forest.* metadata contract plus forest.pixel_size_m), <out>.metrics.json and <out>.pt.
-Needs only Debian's python3-torch, numpy and PIL.
+Needs only Debian's python3-torch, numpy and PIL; --encoder mobilenet_v2 (the shipped 2.0.0) also
+needs the pretrained weights that fetch_mobilenet_v2.sh unpacks.
 """
 import argparse, copy, hashlib, io, json, math, os, random, sys, time
 import xml.etree.ElementTree as ET
@@ -593,6 +595,8 @@ def main():
         model = MobileUNet(mean, std)
         if not args.init:
             d = args.pretrained
+            if not os.path.exists(d + "/mobilenet_v2.bin"):
+                sys.exit(f"{d}/mobilenet_v2.bin is missing: run bash segment/train/fetch_mobilenet_v2.sh {d}")
             mobilenet_v2.load_keras(model.encoder, mobilenet_v2.keras_weights(d + "/mobilenet_v2.json", d + "/mobilenet_v2.bin"))
         enc = list(model.encoder.parameters())
         rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
