@@ -80,6 +80,11 @@ class Block(nn.Module):
         return self.b(self.a(x)) + self.skip(x)
 
 
+def up(a, b):
+    """a upsampled bilinearly to b's size, then b's channels after a's (a U-Net skip)."""
+    return torch.cat([F.interpolate(a, size=b.shape[2:], mode="bilinear", align_corners=False), b], 1)
+
+
 class UNet(nn.Module):
     """U-Net of depthwise-separable residual blocks. The stem has stride 2, so the network
     works at half resolution (10 m imagery: forest edges are smooth at 20 m) and the logits
@@ -122,7 +127,6 @@ class UNet(nn.Module):
         x3 = self.e3(F.max_pool2d(x2, 2))
         x4 = self.e4(F.max_pool2d(x3, 2))
         x4 = x4 + self.ctx(x4)
-        up = lambda a, b: torch.cat([F.interpolate(a, size=b.shape[2:], mode="bilinear", align_corners=False), b], 1)
         y = self.d3(up(x4, x3))
         y = self.d2(up(y, x2))
         y = self.d1(up(y, x1))

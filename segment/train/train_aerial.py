@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import DS, Block, UNet, export, otsu  # noqa: E402
+from train import DS, Block, UNet, export, otsu, up  # noqa: E402
 import mobilenet_v2  # noqa: E402
 
 # Ground pixel size of each source, metres.
@@ -164,7 +164,6 @@ class MobileUNet(nn.Module):
     def forward(self, inp):
         f2, f4, f8, f16 = self.encoder(inp * self.scale + self.shift)
         y = f16 + self.ctx(f16)
-        up = lambda a, b: torch.cat([F.interpolate(a, size=b.shape[2:], mode="bilinear", align_corners=False), b], 1)
         y = self.d8(up(y, f8))
         y = self.d4(up(y, f4))
         y = self.d2(up(y, f2))
