@@ -15,8 +15,20 @@ import (
 
 func TestMain(m *testing.M) { rabbittest.Main(m) }
 
-// modelPath is the default model, trained on Sentinel-2 tiles.
+// modelPath is the satellite model, which most of the agent's tests use: its
+// sample tiles take one window each. The device's default is deviceModel's.
 var modelPath = filepath.Join("..", "segment", "models", "forest-unet-v1.onnx")
+
+// deviceModel is the absolute path of the model the device package's
+// config (firmware/agent.yaml) names, in this checkout.
+func deviceModel(t testing.TB, def *Config) string {
+	t.Helper()
+	model := def.Segment.Model
+	if !filepath.IsAbs(model) || !fileExists(model) {
+		model, _ = filepath.Abs(filepath.Join("..", "segment", "models", filepath.Base(model)))
+	}
+	return model
+}
 
 // needModel fails under CI and skips otherwise when the default model or
 // ONNX Runtime is missing.

@@ -50,10 +50,7 @@ func TestLargeFrames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	model := def.Segment.Model
-	if !filepath.IsAbs(model) || !fileExists(model) {
-		model, _ = filepath.Abs(filepath.Join("..", "segment", "models", filepath.Base(def.Segment.Model)))
-	}
+	model := deviceModel(t, def)
 	bin := buildBinary(t)
 	for _, c := range []struct {
 		name   string
