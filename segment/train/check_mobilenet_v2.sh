@@ -36,7 +36,7 @@ sys.path.insert(0, sys.argv[1])
 import mobilenet_v2 as mv
 d, tmp = sys.argv[2], sys.argv[3]
 enc = mv.Encoder(last=7)
-mv.load_keras(enc, mv.keras_weights(d + "/mobilenet_v2.json", d + "/mobilenet_v2.bin"))
+mv.load_pretrained(enc, d)
 enc.eval()
 x = torch.from_numpy(np.fromfile(tmp + "/x.bin", "<f4").reshape(1, 224, 224, 3)).permute(0, 3, 1, 2)
 with torch.no_grad():

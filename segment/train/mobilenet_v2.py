@@ -9,6 +9,8 @@ Layers follow Keras: a stride-2 convolution pads one pixel at the bottom and rig
 network expects pixels in [-1, 1].
 """
 import json
+import os
+import sys
 
 import numpy as np
 import torch
@@ -79,7 +81,8 @@ def keras_weights(manifest_path, bin_path):
     """{Keras weight name: float32 array} from a tfjs layers-model manifest and its weight file."""
     with open(manifest_path) as f:
         m = json.load(f)
-    data = open(bin_path, "rb").read()
+    with open(bin_path, "rb") as f:
+        data = f.read()
     out, off = {}, 0
     for w in m["weightsManifest"][0]["weights"]:
         n = int(np.prod(w["shape"]))
@@ -112,3 +115,11 @@ def load_keras(enc, kw):
             put(b.expand, f"{p}_expand", f"{p}_expand_BN")
         put(b.depthwise, f"{p}_depthwise", f"{p}_depthwise_BN", depthwise=True)
         put(b.project, f"{p}_project", f"{p}_project_BN")
+
+
+def load_pretrained(enc, d):
+    """Copy the weights fetch_mobilenet_v2.sh unpacked into directory d into enc; exits with a
+    message naming the fetch script when they are missing."""
+    if not os.path.exists(os.path.join(d, "mobilenet_v2.bin")):
+        sys.exit(f"{d}/mobilenet_v2.bin is missing: run bash segment/train/fetch_mobilenet_v2.sh {d}")
+    load_keras(enc, keras_weights(os.path.join(d, "mobilenet_v2.json"), os.path.join(d, "mobilenet_v2.bin")))

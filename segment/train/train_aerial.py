@@ -593,10 +593,7 @@ def main():
             sys.exit("--frame-norm works with --encoder unet only")
         model = MobileUNet(mean, std)
         if not args.init:
-            d = args.pretrained
-            if not os.path.exists(d + "/mobilenet_v2.bin"):
-                sys.exit(f"{d}/mobilenet_v2.bin is missing: run bash segment/train/fetch_mobilenet_v2.sh {d}")
-            mobilenet_v2.load_keras(model.encoder, mobilenet_v2.keras_weights(d + "/mobilenet_v2.json", d + "/mobilenet_v2.bin"))
+            mobilenet_v2.load_pretrained(model.encoder, args.pretrained)
         enc = list(model.encoder.parameters())
         rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
         groups = [{"params": enc, "lr": args.lr * args.encoder_lr}, {"params": rest, "lr": args.lr}]
