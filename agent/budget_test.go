@@ -5,10 +5,18 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/forestwatch/forest/agent/status"
+	"github.com/forestwatch/forest/spool"
+	"github.com/forestwatch/forest/uplink"
+	"github.com/forestwatch/forest/wire"
 )
 
 // fakeClock is a settable clock.
@@ -190,5 +198,87 @@ func TestBudgetWaitsForWindow(t *testing.T) {
 	cancel()
 	if err := b.wait(ctx); err == nil {
 		t.Fatal("wait ignored its context")
+	}
+}
+
+// downOnceLink finds the link down at its first Publish and confirms every
+// later one, keeping the seq headers it confirmed (a mock for this one
+// branch of the drain; TestDailyBudgetWithBroker uses the real broker).
+type downOnceLink struct {
+	mu    sync.Mutex
+	calls int
+	sent  []int64
+}
+
+func (l *downOnceLink) Publish(_ context.Context, msgs []wire.Message) ([]uplink.Result, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.calls++
+	res := make([]uplink.Result, len(msgs))
+	for i := range res {
+		if l.calls == 1 {
+			res[i].Err = uplink.ErrNotConnected
+			continue
+		}
+		res[i].Outcome = uplink.Confirmed
+		l.sent = append(l.sent, msgs[i].Headers[wire.HeaderSeq].(int64))
+	}
+	if l.calls == 1 {
+		return res, uplink.ErrNotConnected
+	}
+	return res, nil
+}
+
+// slowRelease is the spool with a slow Release, which widens the window
+// between a failed send's refund and its release.
+type slowRelease struct{ *spool.Queue }
+
+func (q slowRelease) Release(ids ...uint64) {
+	if len(ids) > 0 {
+		time.Sleep(200 * time.Millisecond)
+	}
+	q.Queue.Release(ids...)
+}
+
+// TestBudgetRefundKeepsPriority: when the first send finds the link down,
+// the budget it gave back goes to the same highest-priority frames, not to
+// the lower ones the other lane could take while they were still in
+// flight (CI once saw frames 1, 3, 6 sent instead of 2, 4, 5).
+func TestBudgetRefundKeepsPriority(t *testing.T) {
+	cfg := testConfig(t)
+	spoolFrames(t, cfg, 0, 4, 1, 4, 2, 0) // ids 1-6
+	q, err := spool.Open(cfg.Spool.Dir, spool.Options{Order: spool.ByPriority})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	m, err := status.NewMetrics(prometheus.NewRegistry(), status.Inputs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: at("2026-12-04T10:00:00Z")}
+	link := &downOnceLink{}
+	d := &drain{q: slowRelease{q}, pub: link, batch: 64, agent: "forest-agent/test", m: m, status: status.NewTracker(), log: testLogger(t),
+		backoffMin: 10 * time.Millisecond, backoffMax: 10 * time.Millisecond,
+		budget: openBudgetT(t, t.TempDir(), UplinkConfig{DailyBytes: 3*51_000 + 25_000}, clock),
+		size:   func(m *wire.Message) int64 { return uplink.Size(m, "", "frames") }}
+	d.budget.poll = 10 * time.Millisecond
+	stop, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(stop, context.Background()) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for q.Stats().Frames > 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // time to send a fourth, were the budget not kept
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	link.mu.Lock()
+	defer link.mu.Unlock()
+	slices.Sort(link.sent)
+	if want := []int64{2, 4, 5}; !slices.Equal(link.sent, want) {
+		t.Fatalf("sent frames %v after the link was down once, want %v (priority 4, 4, 2)", link.sent, want)
 	}
 }

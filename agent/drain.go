@@ -52,8 +52,9 @@ type drain struct {
 	backoffMax time.Duration
 	// budget, when set, holds the drain to uplink.daily_bytes and
 	// uplink.windows; size says what a message costs on the link. pick
-	// makes a lane's Next and its spending one step, so that the lanes
-	// spend the budget in the spool's order.
+	// makes a lane's Next and its spending one step, and a failed send's
+	// refund and release another, so that the lanes spend the budget in
+	// the spool's order.
 	budget *budget
 	size   func(*wire.Message) int64
 	pick   sync.Mutex
@@ -335,9 +336,6 @@ func (d *drain) send(ctx context.Context, msgs []wire.Message, ids []uint64) (co
 	}
 	t0 := time.Now()
 	res, err := d.pub.Publish(ctx, msgs)
-	if d.budget != nil {
-		d.account(msgs, res)
-	}
 	var rel []uint64
 	var firstErr error
 	for i, id := range ids {
@@ -367,7 +365,17 @@ func (d *drain) send(ctx context.Context, msgs []wire.Message, ids []uint64) (co
 	if len(confirmed) > 0 {
 		d.m.PublishSeconds.Observe(time.Since(t0).Seconds())
 	}
-	d.q.Release(rel...)
+	if d.budget != nil {
+		// The refund of unsent frames and their release are one step under
+		// pick: were the budget given back first, the other lane could
+		// spend it on the frames after these before they are free again.
+		d.pick.Lock()
+		d.account(msgs, res)
+		d.q.Release(rel...)
+		d.pick.Unlock()
+	} else {
+		d.q.Release(rel...)
+	}
 	if err == nil {
 		err = firstErr
 	}
