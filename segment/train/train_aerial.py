@@ -545,6 +545,9 @@ def main():
     ap.add_argument("--pretrained", default=".cache/pretrained", metavar="DIR",
                     help="where fetch_mobilenet_v2.sh wrote mobilenet_v2.json and mobilenet_v2.bin")
     ap.add_argument("--encoder-lr", type=float, default=0.1, help="--encoder mobilenet_v2: the encoder's learning rate, times --lr")
+    ap.add_argument("--encoder-last", type=int, default=7, choices=[7, 8],
+                    help="--encoder mobilenet_v2: the last pretrained block (7: 160k parameters; 8: one more "
+                         "64-channel block at stride 16, 213k)")
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--time-steps", type=int, default=0, help="only time N steps and exit")
     ap.add_argument("--from", dest="init", default="", help="skip training: load these weights (.pt), evaluate, export")
@@ -591,7 +594,7 @@ def main():
     if args.encoder == "mobilenet_v2":
         if args.frame_norm:
             sys.exit("--frame-norm works with --encoder unet only")
-        model = MobileUNet(mean, std)
+        model = MobileUNet(mean, std, last=args.encoder_last)
         if not args.init:
             mobilenet_v2.load_pretrained(model.encoder, args.pretrained)
         enc = list(model.encoder.parameters())
