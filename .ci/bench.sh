@@ -37,6 +37,10 @@ bench uplink ./uplink -bench 'Publish$' -benchtime 2000x -count 3
 bench agent ./agent -bench 'Drain$' -benchtime 2000x -count 3
 bench agent ./agent -bench 'DrainRatio' -benchtime 5x -count 3
 bench agent ./agent -bench 'Frame' -count "$count"
+# encode: a 1-MP WebP encode through the system libwebp against the built-in
+# WebAssembly one.
+bench encode ./agent/encode -bench 'WebPEncode' -count "$count"
+bench encode ./agent/encode -bench 'WebPEncode' -count "$count" -tags nodynamic
 # cloud: queue -> S3 against bare aws-sdk-go-v2 PUTs.
 bench cloud ./cloud -bench EndToEnd -count 3
 # cloud: the old devices' legacy messages, forest-cloud against the Python

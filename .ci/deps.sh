@@ -10,6 +10,10 @@
 #   Chromium      apt-get install chromium (the status and fleet page tests)
 #   promtool      apt-get install prometheus (checks the example alerting rules;
 #                 the Prometheus service is not started)
+#   libwebp       apt-get install libwebp-dev (the system libwebp.so the
+#                 agent's WebP encoder loads when present, as the device
+#                 package recommends; .ci/test.sh also tests the built-in
+#                 WebAssembly one)
 #   RabbitMQ      apt-get install rabbitmq-server (not started: the test
 #                 harness starts its own broker on 127.0.0.1)
 #   versitygw     go install at a pinned version into .cache/bin
@@ -94,7 +98,7 @@ go_ok() {
 }
 go_ok || { say "Go 1.26 or later is needed on the PATH (found: $(go env GOVERSION 2>/dev/null || echo none)); Debian 12's golang package is 1.19: install Go 1.26 and put its bin/ on the PATH"; exit 1; }
 
-apt_install rabbitmq-server ca-certificates chromium gcc libc6-dev binutils systemd prometheus
+apt_install rabbitmq-server ca-certificates chromium gcc libc6-dev binutils systemd prometheus libwebp-dev
 go_tool versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION"
 go_tool minio github.com/minio/minio "$MINIO_VERSION"
 go_tool staticcheck honnef.co/go/tools/cmd/staticcheck "$STATICCHECK_VERSION"

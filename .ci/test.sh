@@ -19,6 +19,11 @@ if [ -s "$FOREST_E2E_TALLY" ]; then
 	cat "$FOREST_E2E_TALLY"
 fi
 
+# The frame encoder's tests again with the built-in WebAssembly libwebp,
+# which a device without libwebp-dev uses (the run above used the system's).
+echo "encode tests with -tags nodynamic"
+go test -count=1 -tags nodynamic ${GOTESTFLAGS:-} ./agent/encode/
+
 # The cloud tests of what forest-cloud relies on from S3 (conditional
 # writes, checksums, duplicates, outages, kills) again against MinIO, so that
 # none of it is one server's quirk (internal/s3test runs both servers itself).

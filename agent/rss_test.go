@@ -32,9 +32,10 @@ func procKB(pid int, key string) int64 {
 // (firmware/agent.yaml's), offline, spooling 1,000 frames (the shipped
 // samples round-robin: four 256×256 Sentinel-2 tiles and one 1024×1024 NEON
 // JPEG), and reports its peak RSS (VmHWM), with the default settings (2 ONNX
-// Runtime threads, encode.mode auto). Target: ≤ 120 MB, not met since WebP
-// re-encoding became the default (BENCHMARKS.md). It takes about ten
-// minutes, so it runs only with FOREST_AGENT_RSS=1 (make bench sets it).
+// Runtime threads, encode.mode auto; the system libwebp when installed, as
+// the device package recommends). Target: ≤ 120 MB (BENCHMARKS.md). It takes
+// about seven minutes, so it runs only with FOREST_AGENT_RSS=1 (make bench
+// sets it).
 func TestRSS1000Frames(t *testing.T) {
 	if os.Getenv("FOREST_AGENT_RSS") == "" {
 		t.Skip("set FOREST_AGENT_RSS=1 to run (several minutes)")

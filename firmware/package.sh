@@ -150,7 +150,7 @@ Architecture: $arch
 Maintainer: Forestwatch <forest@forestwatch.invalid>
 Installed-Size: $size
 Depends: libc6 (>= $glibc), libstdc++6 (>= 7), libgcc-s1 | libgcc1, adduser | passwd
-Recommends: systemd
+Recommends: systemd, libwebp-dev
 Section: misc
 Priority: optional
 Homepage: https://github.com/forestwatch/forest

@@ -299,7 +299,7 @@ func checkDeb(t *testing.T, deb, arch string) (version, extracted string) {
 	info := run(t, "", "dpkg-deb", "--info", deb)
 	for _, want := range []string{
 		" Package: forest-agent\n", " Architecture: " + arch + "\n", " Depends: libc6 (>= 2.", "libstdc++6",
-		" Recommends: systemd\n", "conffiles", "postinst", "prerm", "postrm",
+		" Recommends: systemd, libwebp-dev\n", "conffiles", "postinst", "prerm", "postrm",
 	} {
 		if !strings.Contains(info, want) {
 			t.Errorf("dpkg-deb --info lacks %q:\n%s", want, info)

@@ -1,0 +1,5 @@
+//go:build !nodynamic
+
+package encode
+
+const nodynamic = false
