@@ -60,8 +60,8 @@ func (f Format) ContentType() string {
 // libwebp" when github.com/gen2brain/webp loaded libwebp.so and
 // libwebpdemux.so (Debian's libwebp-dev), else "WebAssembly" with the
 // reason. The system library encodes a 1-MP frame about 4 times faster
-// and keeps about 30 MB less memory (BENCHMARKS.md); the output is the
-// same VP8 either way, and checked by the same SSIM.
+// and the agent peaks about 40 MB lower with it (BENCHMARKS.md); either
+// one's output is checked by the same SSIM.
 func WebPEncoder() (name string, why error) {
 	if err := webp.Dynamic(); err != nil {
 		return "WebAssembly", err

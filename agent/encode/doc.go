@@ -15,8 +15,8 @@
 // libwebp.so when one is installed (Debian's libwebp-dev, which the device
 // package recommends), else by libwebp 1.4 compiled to WebAssembly and run
 // in the process by wazero, so the agent works without any C library, at
-// about 4 times the CPU and 30 MB more memory (WebPEncoder). The output of
-// either is checked by the same SSIM.
+// about 4 times the CPU and 40 MB more peak memory (WebPEncoder). The
+// output of either is checked by the same SSIM.
 //
 // A Searcher is used by one goroutine (the agent's pipeline); it keeps the
 // last frame's quality as the start of the next search. Memory beyond the
