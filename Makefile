@@ -24,7 +24,7 @@ help: ## list the targets
 build: ## build bin/forest-agent and bin/forest-cloud
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./agent/cmd/forest-agent ./cloud/cmd/forest-cloud
 
-deps: ## install RabbitMQ, versitygw, staticcheck, ONNX Runtime (npm), Chromium, gcc, systemd (cached in .cache/)
+deps: ## install RabbitMQ, versitygw, staticcheck, ONNX Runtime (npm), Chromium, gcc, systemd, libwebp-dev (cached in .cache/)
 	bash .ci/deps.sh
 
 run: deps build ## the main job: forest-agent --once on the sample frames, offline: aerial and satellite model, with overlays
