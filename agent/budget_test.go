@@ -215,16 +215,15 @@ func (l *downOnceLink) Publish(_ context.Context, msgs []wire.Message) ([]uplink
 	defer l.mu.Unlock()
 	l.calls++
 	res := make([]uplink.Result, len(msgs))
-	for i := range res {
-		if l.calls == 1 {
+	if l.calls == 1 {
+		for i := range res {
 			res[i].Err = uplink.ErrNotConnected
-			continue
 		}
+		return res, uplink.ErrNotConnected
+	}
+	for i := range res {
 		res[i].Outcome = uplink.Confirmed
 		l.sent = append(l.sent, msgs[i].Headers[wire.HeaderSeq].(int64))
-	}
-	if l.calls == 1 {
-		return res, uplink.ErrNotConnected
 	}
 	return res, nil
 }
@@ -266,10 +265,7 @@ func TestBudgetRefundKeepsPriority(t *testing.T) {
 	stop, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(stop, context.Background()) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for q.Stats().Frames > 3 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, 10*time.Second, "three frames sent", func() bool { return q.Stats().Frames <= 3 })
 	time.Sleep(300 * time.Millisecond) // time to send a fourth, were the budget not kept
 	cancel()
 	if err := <-done; err != nil {
