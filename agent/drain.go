@@ -365,15 +365,18 @@ func (d *drain) send(ctx context.Context, msgs []wire.Message, ids []uint64) (co
 	if len(confirmed) > 0 {
 		d.m.PublishSeconds.Observe(time.Since(t0).Seconds())
 	}
-	// The refund of unsent frames and their release are one step under
-	// pick: were the budget given back first, the other lane could spend it
-	// on the frames after these before they are free again.
-	d.pick.Lock()
 	if d.budget != nil {
+		// The refund of unsent frames and their release are one step under
+		// pick: were the budget given back first, the other lane could
+		// spend it on the frames after these before they are free again.
+		// Without a budget no lock: this is every batch's path.
+		d.pick.Lock()
 		d.account(msgs, res)
+		d.q.Release(rel...)
+		d.pick.Unlock()
+	} else {
+		d.q.Release(rel...)
 	}
-	d.q.Release(rel...)
-	d.pick.Unlock()
 	if err == nil {
 		err = firstErr
 	}
