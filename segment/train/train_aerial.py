@@ -447,24 +447,26 @@ def tile_logits(model, scenes, names, mean, std):
     return {n: segment_logits(model, scenes[n].img, mean, std) for n in names}
 
 
-def evaluate(scenes, logits, tau):
-    """Crown recall and outside-box share of the scenes in logits, tree where logit > tau."""
+def score(scenes, preds):
+    """Crown recall and outside-box share of boolean tree masks, per scene name and pooled."""
     per = {}
     rec_all, out, tot = [], 0, 0
-    for n, lg in logits.items():
+    for n, pred in preds.items():
         s = scenes[n]
-        pred = lg > tau
-        pred &= ~pure_nodata(s.img)
         rec, o, t = box_metrics(pred, s.boxes)
-        nd = nodata(s.img)
         per[n] = {"crowns": len(rec), "crown_recall": round(float(np.mean(rec)), 4) if rec else None,
                   "outside_box_share": round(o / max(1, t), 4), "tree_fraction": round(t / pred.size, 4),
-                  "nodata_tree_px": int((pred & nd).sum())}
+                  "nodata_tree_px": int((pred & nodata(s.img)).sum())}
         rec_all += rec
         out += o
         tot += t
     return {"crown_recall": float(np.mean(rec_all)), "outside_box_share": out / max(1, tot), "crowns": len(rec_all),
             "counts": [float(np.sum(rec_all)), len(rec_all), out, tot], "tiles": per}
+
+
+def evaluate(scenes, logits, tau):
+    """score() of the scenes in logits, tree where logit > tau and not pure no-data."""
+    return score(scenes, {n: (lg > tau) & ~pure_nodata(scenes[n].img) for n, lg in logits.items()})
 
 
 def exg_otsu(img):
@@ -474,16 +476,8 @@ def exg_otsu(img):
 
 
 def baseline(scenes, names):
-    per = {}
-    rec_all, out, tot = [], 0, 0
-    for n in names:
-        s = scenes[n]
-        rec, o, t = box_metrics(exg_otsu(s.img), s.boxes)
-        per[n] = {"crown_recall": round(float(np.mean(rec)), 4) if rec else None, "outside_box_share": round(o / max(1, t), 4)}
-        rec_all += rec
-        out += o
-        tot += t
-    return {"crown_recall": float(np.mean(rec_all)), "outside_box_share": out / max(1, tot), "crowns": len(rec_all), "tiles": per}
+    """score() of excess green + Otsu."""
+    return score(scenes, {n: exg_otsu(scenes[n].img) for n in names})
 
 
 def coverage(model, folder, mean, std, threshold):
