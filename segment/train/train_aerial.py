@@ -81,10 +81,14 @@ def cv_draw():
     return [sorted(tiles[k * n:(k + 1) * n]) for k in range(CV_FOLDS)]
 
 
-def cv_pool(paths):
+def cv_pool(paths, scale="1"):
     """Pool the fold runs' held-out counts and choose the threshold the way issue 18's bar reads:
-    the one whose worse margin, min(crown recall - 0.80, 0.25 - outside-box share), is largest."""
+    the one whose worse margin, min(crown recall - 0.80, 0.25 - outside-box share), is largest.
+    scale: the counts of the held-out tiles resampled by this factor (--eval-scales)."""
     folds = [json.load(open(p)) for p in paths]
+    if scale != "1":
+        for f in folds:
+            f["cv_counts"] = f["cv_counts_at_scale"][scale]
     held = sorted(t for f in folds for t in f["validation"])
     want = sorted(t for fold in cv_draw() for t in fold)
     if held != want:
@@ -442,9 +446,26 @@ def box_metrics(pred, boxes):
     return rec, int((pred & ~inside).sum()), int(pred.sum())
 
 
-def tile_logits(model, scenes, names, mean, std):
-    """The model's logits for each named scene, run as the Go package runs it."""
-    return {n: segment_logits(model, scenes[n].img, mean, std) for n in names}
+def scaled_logits(model, img, mean, std, s):
+    """segment_logits of img resampled by s, brought back to img's size, as segment.Model does for
+    a frame whose pixel size is outside the model's range: the frame resampled bilinearly
+    (enlarging) or by area (shrinking) to 8-bit RGB, the logits averaged by area (or
+    interpolated) back."""
+    if s == 1:
+        return segment_logits(model, img, mean, std)
+    H, W = img.shape[:2]
+    sh, sw = max(1, round(H * s)), max(1, round(W * s))
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].double()
+    x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False) if s > 1 else F.interpolate(x, size=(sh, sw), mode="area")
+    small = x[0].permute(1, 2, 0).round().clamp(0, 255).numpy().astype(np.uint8)
+    lg = torch.from_numpy(segment_logits(model, small, mean, std))[None, None]
+    lg = F.interpolate(lg, size=(H, W), mode="area") if s > 1 else F.interpolate(lg, size=(H, W), mode="bilinear", align_corners=False)
+    return lg[0, 0].numpy()
+
+
+def tile_logits(model, scenes, names, mean, std, s=1.0):
+    """The model's logits for each named scene, run as the Go package runs it (at scale s)."""
+    return {n: scaled_logits(model, scenes[n].img, mean, std, s) for n in names}
 
 
 def score(scenes, preds):
@@ -549,11 +570,14 @@ def main():
                     help="with --from (and the run's split options): print the share of each image in DIR marked tree, "
                          "and the median, then exit")
     ap.add_argument("--cv-fold", type=int, default=-1, help=f"hold out cross-validation fold K (0..{CV_FOLDS - 1}) instead of the validation tiles")
+    ap.add_argument("--eval-scales", default="", metavar="S,S",
+                    help="with --cv-fold: also record the held-out counts with the tiles resampled by each factor")
+    ap.add_argument("--pool-scale", default="1", metavar="S", help="with --cv-pool: pool the counts recorded at this --eval-scales factor")
     ap.add_argument("--cv-pool", nargs="+", default=[], metavar="METRICS_JSON",
                     help="print the folds' pooled figures at each threshold and the threshold chosen from them, then exit")
     args = ap.parse_args()
     if args.cv_pool:
-        cv_pool(args.cv_pool)
+        cv_pool(args.cv_pool, args.pool_scale)
         return
     if args.coverage_of and not args.init:
         sys.exit("--coverage-of needs --from: the weights to run")
@@ -680,6 +704,10 @@ def main():
     if args.cv_fold >= 0:
         # [sum of crown shares, crowns, tree pixels outside every box, tree pixels] per threshold
         res["cv_counts"] = {str(p): evaluate(scenes, val_logits, math.log(p / (1 - p)))["counts"] for p in CV_THRESHOLDS}
+        res["cv_counts_at_scale"] = {}
+        for sc in filter(None, args.eval_scales.split(",")):
+            lg = tile_logits(ema, scenes, val, mean, std, float(sc))
+            res["cv_counts_at_scale"][sc] = {str(p): evaluate(scenes, lg, math.log(p / (1 - p)))["counts"] for p in CV_THRESHOLDS}
     if args.threshold == "auto":
         assert val, "--threshold auto needs validation tiles"
         threshold = max(THRESHOLDS, key=lambda p: sweep[p][0] - sweep[p][1])
