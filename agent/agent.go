@@ -90,6 +90,7 @@ type Agent struct {
 	q       *spool.Queue
 	model   *segment.Model
 	modelID string
+	encoder string // how frames are re-encoded, for the status page and /metrics
 	pub     linkPublisher
 	src     source.Source
 	pipe    *pipeline
@@ -135,6 +136,17 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 	}
 	a.keep.m = a.m
 	a.keep.prune()
+	var webpBy string
+	a.encoder, webpBy = encoderLabel(cfg.Encode.Mode)
+	encInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "forest_agent_encoder_info",
+		Help:        "Always 1: how frames are re-encoded (encode.mode, and the WebP encoder it uses, if any).",
+		ConstLabels: prometheus.Labels{"mode": cfg.Encode.Mode, "webp": webpBy},
+	})
+	encInfo.Set(1)
+	if err := a.reg.Register(encInfo); err != nil {
+		return a, fmt.Errorf("register metrics: %w", err)
+	}
 	var pol spool.Policy
 	var ord spool.Order
 	_ = pol.UnmarshalText([]byte(cfg.Spool.Policy))
@@ -312,7 +324,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	} else if ln != nil {
 		pg := &status.Page{
 			Registry: a.reg, Tracker: a.status, Device: a.cfg.Device.ID, Version: Version, Model: a.modelID,
-			Source: a.cfg.Source.Type, Refresh: a.cfg.HTTP.Refresh.D(), Link: a.link, Ready: a.Ready, Log: a.log,
+			Source: a.cfg.Source.Type, Encoder: a.encoder, Refresh: a.cfg.HTTP.Refresh.D(), Link: a.link, Ready: a.Ready, Log: a.log,
 			ClockSynced: a.clockSynced, KeptBytes: a.keep.bytes.Load,
 			Spool: func() spool.Stats { st, _ := a.spoolStats(); return st },
 		}

@@ -236,3 +236,17 @@ func thumbnail(img image.Image, mask *image.Gray, side int) []byte {
 	}
 	return buf.Bytes()
 }
+
+// encoderLabel describes encode.mode for the status page ("auto · WebP by system libwebp")
+// and names the WebP encoder it uses ("" in modes jpeg and keep).
+func encoderLabel(mode string) (label, webpBy string) {
+	if mode != "auto" && mode != "webp" {
+		return mode, ""
+	}
+	webpBy, why := encode.WebPEncoder()
+	label = mode + " · WebP by " + webpBy
+	if why != nil {
+		label += " (slower: install libwebp-dev)"
+	}
+	return label, webpBy
+}

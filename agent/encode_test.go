@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/disintegration/imaging"
@@ -241,6 +242,26 @@ func TestAutoLargeFrames(t *testing.T) {
 		}
 		if !c.taken && enc.SSIM < 0.95 {
 			t.Errorf("%s: re-encoded at SSIM %.4f", c.name, enc.SSIM)
+		}
+	}
+}
+
+// TestEncoderLabel: the status page names the WebP encoder in the modes that
+// use one, and says how to get the faster one when it runs the fallback.
+func TestEncoderLabel(t *testing.T) {
+	name, why := encode.WebPEncoder()
+	for _, mode := range []string{"jpeg", "keep"} {
+		if l, by := encoderLabel(mode); l != mode || by != "" {
+			t.Errorf("mode %s: %q, %q", mode, l, by)
+		}
+	}
+	for _, mode := range []string{"auto", "webp"} {
+		l, by := encoderLabel(mode)
+		if by != name || !strings.HasPrefix(l, mode+" · WebP by "+name) {
+			t.Errorf("mode %s: %q, %q; WebPEncoder says %q", mode, l, by, name)
+		}
+		if hint := strings.Contains(l, "install libwebp-dev"); hint != (why != nil) {
+			t.Errorf("mode %s: %q: the install hint shown %v, encoder error %v", mode, l, hint, why)
 		}
 	}
 }

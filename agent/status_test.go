@@ -14,6 +14,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"go.uber.org/goleak"
+
+	"github.com/forestwatch/forest/agent/encode"
 )
 
 // startAgent runs an offline agent with its HTTP server on 127.0.0.1:0 and
@@ -74,8 +76,13 @@ func TestHTTPEndpoints(t *testing.T) {
 	if c != 200 || !strings.Contains(b, "offline") || !strings.Contains(b, "1 frame(s)") {
 		t.Fatalf("readyz %d %q", c, b)
 	}
+	webpBy, _ := encode.WebPEncoder()
+	if _, p := get(t, base+"/"); !strings.Contains(p, "encoding auto · WebP by "+webpBy) {
+		t.Errorf("the status page does not name the WebP encoder (%s)", webpBy)
+	}
 	_, m := get(t, base+"/metrics")
 	for _, want := range []string{
+		`forest_agent_encoder_info{mode="auto",webp="` + webpBy + `"} 1`,
 		`forest_agent_frames_captured_total{source="dir"} 1`,
 		"forest_agent_frames_segmented_total 1",
 		"forest_agent_frames_published_total 0",

@@ -23,8 +23,9 @@ type Page struct {
 	Registry *prometheus.Registry
 	// Tracker is the agent's progress.
 	Tracker *Tracker
-	// Device, Version, Model and Source are shown in the page's heading.
-	Device, Version, Model, Source string
+	// Device, Version, Model, Source and Encoder (how frames are
+	// re-encoded) are shown in the page's heading.
+	Device, Version, Model, Source, Encoder string
 	// Refresh is the page's auto-refresh interval.
 	Refresh time.Duration
 	// Spool reads the spool's statistics.
@@ -92,6 +93,7 @@ type pageData struct {
 	Chart     template.HTML
 	Model     string
 	Source    string
+	Encoder   string
 	// Clock is "synchronised", "NOT synchronised" or "" (unknown).
 	Clock   string
 	Kept    int64
@@ -128,7 +130,7 @@ figcaption{font-size:.8em;color:#444;word-break:break-all}
 svg{background:#fff;border:1px solid #ddd;border-radius:6px}
 </style></head><body>
 <h1>forest-agent · {{.Device}}</h1>
-<div class="sub">version {{.Version}} · model {{.Model}} · source {{.Source}} · updated <span id="updated">{{ts .Now}}</span> (refreshes every {{.Refresh}} s)</div>
+<div class="sub">version {{.Version}} · model {{.Model}} · source {{.Source}}{{if .Encoder}} · encoding {{.Encoder}}{{end}} · updated <span id="updated">{{ts .Now}}</span> (refreshes every {{.Refresh}} s)</div>
 <div class="cards">
 <div class="card" id="link">link<b class="{{if .Link.Connected}}ok{{else if .Link.Offline}}warn{{else}}bad{{end}}">{{if .Link.Offline}}offline{{else}}{{.Link.State}}{{end}}</b>{{if not .Link.Offline}}since {{ago .Link.Since}}{{end}}{{if and .Link.LastError (not .Link.Connected)}}<br><small>{{.Link.LastError}}</small>{{end}}</div>
 <div class="card" id="depth">spool depth<b>{{.Spool.Frames}}</b>frames ({{.Spool.InFlight}} in flight)</div>
@@ -159,7 +161,7 @@ func (p *Page) serveStatus(w http.ResponseWriter, r *http.Request) {
 	d := pageData{
 		Device: p.Device, Version: p.Version, Now: time.Now(), Refresh: max(1, int(p.Refresh.Seconds())),
 		Link: p.Link(), Ready: ok, Why: why, Spool: p.Spool(), Published: published, Frames: frames,
-		Chart: coverageChart(hist), Model: p.Model, Source: p.Source,
+		Chart: coverageChart(hist), Model: p.Model, Source: p.Source, Encoder: p.Encoder,
 	}
 	for _, n := range d.Spool.Evictions {
 		d.Evicted += n
