@@ -611,6 +611,7 @@ func BuildInfo(library string) string {
 	if err != nil {
 		ort = "unavailable (" + err.Error() + ")"
 	}
-	return fmt.Sprintf("forest-agent %s\ncommit %s\ngo %s %s/%s\nonnxruntime %s (%s)\n", Version, Commit,
-		runtime.Version(), runtime.GOOS, runtime.GOARCH, ort, path)
+	_, webpBy := webpEncoder()
+	return fmt.Sprintf("forest-agent %s\ncommit %s\ngo %s %s/%s\nonnxruntime %s (%s)\nwebp %s\n", Version, Commit,
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, ort, path, webpBy)
 }

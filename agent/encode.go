@@ -243,10 +243,16 @@ func encoderLabel(mode string) (label, webpBy string) {
 	if mode != "auto" && mode != "webp" {
 		return mode, ""
 	}
-	webpBy, why := encode.WebPEncoder()
-	label = mode + " · WebP by " + webpBy
+	webpBy, shown := webpEncoder()
+	return mode + " · WebP by " + shown, webpBy
+}
+
+// webpEncoder names the WebP encoder this process uses, and the same with a
+// hint at the faster one when it runs the WebAssembly fallback.
+func webpEncoder() (name, shown string) {
+	name, why := encode.WebPEncoder()
 	if why != nil {
-		label += " (slower: install libwebp-dev)"
+		return name, name + " (slower: install libwebp-dev)"
 	}
-	return label, webpBy
+	return name, name
 }

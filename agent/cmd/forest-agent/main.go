@@ -235,7 +235,8 @@ Prints the agent's version and commit, the Go version and platform, and the
 ONNX Runtime version with the path of the library it loaded: with --config,
 the config's segment.library if set, else the default search
 ($ONNXRUNTIME_LIB, a checkout's .cache/onnxruntime, ../lib/forest-agent
-beside the binary, the system's library path).
+beside the binary, the system's library path), and the WebP encoder it uses
+(the system libwebp, or the slower built-in WebAssembly one without libwebp-dev).
 
 Examples:
   forest-agent version

@@ -47,7 +47,7 @@ func TestHelpAndUnknown(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	code, out, _ := runCLI("version")
-	for _, want := range []string{"forest-agent ", "commit ", "go go1.", "onnxruntime "} {
+	for _, want := range []string{"forest-agent ", "commit ", "go go1.", "onnxruntime ", "\nwebp "} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Fatalf("version output lacks %q: %q", want, out)
 		}
