@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/forestwatch/forest/agent/encode"
 	"github.com/forestwatch/forest/agent/source"
 	"github.com/forestwatch/forest/agent/status"
 	"github.com/forestwatch/forest/internal/human"
@@ -130,23 +129,19 @@ func New(cfg *Config, opts Options) (a *Agent, err error) {
 		a.clockSynced = clockSynced
 	}
 	a.keep = newKeeper(cfg, nil, log.With("component", "keep"))
+	var webpBy string
+	var fallback error
+	a.encoder, webpBy, fallback = encoderLabel(cfg.Encode.Mode)
+	if fallback != nil {
+		log.Info("WebP frames are encoded by the built-in WebAssembly libwebp; install libwebp-dev for an encoder "+
+			"about 4 times faster, with a peak about 40 MB lower", "reason", fallback)
+	}
 	if a.m, err = status.NewMetrics(a.reg, status.Inputs{Spool: a.spoolStats, LinkUp: a.linkUp, ClockSynced: a.clockSynced,
-		KeptBytes: a.keep.bytes.Load}); err != nil {
+		KeptBytes: a.keep.bytes.Load, EncodeMode: cfg.Encode.Mode, WebP: webpBy}); err != nil {
 		return a, fmt.Errorf("register metrics: %w", err)
 	}
 	a.keep.m = a.m
 	a.keep.prune()
-	var webpBy string
-	a.encoder, webpBy = encoderLabel(cfg.Encode.Mode)
-	encInfo := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "forest_agent_encoder_info",
-		Help:        "Always 1: how frames are re-encoded (encode.mode, and the WebP encoder it uses, if any).",
-		ConstLabels: prometheus.Labels{"mode": cfg.Encode.Mode, "webp": webpBy},
-	})
-	encInfo.Set(1)
-	if err := a.reg.Register(encInfo); err != nil {
-		return a, fmt.Errorf("register metrics: %w", err)
-	}
 	var pol spool.Policy
 	var ord spool.Order
 	_ = pol.UnmarshalText([]byte(cfg.Spool.Policy))
@@ -346,12 +341,6 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	var linkWG, drainWG, statusWG sync.WaitGroup
 	statusStop, stopStatus := context.WithCancel(context.Background())
 	defer stopStatus()
-	if m := a.cfg.Encode.Mode; m == "auto" || m == "webp" {
-		if _, why := encode.WebPEncoder(); why != nil {
-			a.log.Info("WebP frames are encoded by the built-in WebAssembly libwebp; install libwebp-dev for an encoder "+
-				"about 4 times faster, with a peak about 40 MB lower", "reason", why)
-		}
-	}
 	if a.pub != nil {
 		linkWG.Add(1)
 		go func() { defer linkWG.Done(); fail("uplink", a.pub.Run(linkCtx)) }()
@@ -611,7 +600,7 @@ func BuildInfo(library string) string {
 	if err != nil {
 		ort = "unavailable (" + err.Error() + ")"
 	}
-	_, webpBy := webpEncoder()
+	_, webpBy, _ := webpEncoder()
 	return fmt.Sprintf("forest-agent %s\ncommit %s\ngo %s %s/%s\nonnxruntime %s (%s)\nwebp %s\n", Version, Commit,
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, ort, path, webpBy)
 }

@@ -237,22 +237,23 @@ func thumbnail(img image.Image, mask *image.Gray, side int) []byte {
 	return buf.Bytes()
 }
 
-// encoderLabel describes encode.mode for the status page ("auto · WebP by system libwebp")
-// and names the WebP encoder it uses ("" in modes jpeg and keep).
-func encoderLabel(mode string) (label, webpBy string) {
+// encoderLabel describes encode.mode for the status page ("auto · WebP by system libwebp"),
+// names the WebP encoder it uses ("" in modes jpeg and keep) and says why that is the
+// WebAssembly fallback, if it is.
+func encoderLabel(mode string) (label, webpBy string, fallback error) {
 	if mode != "auto" && mode != "webp" {
-		return mode, ""
+		return mode, "", nil
 	}
-	webpBy, shown := webpEncoder()
-	return mode + " · WebP by " + shown, webpBy
+	webpBy, shown, fallback := webpEncoder()
+	return mode + " · WebP by " + shown, webpBy, fallback
 }
 
-// webpEncoder names the WebP encoder this process uses, and the same with a
-// hint at the faster one when it runs the WebAssembly fallback.
-func webpEncoder() (name, shown string) {
-	name, why := encode.WebPEncoder()
-	if why != nil {
-		return name, name + " (slower: install libwebp-dev)"
+// webpEncoder names the WebP encoder this process uses, the same with a
+// hint at the faster one when it runs the WebAssembly fallback, and why.
+func webpEncoder() (name, shown string, fallback error) {
+	name, fallback = encode.WebPEncoder()
+	if fallback != nil {
+		return name, name + " (slower: install libwebp-dev)", fallback
 	}
-	return name, name
+	return name, name, nil
 }

@@ -251,12 +251,12 @@ func TestAutoLargeFrames(t *testing.T) {
 func TestEncoderLabel(t *testing.T) {
 	name, why := encode.WebPEncoder()
 	for _, mode := range []string{"jpeg", "keep"} {
-		if l, by := encoderLabel(mode); l != mode || by != "" {
+		if l, by, _ := encoderLabel(mode); l != mode || by != "" {
 			t.Errorf("mode %s: %q, %q", mode, l, by)
 		}
 	}
 	for _, mode := range []string{"auto", "webp"} {
-		l, by := encoderLabel(mode)
+		l, by, _ := encoderLabel(mode)
 		if by != name || !strings.HasPrefix(l, mode+" · WebP by "+name) {
 			t.Errorf("mode %s: %q, %q; WebPEncoder says %q", mode, l, by, name)
 		}

@@ -46,6 +46,9 @@ type Inputs struct {
 	ClockSynced func() bool
 	// KeptBytes is forest_agent_kept_files_bytes.
 	KeptBytes func() int64
+	// EncodeMode and WebP label forest_agent_encoder_info: encode.mode and
+	// the WebP encoder it uses ("" in modes that use none).
+	EncodeMode, WebP string
 }
 
 // NewMetrics registers the metrics on reg.
@@ -130,6 +133,13 @@ func NewMetrics(reg prometheus.Registerer, in Inputs) (*Metrics, error) {
 			}
 			return 0
 		}))
+	}
+	if in.EncodeMode != "" {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "forest_agent_encoder_info",
+			Help:        "Always 1: how frames are re-encoded (encode.mode, and the WebP encoder it uses, if any).",
+			ConstLabels: prometheus.Labels{"mode": in.EncodeMode, "webp": in.WebP},
+		}, func() float64 { return 1 }))
 	}
 	if f := in.KeptBytes; f != nil {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
