@@ -86,16 +86,14 @@ def cv_pool(paths, scale="1"):
     the one whose worse margin, min(crown recall - 0.80, 0.25 - outside-box share), is largest.
     scale: the counts of the held-out tiles resampled by this factor (--eval-scales)."""
     folds = [json.load(open(p)) for p in paths]
-    if scale != "1":
-        for f in folds:
-            f["cv_counts"] = f["cv_counts_at_scale"][scale]
+    counts = [f["cv_counts"] if scale == "1" else f["cv_counts_at_scale"][scale] for f in folds]
     held = sorted(t for f in folds for t in f["validation"])
     want = sorted(t for fold in cv_draw() for t in fold)
     if held != want:
         sys.exit(f"the fold runs hold out {held}, the folds are {want}")
     margin = {}
     for p in CV_THRESHOLDS:
-        c = [sum(f["cv_counts"][str(p)][i] for f in folds) for i in range(4)]
+        c = [sum(fc[str(p)][i] for fc in counts) for i in range(4)]
         recall, outside = c[0] / c[1], c[2] / max(1, c[3])
         margin[p] = min(recall - 0.80, 0.25 - outside)
         print(f"threshold {p}: pooled crown recall {recall:.4f} outside-box share {outside:.4f} margin {margin[p]:+.4f}")
